@@ -1,0 +1,94 @@
+"""ONNX graphs on onnxruntime: inputs, outputs and their types come from the graph.
+
+The CUDA execution provider is used only when onnxruntime reports it; otherwise
+the CPU provider. Memory arenas are off so a model's footprint stays close to
+its weights, which is what high-density serving needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from adapters.artifacts import find_artifact
+from adapters.base import LoadedModel, ModelAdapter
+from adapters.signature import ModelSignature, TensorSpec
+
+_ONNX_TO_V2 = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def providers() -> list[str]:
+    available = ort.get_available_providers()
+    chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+class OnnxModel(LoadedModel):
+    def __init__(self, session: ort.InferenceSession, size_bytes: int) -> None:
+        self._session = session
+        self.size_bytes = size_bytes
+        self.signature = ModelSignature(
+            platform="onnxruntime_onnx",
+            inputs=tuple(_spec(arg) for arg in session.get_inputs()),
+            outputs=tuple(_spec(arg) for arg in session.get_outputs()),
+        )
+
+    def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        names = list(outputs) or self.signature.output_names()
+        feeds = {name: _feed(array) for name, array in inputs.items()}
+        values = self._session.run(names, feeds)
+        return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
+
+    def unload(self) -> None:
+        del self._session
+
+
+class OnnxAdapter(ModelAdapter):
+    model_type = "onnx"
+    suffixes = (".onnx",)
+    size_factor = 1.5
+    size_overhead = 512 * 1024
+
+    def load(self, path: Path) -> OnnxModel:
+        artifact = find_artifact(path, self.suffixes)
+        options = ort.SessionOptions()
+        options.enable_cpu_mem_arena = False
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(artifact), sess_options=options, providers=providers())
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+            raise ValueError(f"onnxruntime cannot load {artifact.name}: {exc}") from exc
+        size = int(artifact.stat().st_size * self.size_factor) + self.size_overhead
+        return OnnxModel(session, size)
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
+    return TensorSpec(arg.name, _ONNX_TO_V2.get(arg.type, "BYTES"), shape)
+
+
+def _feed(array: np.ndarray) -> np.ndarray:
+    if array.dtype == object:
+        return np.array([v.decode() if isinstance(v, bytes) else v for v in array.ravel()]).reshape(
+            array.shape
+        )
+    return array

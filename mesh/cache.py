@@ -1,0 +1,314 @@
+"""The pod's local model cache: bounded in bytes, single-flight loads, LRU eviction of idle models.
+
+Invariants:
+- ``used_bytes`` (loaded sizes plus reservations for loads in flight) never exceeds
+  ``capacity_bytes``. A load reserves its predicted size before it starts and
+  settles on the adapter's measured size when it ends.
+- A model serving a request (``in_use`` > 0) or loading is never evicted.
+- Concurrent requests for one unloaded model share one load.
+- At most ``load_concurrency`` loads run at once; each has a timeout.
+
+The cache knows nothing of the registry: it reports loads, failures and evictions
+to a ``CacheListener``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+from adapters import LoadedModel, ModelAdapter, adapter_for
+from adapters.artifacts import artifact_bytes
+from mesh.errors import (
+    Busy,
+    CapacityExceeded,
+    MeshError,
+    ModelLoadFailed,
+    Unavailable,
+    UnsupportedModelType,
+)
+from mesh.records import ModelRecord
+from placement.eviction import EvictionCandidate, choose_victims
+from puller import FetcherTable
+
+log = logging.getLogger(__name__)
+
+_RELOADS = 3
+
+
+class CacheListener(Protocol):
+    async def loading(self, model_id: str) -> None: ...
+    async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None: ...
+    async def failed(self, model_id: str, error: MeshError) -> None: ...
+    async def unloaded(self, model_id: str, *, evicted: bool) -> None: ...
+
+
+@dataclass
+class _Entry:
+    model_id: str
+    size_bytes: int
+    last_used: float
+    model: LoadedModel | None = None
+    in_use: int = 0
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    model_id: str
+    size_bytes: int
+    last_used: float
+    in_use: int
+    loaded: bool
+
+
+class ModelCache:
+    def __init__(
+        self,
+        *,
+        capacity_bytes: int,
+        fetchers: FetcherTable,
+        executor: Executor,
+        listener: CacheListener,
+        load_concurrency: int = 2,
+        load_timeout_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._fetchers = fetchers
+        self._executor = executor
+        self._listener = listener
+        self._load_slots = asyncio.Semaphore(load_concurrency)
+        self._load_timeout_s = load_timeout_s
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._loads: dict[str, asyncio.Task[_Entry]] = {}
+        self._idle = asyncio.Event()
+
+    # queries
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(entry.size_bytes for entry in self._entries.values())
+
+    def models(self) -> list[CachedModel]:
+        return [
+            CachedModel(e.model_id, e.size_bytes, e.last_used, e.in_use, e.model is not None)
+            for e in sorted(self._entries.values(), key=lambda e: e.model_id)
+        ]
+
+    def loaded(self, model_id: str) -> LoadedModel | None:
+        entry = self._entries.get(model_id)
+        return entry.model if entry else None
+
+    # use
+
+    @contextlib.asynccontextmanager
+    async def use(self, record: ModelRecord) -> AsyncIterator[LoadedModel]:
+        """The loaded model for the length of a request; loads it first if needed."""
+        entry = await self._loaded_entry(record)
+        assert entry.model is not None
+        entry.in_use += 1
+        entry.last_used = self._clock()
+        try:
+            yield entry.model
+        finally:
+            entry.in_use -= 1
+            entry.last_used = self._clock()
+            if entry.in_use == 0:
+                self._idle.set()
+
+    async def ensure_loaded(self, record: ModelRecord) -> LoadedModel:
+        entry = await self._loaded_entry(record)
+        assert entry.model is not None
+        return entry.model
+
+    async def unload(self, model_id: str, *, grace_s: float = 5.0) -> bool:
+        """Unload a model once its in-flight requests finish (waiting up to ``grace_s``)."""
+        load = self._loads.get(model_id)
+        if load is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(load)
+        entry = self._entries.get(model_id)
+        if entry is None or entry.model is None:
+            return False
+        deadline = self._clock() + grace_s
+        while entry.in_use and self._clock() < deadline:
+            await self._wait_idle(deadline)
+        if self._entries.get(model_id) is not entry:
+            return False
+        del self._entries[model_id]
+        await self._release(entry, evicted=False)
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._loads.values()):
+            task.cancel()
+        for model_id in list(self._entries):
+            entry = self._entries.pop(model_id)
+            if entry.model is not None:
+                await self._release(entry, evicted=False)
+
+    # loading
+
+    async def _loaded_entry(self, record: ModelRecord) -> _Entry:
+        """The model's loaded entry; a load that was evicted before its waiter ran is redone."""
+        for _ in range(_RELOADS):
+            entry = self._entries.get(record.model_id)
+            if entry is None or entry.model is None:
+                entry = await self._load_shared(record)
+            if entry.model is not None and self._entries.get(record.model_id) is entry:
+                return entry
+        raise Busy(
+            f"model {record.model_id!r} was evicted {_RELOADS} times before it could serve: "
+            "the pod is over-committed; retry later",
+            model_id=record.model_id,
+        )
+
+    async def _load_shared(self, record: ModelRecord) -> _Entry:
+        task = self._loads.get(record.model_id)
+        if task is None:
+            task = asyncio.create_task(self._load(record), name=f"load:{record.model_id}")
+            self._loads[record.model_id] = task
+            task.add_done_callback(lambda _: self._loads.pop(record.model_id, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, record: ModelRecord) -> _Entry:
+        model_id = record.model_id
+        try:
+            adapter = adapter_for(record.info.type)
+        except KeyError:
+            raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
+        async with self._load_slots:
+            await self._listener.loading(model_id)
+            started = self._clock()
+            try:
+                entry = await self._fetch_and_load(record, adapter)
+            except MeshError as exc:
+                await self._listener.failed(model_id, exc)
+                raise
+            except Exception as exc:
+                error = ModelLoadFailed(model_id=model_id, reason=f"{type(exc).__name__}: {exc}")
+                await self._listener.failed(model_id, error)
+                raise error from exc
+        seconds = self._clock() - started
+        log.info("loaded %s: %d bytes in %.3fs", model_id, entry.size_bytes, seconds)
+        await self._listener.loaded(model_id, entry.size_bytes, seconds)
+        return entry
+
+    async def _fetch_and_load(self, record: ModelRecord, adapter: ModelAdapter) -> _Entry:
+        model_id = record.model_id
+        uri = record.info.path
+        path = await self._fetchers.for_uri(uri).fetch(uri, storage=_storage(record))
+        raw, predicted = await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: (artifact_bytes(path), adapter.predict_size(path))
+        )
+        if raw > self.capacity_bytes or record.size_bytes > self.capacity_bytes:
+            size = max(raw, record.size_bytes)
+            raise CapacityExceeded(model_id=model_id, size_bytes=size, capacity_bytes=self.capacity_bytes)
+        predicted = min(max(predicted, record.size_bytes), self.capacity_bytes)
+        deadline = self._clock() + self._load_timeout_s
+        entry = await self._reserve(model_id, predicted, deadline)
+        try:
+            model = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(self._executor, adapter.load, path),
+                timeout=max(deadline - self._clock(), 0.001),
+            )
+        except TimeoutError:
+            self._drop(entry)
+            raise Unavailable(
+                f"loading model {model_id!r} timed out after {self._load_timeout_s:g}s", model_id=model_id
+            ) from None
+        except BaseException:
+            self._drop(entry)
+            raise
+        try:
+            await self._settle(entry, model)
+        except BaseException:
+            self._drop(entry)
+            await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)
+            raise
+        return entry
+
+    async def _reserve(self, model_id: str, size: int, deadline: float) -> _Entry:
+        """Evict idle models until ``size`` fits, then hold the space; waits for busy models."""
+        while True:
+            victims = choose_victims(self._candidates(), self.used_bytes + size - self.capacity_bytes)
+            if victims is not None:
+                evicted = [self._entries.pop(v) for v in victims]
+                entry = _Entry(model_id, size, self._clock())
+                self._entries[model_id] = entry
+                for victim in evicted:
+                    await self._release(victim, evicted=True)
+                return entry
+            if self._clock() >= deadline:
+                raise Busy(
+                    f"no room for model {model_id!r} ({size} bytes): every loaded model is serving "
+                    f"requests ({self.used_bytes} of {self.capacity_bytes} bytes in use); retry later",
+                    model_id=model_id,
+                )
+            await self._wait_idle(deadline)
+
+    async def _settle(self, entry: _Entry, model: LoadedModel) -> None:
+        measured = model.size_bytes
+        if measured > self.capacity_bytes:
+            raise CapacityExceeded(
+                model_id=entry.model_id, size_bytes=measured, capacity_bytes=self.capacity_bytes
+            )
+        if measured > entry.size_bytes:
+            victims = choose_victims(
+                self._candidates(), self.used_bytes - entry.size_bytes + measured - self.capacity_bytes
+            )
+            if victims is None:
+                raise Busy(
+                    f"model {entry.model_id!r} measured {measured} bytes, more than the "
+                    f"{entry.size_bytes} predicted, and no idle model can make room; retry later",
+                    model_id=entry.model_id,
+                )
+            evicted = [self._entries.pop(v) for v in victims]
+            for victim in evicted:
+                await self._release(victim, evicted=True)
+        entry.size_bytes = measured
+        entry.model = model
+        entry.last_used = self._clock()
+
+    def _candidates(self) -> list[EvictionCandidate]:
+        return [
+            EvictionCandidate(e.model_id, e.size_bytes, e.last_used, e.in_use)
+            for e in self._entries.values()
+            if e.model is not None
+        ]
+
+    def _drop(self, entry: _Entry) -> None:
+        if self._entries.get(entry.model_id) is entry:
+            del self._entries[entry.model_id]
+            self._idle.set()
+
+    async def _release(self, entry: _Entry, *, evicted: bool) -> None:
+        model = entry.model
+        entry.model = None
+        self._idle.set()
+        if model is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)
+        if evicted:
+            log.info("evicted %s (%d bytes)", entry.model_id, entry.size_bytes)
+        await self._listener.unloaded(entry.model_id, evicted=evicted)
+
+    async def _wait_idle(self, deadline: float) -> None:
+        self._idle.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=max(deadline - self._clock(), 0))
+
+
+def _storage(record: ModelRecord) -> dict[str, object]:
+    """The model key's JSON (checked at registration), or nothing."""
+    if not record.info.key:
+        return {}
+    parsed = json.loads(record.info.key)
+    return parsed if isinstance(parsed, dict) else {}

@@ -1,0 +1,251 @@
+"""The ``mesh`` command: run a pod, manage models, call them, and run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+from mesh.settings import MeshSettings, parse_size
+
+DEFAULT_TARGET = "127.0.0.1:8033"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mesh", description="Multi-model serving mesh")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run one pod")
+    serve.add_argument("--port", type=int, default=8033, help="gRPC port (0 picks a free one)")
+    serve.add_argument("--metrics-port", type=int, default=2112, help="Prometheus port (-1: off)")
+    serve.add_argument("--capacity", type=parse_size, default=None, help="model bytes, e.g. 512MiB, 2GiB")
+    serve.add_argument("--etcd", default=None, help="HOST:PORT of etcd (absent: in-memory registry)")
+    serve.add_argument("--pod-id", default=None, help="this pod's id (default: pod-<pid>)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--port-file", default=None, help="write the bound gRPC port here once serving")
+
+    def with_target(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--target", default=os.environ.get("MESH_TARGET", DEFAULT_TARGET),
+                       help=f"pod address (default $MESH_TARGET or {DEFAULT_TARGET})")
+        return p
+
+    register = with_target(commands.add_parser("register", help="register a model"))
+    register.add_argument("model_id")
+    register.add_argument("--type", required=True, help="sklearn, onnx or pytorch")
+    register.add_argument("--path", required=True, help="local path or URI of the artifact")
+    register.add_argument("--key", default="", help='storage key JSON, e.g. {"storage_key": "s3"}')
+    register.add_argument("--load-now", action="store_true")
+    register.add_argument("--sync", action="store_true", help="with --load-now: wait for the load")
+
+    unregister = with_target(commands.add_parser("unregister", help="unregister a model"))
+    unregister.add_argument("model_id")
+
+    status = with_target(commands.add_parser("status", help="a model's status, or the pod's"))
+    status.add_argument("model_id", nargs="?")
+
+    listing = with_target(commands.add_parser("list", help="list registered models and vmodels"))
+    listing.add_argument("--prefix", default="")
+
+    vmodel = commands.add_parser("vmodel", help="manage vmodels").add_subparsers(dest="action", required=True)
+    vset = with_target(vmodel.add_parser("set", help="create a vmodel or point it at a new target"))
+    vset.add_argument("vmodel_id")
+    vset.add_argument("target_model_id")
+    vset.add_argument("--type", help="register the target with this type")
+    vset.add_argument("--path", help="register the target with this path")
+    vset.add_argument("--owner", default="")
+    vset.add_argument("--force", action="store_true", help="make the target active at once")
+    vset.add_argument("--sync", action="store_true", help="wait for the transition")
+    vset.add_argument("--auto-delete", action="store_true", help="delete the target when unused")
+    vget = with_target(vmodel.add_parser("get", help="a vmodel's status"))
+    vget.add_argument("vmodel_id")
+    vdel = with_target(vmodel.add_parser("delete", help="delete a vmodel"))
+    vdel.add_argument("vmodel_id")
+
+    infer = with_target(commands.add_parser("infer", help="call a model"))
+    infer.add_argument("model")
+    infer.add_argument("--input", action="append", required=True, metavar="NAME:DTYPE:SHAPE:JSON",
+                       help="e.g. input-0:FP32:1,4:[[5.1,3.5,1.4,0.2]] (repeat per input)")
+    infer.add_argument("--output", action="append", default=[], help="output name (repeat)")
+
+    demo = commands.add_parser("demo", help="serve hundreds of real models on a small pod")
+    demo.add_argument("--models", type=int, default=300)
+    demo.add_argument("--capacity", type=parse_size, default=parse_size("64MiB"))
+    demo.add_argument("--requests", type=int, default=3000)
+    demo.add_argument("--concurrency", type=int, default=16)
+    demo.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "demo":
+        from mesh.demo import run_demo
+
+        return run_demo(models=args.models, capacity=args.capacity, requests=args.requests,
+                        concurrency=args.concurrency, seed=args.seed)
+    from mesh.edge.client import MeshClient
+
+    with MeshClient(args.target) as client:
+        if args.command == "register":
+            status = client.register(args.model_id, args.type, args.path, key=args.key,
+                                     load_now=args.load_now, sync=args.sync)
+            _print_status(args.model_id, status)
+        elif args.command == "unregister":
+            client.unregister(args.model_id)
+            print(f"unregistered {args.model_id}")
+        elif args.command == "status":
+            if args.model_id:
+                _print_status(args.model_id, client.status(args.model_id))
+            else:
+                _print_pod(client.pod_status())
+        elif args.command == "list":
+            _print_list(client.list(args.prefix))
+        elif args.command == "vmodel":
+            return _vmodel(client, args)
+        elif args.command == "infer":
+            inputs = dict(parse_input(spec) for spec in args.input)
+            for name, value in client.infer(args.model, inputs, args.output).items():
+                print(f"{name}: {json.dumps(_jsonable(value))}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mesh.pod import Pod
+
+    overrides: dict[str, object] = {"port": args.port, "host": args.host,
+                                    "metrics_port": None if args.metrics_port < 0 else args.metrics_port}
+    if args.capacity is not None:
+        overrides["capacity_bytes"] = args.capacity
+    if args.etcd:
+        overrides["etcd"] = args.etcd
+    if args.pod_id:
+        overrides["pod_id"] = args.pod_id
+    settings = MeshSettings(**overrides)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        pod = Pod(settings)
+        await pod.start()
+        if args.port_file:
+            with open(args.port_file, "w") as handle:
+                handle.write(f"{pod.port}\n")
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        logging.getLogger("mesh").info("stopping")
+        await pod.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _vmodel(client: object, args: argparse.Namespace) -> int:
+    from mesh.edge.client import MeshClient
+    from mesh_proto import model_mesh_pb2 as mm
+
+    assert isinstance(client, MeshClient)
+    if args.action == "set":
+        fields: dict[str, object] = {"owner": args.owner, "force": args.force, "sync": args.sync,
+                                     "autoDeleteTargetModel": args.auto_delete}
+        if args.type or args.path:
+            fields["modelInfo"] = mm.ModelInfo(type=args.type or "", path=args.path or "")
+        status = client.set_vmodel(args.vmodel_id, args.target_model_id, **fields)
+    elif args.action == "get":
+        status = client.vmodel_status(args.vmodel_id)
+    else:
+        client.delete_vmodel(args.vmodel_id)
+        print(f"deleted vmodel {args.vmodel_id}")
+        return 0
+    print(f"{args.vmodel_id}: {mm.VModelStatusInfo.VModelStatus.Name(status.status)} "
+          f"active={status.activeModelId or '-'} target={status.targetModelId or '-'}")
+    return 0
+
+
+def parse_input(spec: str) -> tuple[str, np.ndarray]:
+    """``NAME:DTYPE:SHAPE:JSON`` -> (name, array); SHAPE is comma-separated."""
+    from adapters.datatypes import numpy_dtype
+
+    try:
+        name, datatype, shape_text, data = spec.split(":", 3)
+        shape = tuple(int(d) for d in shape_text.split(",") if d)
+        values = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"--input {spec!r}: expected NAME:DTYPE:SHAPE:JSON_DATA ({exc})") from None
+    dtype = numpy_dtype(datatype.upper())
+    if datatype.upper() == "BYTES":
+        array = np.array([str(v).encode() for v in np.ravel(values)], dtype=object).reshape(shape)
+    else:
+        array = np.array(values, dtype=dtype).reshape(shape)
+    return name, array
+
+
+def _jsonable(array: np.ndarray) -> object:
+    if array.dtype == object:
+        return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array.ravel()]
+    return array.tolist()
+
+
+def _print_status(model_id: str, status: object) -> None:
+    from mesh_proto import model_mesh_pb2 as mm
+
+    assert isinstance(status, mm.ModelStatusInfo)
+    print(f"{model_id}: {mm.ModelStatusInfo.ModelStatus.Name(status.status)}")
+    for copy in status.modelCopyInfos:
+        print(f"  {copy.location}: {mm.ModelStatusInfo.ModelStatus.Name(copy.copyStatus)}")
+    for error in status.errors:
+        print(f"  error: {error}")
+
+
+def _print_pod(status: object) -> None:
+    from mesh_proto import mesh_admin_pb2 as admin
+
+    assert isinstance(status, admin.PodStatusResponse)
+    print(f"pod {status.pod_id} (mesh {status.version})")
+    print(f"  capacity {_mib(status.capacity_bytes)}, used {_mib(status.used_bytes)}, "
+          f"{len(status.loaded)} models loaded")
+    print(f"  loads {status.loads}, load failures {status.load_failures}, evictions {status.evictions}, "
+          f"unloads {status.unloads}")
+    for model in status.loaded:
+        print(f"    {model.model_id:40s} {_mib(model.size_bytes):>12s} in flight {model.in_flight}")
+
+
+def _print_list(listing: object) -> None:
+    from mesh_proto import mesh_admin_pb2 as admin
+
+    assert isinstance(listing, admin.ListModelsResponse)
+    print(f"{'MODEL':40s} {'TYPE':8s} {'STATUS':15s} {'SIZE':>12s}  PATH")
+    for m in listing.models:
+        print(f"{m.model_id:40s} {m.type:8s} {m.status:15s} {_mib(m.size_bytes):>12s}  {m.path}")
+    for v in listing.vmodels:
+        print(f"vmodel {v.vmodel_id} -> active {v.active_model_id}, target {v.target_model_id}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The inference core: resolve the model, hold it loaded for the call, check inputs, run it.
+
+Transport-free: the gRPC edge converts protobuf to ``InferenceRequest`` and back.
+Inference runs on the event loop for models whose measured average is below
+``inline_infer_s`` (thread hand-off would cost more than the call), otherwise on a
+bounded executor so the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from adapters import LoadedModel
+from adapters.signature import ModelSignature, check_inputs, select_outputs
+from mesh.cache import ModelCache
+from mesh.errors import InvalidInput, MeshError
+from mesh.management import ModelManager, now_ms
+from mesh.records import ModelState
+
+_EWMA = 0.2
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    inputs: dict[str, np.ndarray]
+    outputs: Sequence[str] = ()
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class InferenceResponse:
+    model_name: str
+    model_id: str
+    id: str
+    outputs: list[tuple[str, np.ndarray]]
+
+
+@dataclass
+class ModelStats:
+    """Cumulative counters in Triton's ``ModelStatistics`` terms (nanoseconds)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    compute_ns: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    average_s: float | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    model_id: str
+    state: ModelState
+    reason: str
+
+
+class DataPlane:
+    def __init__(
+        self, *, manager: ModelManager, cache: ModelCache, executor: Executor, inline_infer_s: float
+    ) -> None:
+        self._manager = manager
+        self._cache = cache
+        self._executor = executor
+        self._inline_infer_s = inline_infer_s
+        self._stats: dict[str, ModelStats] = {}
+
+    async def infer(self, name: str, request: InferenceRequest, *, vmodel: bool | None = None) -> InferenceResponse:
+        record = self._manager.resolve(name, vmodel=vmodel)
+        stats = self._stats.setdefault(record.model_id, ModelStats())
+        started = time.perf_counter_ns()
+        try:
+            async with self._cache.use(record) as model:
+                outputs = await self._run(model, request, stats)
+        except MeshError:
+            stats.fail_count += 1
+            stats.fail_ns += time.perf_counter_ns() - started
+            raise
+        stats.success_count += 1
+        stats.success_ns += time.perf_counter_ns() - started
+        stats.execution_count += 1
+        stats.inference_count += _batch_size(request)
+        stats.last_inference_ms = now_ms()
+        return InferenceResponse(name, record.model_id, request.id, outputs)
+
+    async def _run(
+        self, model: LoadedModel, request: InferenceRequest, stats: ModelStats
+    ) -> list[tuple[str, np.ndarray]]:
+        inputs = check_inputs(model.signature, request.inputs)
+        wanted = select_outputs(model.signature, request.outputs, default=())
+        started = time.perf_counter()
+        if stats.average_s is not None and stats.average_s < self._inline_infer_s:
+            results = _call(model, inputs, wanted)
+        else:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _call, model, inputs, wanted
+            )
+        elapsed = time.perf_counter() - started
+        stats.compute_ns += int(elapsed * 1e9)
+        stats.average_s = elapsed if stats.average_s is None else (1 - _EWMA) * stats.average_s + _EWMA * elapsed
+        return list(results.items())
+
+    async def metadata(self, name: str) -> tuple[str, ModelSignature]:
+        """The model's signature (loading it if needed, as a call would)."""
+        record = self._manager.resolve(name)
+        model = await self._cache.ensure_loaded(record)
+        return record.model_id, model.signature
+
+    def ready(self, name: str) -> bool:
+        try:
+            record = self._manager.resolve(name)
+        except MeshError:
+            return False
+        return self._cache.loaded(record.model_id) is not None
+
+    def statistics(self, name: str) -> list[tuple[str, ModelStats]]:
+        if name:
+            record = self._manager.resolve(name)
+            return [(name, self._stats.get(record.model_id, ModelStats()))]
+        return sorted(self._stats.items())
+
+    def index(self, *, ready_only: bool) -> list[ModelIndexEntry]:
+        entries = []
+        for record in self._manager.registered():
+            status = self._manager.status(record.model_id)
+            if ready_only and self._cache.loaded(record.model_id) is None:
+                continue
+            entries.append(ModelIndexEntry(record.model_id, status.state, "; ".join(status.errors)))
+        return entries
+
+    async def load(self, name: str) -> None:
+        record = self._manager.resolve(name)
+        await self._cache.ensure_loaded(record)
+
+    async def unload(self, name: str) -> None:
+        record = self._manager.resolve(name)
+        await self._cache.unload(record.model_id)
+
+
+def _call(model: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    try:
+        return model.infer(inputs, outputs)
+    except MeshError:
+        raise
+    except Exception as exc:  # the framework refused the values: inputs already matched the signature
+        raise InvalidInput(f"the model rejected the input: {type(exc).__name__}: {exc}") from exc
+
+
+def _batch_size(request: InferenceRequest) -> int:
+    first = next(iter(request.inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim > 0 else 1

@@ -1,0 +1,128 @@
+"""``mmesh.ModelMesh`` (ModelMesh's management API) and ``mesh.v1.MeshAdmin`` (our extensions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from mesh import __version__
+from mesh.cache import ModelCache
+from mesh.edge import converters
+from mesh.edge.status import edge_method
+from mesh.management import ModelManager, SetVModel
+from mesh.metrics import MeshMetrics
+from mesh_proto import mesh_admin_pb2 as admin
+from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
+from mesh_proto import model_mesh_pb2 as mm
+from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+
+Context = grpc.aio.ServicerContext
+
+
+class ModelMeshServicer(mm_grpc.ModelMeshServicer):
+    def __init__(self, manager: ModelManager, metrics: MeshMetrics) -> None:
+        self._manager = manager
+        self.metrics = metrics
+
+    @edge_method("registerModel")
+    async def registerModel(self, request: mm.RegisterModelRequest, context: Context) -> mm.ModelStatusInfo:
+        status = await self._manager.register(
+            request.modelId, converters.model_info_from_proto(request.modelInfo),
+            load_now=request.loadNow, sync=request.sync,
+        )
+        return converters.status_to_proto(status)
+
+    @edge_method("unregisterModel")
+    async def unregisterModel(self, request: mm.UnregisterModelRequest, context: Context
+                              ) -> mm.UnregisterModelResponse:
+        await self._manager.unregister(request.modelId)
+        return mm.UnregisterModelResponse()
+
+    @edge_method("getModelStatus")
+    async def getModelStatus(self, request: mm.GetStatusRequest, context: Context) -> mm.ModelStatusInfo:
+        return converters.status_to_proto(self._manager.status(request.modelId))
+
+    @edge_method("ensureLoaded")
+    async def ensureLoaded(self, request: mm.EnsureLoadedRequest, context: Context) -> mm.ModelStatusInfo:
+        status = await self._manager.ensure_loaded(request.modelId, sync=request.sync)
+        return converters.status_to_proto(status)
+
+    @edge_method("setVModel")
+    async def setVModel(self, request: mm.SetVModelRequest, context: Context) -> mm.VModelStatusInfo:
+        status = await self._manager.set_vmodel(
+            SetVModel(
+                vmodel_id=request.vModelId,
+                target_model_id=request.targetModelId,
+                owner=request.owner,
+                update_only=request.updateOnly,
+                model_info=converters.model_info_from_proto(request.modelInfo)
+                if request.HasField("modelInfo") else None,
+                auto_delete_target=request.autoDeleteTargetModel,
+                load_now=request.loadNow,
+                force=request.force,
+                sync=request.sync,
+                expected_target_model_id=request.expectedTargetModelId,
+            )
+        )
+        return converters.vmodel_status_to_proto(status)
+
+    @edge_method("getVModelStatus")
+    async def getVModelStatus(self, request: mm.GetVModelStatusRequest, context: Context
+                              ) -> mm.VModelStatusInfo:
+        return converters.vmodel_status_to_proto(
+            self._manager.vmodel_status(request.vModelId, owner=request.owner)
+        )
+
+    @edge_method("deleteVModel")
+    async def deleteVModel(self, request: mm.DeleteVModelRequest, context: Context) -> mm.DeleteVModelResponse:
+        await self._manager.delete_vmodel(request.vModelId, owner=request.owner)
+        return mm.DeleteVModelResponse()
+
+
+class MeshAdminServicer(admin_grpc.MeshAdminServicer):
+    def __init__(self, manager: ModelManager, cache: ModelCache, metrics: MeshMetrics,
+                 counters: Callable[[], dict[str, int]]) -> None:
+        self._manager = manager
+        self._cache = cache
+        self.metrics = metrics
+        self._counters = counters
+
+    @edge_method("ListModels")
+    async def ListModels(self, request: admin.ListModelsRequest, context: Context) -> admin.ListModelsResponse:
+        response = admin.ListModelsResponse()
+        for record in self._manager.registered():
+            if not record.model_id.startswith(request.prefix):
+                continue
+            status = self._manager.status(record.model_id)
+            response.models.add(
+                model_id=record.model_id, type=record.info.type, path=record.info.path,
+                status=status.state.value, size_bytes=record.size_bytes, errors=status.errors,
+            )
+        for vmodel in self._manager.vmodels():
+            if vmodel.vmodel_id.startswith(request.prefix):
+                response.vmodels.add(
+                    vmodel_id=vmodel.vmodel_id, active_model_id=vmodel.active_model_id,
+                    target_model_id=vmodel.target_model_id, owner=vmodel.owner,
+                )
+        return response
+
+    @edge_method("PodStatus")
+    async def PodStatus(self, request: admin.PodStatusRequest, context: Context) -> admin.PodStatusResponse:
+        counters = self._counters()
+        response = admin.PodStatusResponse(
+            pod_id=self._manager.pod_id,
+            capacity_bytes=self._cache.capacity_bytes,
+            used_bytes=self._cache.used_bytes,
+            loads=counters["loads"],
+            load_failures=counters["load_failures"],
+            evictions=counters["evictions"],
+            unloads=counters["unloads"],
+            version=__version__,
+        )
+        for model in self._cache.models():
+            if model.loaded:
+                response.loaded.add(
+                    model_id=model.model_id, size_bytes=model.size_bytes, in_flight=model.in_use
+                )
+        return response

@@ -1,0 +1,70 @@
+"""Maps the core's error codes to gRPC statuses (one table) and counts every call.
+
+``edge_method`` wraps a servicer method: a ``MeshError`` aborts with its mapped
+status and message; anything else is logged with a trace id and answered with an
+opaque ``INTERNAL`` that names the trace id.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from mesh.errors import ErrorCode, MeshError
+from mesh.metrics import MeshMetrics
+
+log = logging.getLogger(__name__)
+
+GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+class HasMetrics(Protocol):
+    metrics: MeshMetrics
+
+
+S = TypeVar("S", bound=HasMetrics)
+Handler = Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def edge_method(method: str) -> Callable[[Handler[S]], Handler[S]]:
+    def decorate(handler: Handler[S]) -> Handler[S]:
+        @functools.wraps(handler)
+        async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await handler(self, request, context)
+            except MeshError as exc:
+                code = GRPC_STATUS[exc.code]
+                await context.abort(code, exc.message)
+            except grpc.aio.AbortError:
+                raise
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                code = grpc.StatusCode.INTERNAL
+                trace_id = uuid.uuid4().hex[:16]
+                log.exception("internal error in %s (trace id %s)", method, trace_id)
+                await context.abort(code, f"internal error (trace id {trace_id})")
+            finally:
+                self.metrics.observe_request(method, code.name, time.perf_counter() - started)
+
+        return wrapper
+
+    return decorate

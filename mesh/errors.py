@@ -1,0 +1,135 @@
+"""The mesh's one error tree. Every failure a caller can see is a ``MeshError``.
+
+Each error carries a project-owned ``ErrorCode``; the gRPC edge maps codes to
+statuses through one table (``mesh.edge.status``). Retryable conditions have
+retryable codes; anything that is not a ``MeshError`` becomes an opaque
+``INTERNAL`` logged with a trace id.
+
+    MeshError
+    ├── InvalidInput            INVALID_ARGUMENT   malformed request or tensor
+    │   └── UnsupportedModelType                   registration names no adapter
+    ├── NotFound                NOT_FOUND
+    │   └── ModelNotFound                          no model or vmodel with that id
+    ├── AlreadyExists           ALREADY_EXISTS     re-registration with other info
+    ├── FailedPrecondition      FAILED_PRECONDITION
+    │   ├── ModelLoadFailed                        the model's last load failed
+    │   ├── ArtifactNotFound                       nothing at the model's path
+    │   └── ModelInUse                             a vmodel still uses the model
+    ├── CapacityExceeded        RESOURCE_EXHAUSTED model larger than the whole cache
+    ├── Busy                    RESOURCE_EXHAUSTED no room now; retry later
+    ├── Unavailable             UNAVAILABLE        retryable: registry down, load timed out
+    ├── DeadlineExceeded        DEADLINE_EXCEEDED  the caller's deadline passed
+    └── Unimplemented           UNIMPLEMENTED      an API the mesh does not offer
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNIMPLEMENTED = "unimplemented"
+
+
+class MeshError(Exception):
+    """Base of the tree. ``message`` is safe to show callers; ``fields`` are structured."""
+
+    code: ErrorCode = ErrorCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(MeshError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class UnsupportedModelType(InvalidInput):
+    def __init__(self, *, model_type: str, supported: list[str]) -> None:
+        super().__init__(
+            f"unknown model type {model_type!r}; supported types: {', '.join(sorted(supported))}",
+            model_type=model_type,
+        )
+
+
+class NotFound(MeshError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, *, model_id: str) -> None:
+        super().__init__(f"model {model_id!r} is not registered", model_id=model_id)
+        self.model_id = model_id
+
+
+class AlreadyExists(MeshError):
+    code = ErrorCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(MeshError):
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class ModelLoadFailed(FailedPrecondition):
+    def __init__(self, *, model_id: str, reason: str) -> None:
+        super().__init__(f"model {model_id!r} failed to load: {reason}", model_id=model_id, reason=reason)
+        self.model_id = model_id
+        self.reason = reason
+
+
+class ArtifactNotFound(FailedPrecondition):
+    """The artifact a registration points at is missing or unreadable."""
+
+
+class ModelInUse(FailedPrecondition):
+    def __init__(self, *, model_id: str, vmodel_ids: list[str]) -> None:
+        super().__init__(
+            f"model {model_id!r} is used by vmodel(s) {', '.join(sorted(vmodel_ids))}",
+            model_id=model_id,
+        )
+
+
+class CapacityExceeded(MeshError):
+    """The model can never fit: its size exceeds the pod's whole capacity."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, *, model_id: str, size_bytes: int, capacity_bytes: int) -> None:
+        super().__init__(
+            f"model {model_id!r} needs {size_bytes} bytes but the pod's whole capacity is "
+            f"{capacity_bytes} bytes",
+            model_id=model_id,
+            size_bytes=size_bytes,
+            capacity_bytes=capacity_bytes,
+        )
+
+
+class Busy(MeshError):
+    """No room right now (every loaded model is serving); retrying later can succeed."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(MeshError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class DeadlineExceeded(MeshError):
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class Unimplemented(MeshError):
+    code = ErrorCode.UNIMPLEMENTED

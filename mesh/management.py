@@ -1,0 +1,399 @@
+"""ModelMesh's management semantics over the registry and the local cache.
+
+Registration writes a ``ModelRecord``; status is derived from the record's copies
+and recent failures; vmodels serve their active model until the target is loaded.
+This class is also the cache's listener: it records this pod's copies and load
+failures in the registry, so status reads see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from adapters import ADAPTERS, supported_types
+from mesh.cache import ModelCache
+from mesh.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidInput,
+    MeshError,
+    ModelInUse,
+    ModelLoadFailed,
+    ModelNotFound,
+    NotFound,
+    UnsupportedModelType,
+)
+from mesh.records import CopyRecord, FailureRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
+from mesh.registry import ModelStore
+from puller import FetcherTable
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class CopyStatus:
+    pod_id: str
+    state: ModelState
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    state: ModelState
+    errors: list[str] = field(default_factory=list)
+    copies: list[CopyStatus] = field(default_factory=list)
+
+
+NOT_FOUND_STATUS = ModelStatus(ModelState.NOT_FOUND)
+
+
+@dataclass(frozen=True)
+class VModelStatus:
+    """``status`` is one of NOT_FOUND, DEFINED, TRANSITIONING, TRANSITION_FAILED."""
+
+    status: str
+    active_model_id: str = ""
+    target_model_id: str = ""
+    active: ModelStatus = NOT_FOUND_STATUS
+    target: ModelStatus | None = None
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class SetVModel:
+    vmodel_id: str
+    target_model_id: str
+    owner: str = ""
+    update_only: bool = False
+    model_info: ModelInfo | None = None
+    auto_delete_target: bool = False
+    load_now: bool = False
+    force: bool = False
+    sync: bool = False
+    expected_target_model_id: str = ""
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        cache: ModelCache,
+        fetchers: FetcherTable,
+        pod_id: str,
+        failure_ttl_s: float,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._fetchers = fetchers
+        self.pod_id = pod_id
+        self._failure_ttl_ms = int(failure_ttl_s * 1000)
+        self._clock_ms = clock_ms
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # models
+
+    async def register(self, model_id: str, info: ModelInfo, *, load_now: bool, sync: bool) -> ModelStatus:
+        self._validate(model_id, info)
+        record = ModelRecord(model_id=model_id, info=info, registered_ms=self._clock_ms())
+        await self._create(record)
+        if load_now:
+            await self._load(model_id, sync=sync)
+        return self.status(model_id)
+
+    async def unregister(self, model_id: str) -> None:
+        users = self._store.vmodels_using(model_id)
+        if users:
+            raise ModelInUse(model_id=model_id, vmodel_ids=users)
+        if self._store.model(model_id) is None:
+            return
+        await self._store.delete_model(model_id)
+        await self._cache.unload(model_id)
+
+    def status(self, model_id: str) -> ModelStatus:
+        record = self._store.model(model_id)
+        if record is None:
+            return NOT_FOUND_STATUS
+        now = self._clock_ms()
+        state = record.state(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
+        failures = record.recent_failures(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
+        errors = [f"{pod}: {failure.reason}" for pod, failure in sorted(failures.items())]
+        copies = [CopyStatus(pod, copy.state, copy.since_ms) for pod, copy in record.copies.items()]
+        copies += [
+            CopyStatus(pod, ModelState.LOADING_FAILED, f.time_ms)
+            for pod, f in failures.items()
+            if pod not in record.copies
+        ]
+        copies.sort(key=lambda c: c.time_ms, reverse=True)
+        return ModelStatus(state, errors if state is ModelState.LOADING_FAILED else [], copies)
+
+    async def ensure_loaded(self, model_id: str, *, sync: bool) -> ModelStatus:
+        if self._store.model(model_id) is None:
+            raise ModelNotFound(model_id=model_id)
+        await self._load(model_id, sync=sync)
+        return self.status(model_id)
+
+    def registered(self) -> list[ModelRecord]:
+        return self._store.models()
+
+    def vmodels(self) -> list[VModelRecord]:
+        return self._store.vmodels()
+
+    def record(self, model_id: str) -> ModelRecord:
+        """The model's record, or ``ModelNotFound``; a recent failure here is ``ModelLoadFailed``."""
+        record = self._store.model(model_id)
+        if record is None:
+            raise ModelNotFound(model_id=model_id)
+        failure = record.recent_failures(now_ms=self._clock_ms(), failure_ttl_ms=self._failure_ttl_ms).get(
+            self.pod_id
+        )
+        if failure is not None and self._cache.loaded(model_id) is None:
+            raise ModelLoadFailed(model_id=model_id, reason=failure.reason)
+        return record
+
+    def resolve(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
+        """The model a call names: a vmodel's active model, or a model (``vmodel`` None: either)."""
+        if vmodel is not False:
+            record = self._store.vmodel(name)
+            if record is not None:
+                self._promote_if_ready(record)
+                return self.record(record.active_model_id)
+            if vmodel:
+                raise NotFound(f"vmodel {name!r} is not registered", model_id=name)
+        return self.record(name)
+
+    async def _load(self, model_id: str, *, sync: bool) -> None:
+        record = self._store.model(model_id)
+        if record is None:
+            raise ModelNotFound(model_id=model_id)
+        if sync:
+            with contextlib.suppress(MeshError):  # a failed load is a status, not an RPC error
+                await self._cache.ensure_loaded(record)
+        else:
+            self._spawn(self._load_quietly(record), f"ensure-loaded:{model_id}")
+
+    async def _load_quietly(self, record: ModelRecord) -> None:
+        with contextlib.suppress(MeshError):
+            await self._cache.ensure_loaded(record)
+
+    async def _create(self, record: ModelRecord) -> None:
+        existing = await self._store.create_model(record)
+        if existing is not None and (existing.info != record.info or existing.auto_delete != record.auto_delete):
+            raise AlreadyExists(
+                f"model {record.model_id!r} is already registered with different info "
+                f"(type={existing.info.type!r}, path={existing.info.path!r})",
+                model_id=record.model_id,
+            )
+
+    def _validate(self, model_id: str, info: ModelInfo) -> None:
+        if not model_id:
+            raise InvalidInput("modelId must not be empty")
+        if "/" in model_id or len(model_id) > 512:
+            raise InvalidInput(f"modelId {model_id!r} must be at most 512 characters and contain no '/'")
+        if info.type not in ADAPTERS:
+            raise UnsupportedModelType(model_type=info.type, supported=supported_types())
+        if not info.path:
+            raise InvalidInput(f"model {model_id!r}: modelInfo.path must name the artifact")
+        self._fetchers.for_uri(info.path)
+        if info.key:
+            try:
+                key = json.loads(info.key)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"model {model_id!r}: modelInfo.key is not JSON: {exc}") from None
+            if not isinstance(key, dict):
+                raise InvalidInput(f"model {model_id!r}: modelInfo.key must be a JSON object")
+
+    # vmodels
+
+    async def set_vmodel(self, request: SetVModel) -> VModelStatus:
+        if not request.vmodel_id or not request.target_model_id:
+            raise InvalidInput("vModelId and targetModelId must not be empty")
+        if request.model_info is not None:
+            self._validate(request.target_model_id, request.model_info)
+            await self._create(
+                ModelRecord(
+                    model_id=request.target_model_id,
+                    info=request.model_info,
+                    registered_ms=self._clock_ms(),
+                    auto_delete=request.auto_delete_target,
+                )
+            )
+        elif self._store.model(request.target_model_id) is None:
+            raise ModelNotFound(model_id=request.target_model_id)
+        existing = self._store.vmodel(request.vmodel_id)
+        if existing is None:
+            await self._create_vmodel(request)
+        else:
+            await self._retarget(existing, request)
+        current = self._store.vmodel(request.vmodel_id)
+        assert current is not None
+        if current.active_model_id != current.target_model_id or request.load_now:
+            self._spawn(self._transition(request.vmodel_id), f"transition:{request.vmodel_id}")
+        if request.sync:
+            await self._transition(request.vmodel_id)
+        return self.vmodel_status(request.vmodel_id, owner="")
+
+    async def _create_vmodel(self, request: SetVModel) -> None:
+        if request.update_only:
+            raise NotFound(f"vmodel {request.vmodel_id!r} does not exist", model_id=request.vmodel_id)
+        if request.expected_target_model_id not in ("", request.target_model_id):
+            raise FailedPrecondition(
+                f"vmodel {request.vmodel_id!r} does not exist, so its target is not "
+                f"{request.expected_target_model_id!r}"
+            )
+        record = VModelRecord(
+            request.vmodel_id, request.target_model_id, request.target_model_id, request.owner
+        )
+        raced = await self._store.create_vmodel(record)
+        if raced is not None:
+            await self._retarget(raced, request)
+
+    async def _retarget(self, existing: VModelRecord, request: SetVModel) -> None:
+        if request.owner and existing.owner and request.owner != existing.owner:
+            raise AlreadyExists(
+                f"vmodel {request.vmodel_id!r} belongs to owner {existing.owner!r}", model_id=request.vmodel_id
+            )
+        expected = request.expected_target_model_id
+        if expected and existing.target_model_id != expected:
+            raise FailedPrecondition(
+                f"vmodel {request.vmodel_id!r} targets {existing.target_model_id!r}, not {expected!r}"
+            )
+        target = request.target_model_id
+
+        def change(v: VModelRecord) -> VModelRecord:
+            active = target if request.force or self._loaded(target) else v.active_model_id
+            return replace(v, target_model_id=target, active_model_id=active)
+
+        previous = existing.active_model_id
+        await self._store.update_vmodel(request.vmodel_id, change)
+        await self._collect_auto_deleted({previous, existing.target_model_id} - {target})
+
+    async def _transition(self, vmodel_id: str) -> None:
+        """Load the target, then make it active (ModelMesh: the active model serves until then)."""
+        vmodel = self._store.vmodel(vmodel_id)
+        if vmodel is None:
+            return
+        target = self._store.model(vmodel.target_model_id)
+        if target is None:
+            return
+        with contextlib.suppress(MeshError):
+            await self._cache.ensure_loaded(target)
+        current = self._store.vmodel(vmodel_id)
+        if current is not None:
+            self._promote_if_ready(current)
+
+    def _promote_if_ready(self, vmodel: VModelRecord) -> None:
+        if vmodel.active_model_id != vmodel.target_model_id and self._loaded(vmodel.target_model_id):
+            self._spawn(self._promote(vmodel.vmodel_id, vmodel.target_model_id), f"promote:{vmodel.vmodel_id}")
+
+    async def _promote(self, vmodel_id: str, target: str) -> None:
+        old: set[str] = set()
+
+        def change(v: VModelRecord) -> VModelRecord:
+            if v.target_model_id != target:
+                return v
+            old.add(v.active_model_id)
+            return replace(v, active_model_id=target)
+
+        await self._store.update_vmodel(vmodel_id, change)
+        await self._collect_auto_deleted(old - {target})
+
+    async def _collect_auto_deleted(self, model_ids: set[str]) -> None:
+        for model_id in model_ids:
+            record = self._store.model(model_id)
+            if record is not None and record.auto_delete and not self._store.vmodels_using(model_id):
+                log.info("deleting %s: auto-delete model no vmodel uses", model_id)
+                await self.unregister(model_id)
+
+    def vmodel_status(self, vmodel_id: str, *, owner: str) -> VModelStatus:
+        vmodel = self._store.vmodel(vmodel_id)
+        if vmodel is None or (owner and vmodel.owner != owner):
+            return VModelStatus("NOT_FOUND")
+        active = self.status(vmodel.active_model_id)
+        if vmodel.active_model_id == vmodel.target_model_id:
+            return VModelStatus("DEFINED", vmodel.active_model_id, vmodel.target_model_id, active, None, vmodel.owner)
+        target = self.status(vmodel.target_model_id)
+        state = "TRANSITION_FAILED" if target.state is ModelState.LOADING_FAILED else "TRANSITIONING"
+        return VModelStatus(state, vmodel.active_model_id, vmodel.target_model_id, active, target, vmodel.owner)
+
+    async def delete_vmodel(self, vmodel_id: str, *, owner: str) -> None:
+        vmodel = self._store.vmodel(vmodel_id)
+        if vmodel is None:
+            return
+        if owner and vmodel.owner != owner:
+            raise FailedPrecondition(f"vmodel {vmodel_id!r} belongs to owner {vmodel.owner!r}, not {owner!r}")
+        await self._store.update_vmodel(vmodel_id, lambda _: None)
+        await self._collect_auto_deleted({vmodel.active_model_id, vmodel.target_model_id})
+
+    def _loaded(self, model_id: str) -> bool:
+        record = self._store.model(model_id)
+        return record is not None and any(c.state is ModelState.LOADED for c in record.copies.values())
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # CacheListener: this pod's copies and failures, recorded in the registry
+
+    async def loading(self, model_id: str) -> None:
+        await self._set_copy(model_id, ModelState.LOADING)
+
+    async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
+        def change(r: ModelRecord) -> ModelRecord:
+            copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, self._clock_ms())}
+            failures = {pod: f for pod, f in r.failures.items() if pod != self.pod_id}
+            return replace(r, copies=copies, failures=failures, size_bytes=size_bytes)
+
+        await self._update_quietly(model_id, change)
+        vmodels = [v for v in self._store.vmodels() if v.target_model_id == model_id]
+        for vmodel in vmodels:
+            self._promote_if_ready(vmodel)
+
+    async def failed(self, model_id: str, error: MeshError) -> None:
+        reason = error.fields.get("reason", error.message) if isinstance(error, ModelLoadFailed) else error.message
+        log.warning("load of %s failed: %s", model_id, reason)
+
+        def change(r: ModelRecord) -> ModelRecord:
+            copies = {pod: c for pod, c in r.copies.items() if pod != self.pod_id}
+            failures = {**r.failures, self.pod_id: FailureRecord(self._clock_ms(), str(reason))}
+            return replace(r, copies=copies, failures=failures)
+
+        await self._update_quietly(model_id, change)
+
+    async def unloaded(self, model_id: str, *, evicted: bool) -> None:
+        def change(r: ModelRecord) -> ModelRecord:
+            return replace(r, copies={pod: c for pod, c in r.copies.items() if pod != self.pod_id})
+
+        await self._update_quietly(model_id, change)
+
+    async def _set_copy(self, model_id: str, state: ModelState) -> None:
+        def change(r: ModelRecord) -> ModelRecord:
+            return replace(r, copies={**r.copies, self.pod_id: CopyRecord(state, self._clock_ms())})
+
+        await self._update_quietly(model_id, change)
+
+    async def _update_quietly(self, model_id: str, change: Callable[[ModelRecord], ModelRecord]) -> None:
+        try:
+            await self._store.update_model(model_id, change)
+        except MeshError as exc:
+            log.warning("could not record the state of %s in the registry: %s", model_id, exc)

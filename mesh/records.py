@@ -1,0 +1,105 @@
+"""Registry records: what the fleet knows about each model and vmodel.
+
+Values are JSON so ``etcdctl get`` stays readable. Records are immutable; an update
+builds a new one with ``dataclasses.replace`` and is written with compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class ModelState(enum.Enum):
+    """A model's or a copy's state; names match ModelMesh's ``ModelStatus``."""
+
+    NOT_FOUND = "NOT_FOUND"
+    NOT_LOADED = "NOT_LOADED"
+    LOADING = "LOADING"
+    LOADED = "LOADED"
+    LOADING_FAILED = "LOADING_FAILED"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What registration said: the format, where the artifact is, and an optional storage key JSON."""
+
+    type: str
+    path: str
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    state: ModelState
+    since_ms: int
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    time_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    model_id: str
+    info: ModelInfo
+    tenant: str = "default"
+    size_bytes: int = 0
+    """Last measured loaded size (0 until a load measured it)."""
+    copies: dict[str, CopyRecord] = field(default_factory=dict)
+    """Pod id -> the copy's state on that pod."""
+    failures: dict[str, FailureRecord] = field(default_factory=dict)
+    """Pod id -> the last load failure there (expired by readers after a TTL)."""
+    registered_ms: int = 0
+    last_used_ms: int = 0
+    auto_delete: bool = False
+    """Delete once no vmodel refers to it (ModelMesh's autoDeleteTargetModel)."""
+
+    def state(self, *, now_ms: int, failure_ttl_ms: int) -> ModelState:
+        states = {copy.state for copy in self.copies.values()}
+        if ModelState.LOADED in states:
+            return ModelState.LOADED
+        if ModelState.LOADING in states:
+            return ModelState.LOADING
+        if self.recent_failures(now_ms=now_ms, failure_ttl_ms=failure_ttl_ms):
+            return ModelState.LOADING_FAILED
+        return ModelState.NOT_LOADED
+
+    def recent_failures(self, *, now_ms: int, failure_ttl_ms: int) -> dict[str, FailureRecord]:
+        return {pod: f for pod, f in self.failures.items() if now_ms - f.time_ms < failure_ttl_ms}
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["copies"] = {pod: {"state": c.state.value, "since_ms": c.since_ms} for pod, c in self.copies.items()}
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ModelRecord:
+        data: dict[str, Any] = json.loads(raw)
+        data["info"] = ModelInfo(**data["info"])
+        data["copies"] = {
+            pod: CopyRecord(ModelState(c["state"]), c["since_ms"]) for pod, c in data["copies"].items()
+        }
+        data["failures"] = {pod: FailureRecord(**f) for pod, f in data["failures"].items()}
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class VModelRecord:
+    """A stable name for a changing model: calls go to ``active``; ``target`` replaces it once loaded."""
+
+    vmodel_id: str
+    active_model_id: str
+    target_model_id: str
+    owner: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> VModelRecord:
+        return cls(**json.loads(raw))

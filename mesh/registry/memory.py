@@ -1,0 +1,66 @@
+"""An in-memory registry for a single pod and for unit tests: same semantics as etcd's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from mesh.registry.base import MUST_NOT_EXIST, Entry, Registry, RegistryConflict, WatchEvent
+
+_HISTORY = 10_000
+"""Events kept so a watch can resume from a recent revision."""
+
+
+class MemoryRegistry(Registry):
+    def __init__(self) -> None:
+        self._data: dict[str, Entry] = {}
+        self._revision = 0
+        self._history: list[WatchEvent] = []
+        self._changed = asyncio.Condition()
+
+    async def get(self, key: str) -> Entry | None:
+        return self._data.get(key)
+
+    async def range(self, prefix: str) -> tuple[list[Entry], int]:
+        entries = [entry for key, entry in sorted(self._data.items()) if key.startswith(prefix)]
+        return entries, self._revision
+
+    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int:
+        self._check(key, expected_revision)
+        self._revision += 1
+        self._data[key] = Entry(key, value, self._revision)
+        await self._record(WatchEvent(key, value, self._revision))
+        return self._revision
+
+    async def delete(self, key: str, *, expected_revision: int | None = None) -> int:
+        self._check(key, expected_revision)
+        if key in self._data:
+            self._revision += 1
+            del self._data[key]
+            await self._record(WatchEvent(key, None, self._revision))
+        return self._revision
+
+    async def watch(self, prefix: str, *, after_revision: int) -> AsyncIterator[WatchEvent]:
+        seen = after_revision
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._revision > seen)
+                events = [e for e in self._history if e.revision > seen]
+            seen = self._revision
+            for event in events:
+                if event.key.startswith(prefix):
+                    yield event
+
+    def _check(self, key: str, expected_revision: int | None) -> None:
+        if expected_revision is None:
+            return
+        current = self._data.get(key)
+        actual = current.mod_revision if current else MUST_NOT_EXIST
+        if actual != expected_revision:
+            raise RegistryConflict(f"registry key {key!r} changed concurrently", key=key)
+
+    async def _record(self, event: WatchEvent) -> None:
+        self._history.append(event)
+        del self._history[:-_HISTORY]
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,103 @@
+"""Small real models of each format, built on the spot (for ``mesh demo``, tests and benchmarks).
+
+Each builder trains or constructs the model, saves it under ``directory`` and
+returns the path. Sizes are controlled by the feature count / hidden width.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def sklearn_classifier(directory: Path, *, features: int = 4, classes: int = 3, seed: int = 0,
+                       name: str = "model.joblib") -> Path:
+    """A LogisticRegression on separable blobs; ``features * classes * 8`` bytes of weights."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, size=(classes, features))
+    labels = np.repeat(np.arange(classes), 20)
+    data = centers[labels] + rng.normal(0, 1, size=(labels.size, features))
+    model = LogisticRegression(max_iter=200).fit(data, labels)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    joblib.dump(model, path)
+    return path
+
+
+def sklearn_regressor(directory: Path, *, features: int = 4, seed: int = 0) -> Path:
+    import joblib
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(40, features))
+    model = Ridge().fit(data, data @ rng.normal(size=features))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.joblib"
+    joblib.dump(model, path)
+    return path
+
+
+def onnx_mlp(directory: Path, *, features: int = 4, hidden: int = 16, outputs: int = 3, seed: int = 0,
+             name: str = "model.onnx") -> Path:
+    """``softmax(relu(x @ W1 + b1) @ W2 + b2)`` in FP32 with input ``x`` and outputs ``scores``/``probs``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W1": rng.normal(size=(features, hidden)).astype(np.float32),
+        "b1": rng.normal(size=(hidden,)).astype(np.float32),
+        "W2": rng.normal(size=(hidden, outputs)).astype(np.float32),
+        "b2": rng.normal(size=(outputs,)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "W2"], ["s0"]),
+        helper.make_node("Add", ["s0", "b2"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", outputs]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", outputs]),
+        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    onnx.save(model, path)
+    return path
+
+
+def torchscript_mlp(directory: Path, *, features: int = 4, hidden: int = 16, outputs: int = 3, seed: int = 0,
+                    name: str = "model.pt") -> Path:
+    """A scripted two-layer MLP taking ``x`` (FP32, ``[batch, features]``)."""
+    import torch
+
+    torch.manual_seed(seed)
+
+    class MLP(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = torch.nn.Linear(features, hidden)
+            self.out = torch.nn.Linear(hidden, outputs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.hidden(x)))
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    torch.jit.save(torch.jit.script(MLP().eval()), str(path))
+    return path

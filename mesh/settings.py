@@ -1,0 +1,79 @@
+"""The pod's settings: one typed object, read from ``MESH_*`` variables or passed in."""
+
+from __future__ import annotations
+
+import re
+
+import psutil
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+          "ti": 1024**4, "tib": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``512MiB``, ``2GiB``, ``1.5G`` or a plain number of bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use bytes or a unit such as 512MiB, 2GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def default_capacity() -> int:
+    """Half of the host's memory: the rest is the pod's own footprint and headroom."""
+    return int(psutil.virtual_memory().total * 0.5)
+
+
+class MeshSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESH_")
+
+    pod_id: str = Field(default_factory=lambda: f"pod-{psutil.Process().pid}")
+    """This pod's id in the registry; unique in the fleet."""
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds to."""
+
+    port: int = 8033
+    """gRPC port for the data plane, ModelMesh's API, health and reflection (0 picks one)."""
+
+    metrics_port: int | None = 2112
+    """Prometheus metrics port (0 picks one; None turns the endpoint off)."""
+
+    capacity_bytes: int = Field(default_factory=default_capacity)
+    """Bytes of loaded models this pod may hold; loads evict idle models to stay within it."""
+
+    etcd: str | None = None
+    """``HOST:PORT`` of etcd; absent: an in-memory registry for a single pod."""
+
+    namespace: str = "default"
+    """Registry prefix: every key lives under ``/mesh/<namespace>/``."""
+
+    load_concurrency: int = 2
+    """Model loads that may run at once on this pod."""
+
+    load_timeout_s: float = 120.0
+    """A load that takes longer fails with UNAVAILABLE."""
+
+    failure_ttl_s: float = 60.0
+    """How long a failed load is remembered before a request may retry it."""
+
+    infer_threads: int = 4
+    """Threads that run inference too heavy for the event loop."""
+
+    inline_infer_s: float = 0.002
+    """Models whose average inference takes less than this run on the event loop."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED."""
+
+    stop_grace_s: float = 5.0
+    """Time in-flight calls get to finish on shutdown."""
+
+    @field_validator("capacity_bytes", "max_message_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value: str | int) -> int:
+        return parse_size(value)

@@ -1,0 +1,87 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("prefix",)
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+
+class ModelSummary(_message.Message):
+    __slots__ = ("model_id", "type", "path", "status", "size_bytes", "errors")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    type: str
+    path: str
+    status: str
+    size_bytes: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., path: _Optional[str] = ..., status: _Optional[str] = ..., size_bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "vmodels")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    VMODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
+    vmodels: _containers.RepeatedCompositeFieldContainer[VModelSummary]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelSummary, _Mapping]]] = ...) -> None: ...
+
+class VModelSummary(_message.Message):
+    __slots__ = ("vmodel_id", "active_model_id", "target_model_id", "owner")
+    VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    vmodel_id: str
+    active_model_id: str
+    target_model_id: str
+    owner: str
+    def __init__(self, vmodel_id: _Optional[str] = ..., active_model_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class PodStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoadedModel(_message.Message):
+    __slots__ = ("model_id", "size_bytes", "last_used_ms", "in_flight")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_MS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    size_bytes: int
+    last_used_ms: int
+    in_flight: int
+    def __init__(self, model_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., last_used_ms: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
+
+class PodStatusResponse(_message.Message):
+    __slots__ = ("pod_id", "capacity_bytes", "used_bytes", "loads", "load_failures", "evictions", "unloads", "loaded", "version")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOADS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    UNLOADS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    capacity_bytes: int
+    used_bytes: int
+    loads: int
+    load_failures: int
+    evictions: int
+    unloads: int
+    loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
+    version: str
+    def __init__(self, pod_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., loads: _Optional[int] = ..., load_failures: _Optional[int] = ..., evictions: _Optional[int] = ..., unloads: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,19 @@
+"""Local paths and ``file://`` URIs (a mounted PVC): nothing is copied."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from mesh.errors import ArtifactNotFound
+from puller.base import ArtifactFetcher
+
+
+class LocalFetcher(ArtifactFetcher):
+    async def fetch(self, uri: str, *, storage: Mapping[str, Any]) -> Path:
+        path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+        if not path.exists():
+            raise ArtifactNotFound(f"artifact not found: {uri}")
+        return path

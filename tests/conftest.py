@@ -1,0 +1,110 @@
+"""Shared fixtures: real models built per session, and a real pod on port 0 in its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from mesh import samples
+from mesh.pod import Pod
+from mesh.settings import MeshSettings
+from mesh_proto import model_mesh_pb2 as mm
+from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    sklearn: Path
+    onnx: Path
+    pytorch: Path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
+    root = tmp_path_factory.mktemp("models")
+    return ModelSet(
+        sklearn=samples.sklearn_classifier(root / "sk"),
+        onnx=samples.onnx_mlp(root / "onnx"),
+        pytorch=samples.torchscript_mlp(root / "pt"),
+    )
+
+
+class PodThread:
+    """A real pod serving on 127.0.0.1:<free port> from an event loop in a background thread."""
+
+    def __init__(self, settings: MeshSettings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.pod = Pod(settings)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="pod-loop", daemon=True)
+
+    def __enter__(self) -> PodThread:
+        self._thread.start()
+        self.call(self.pod.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.pod.stop(0.5))
+        leftover = self.call(_other_tasks())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+        assert not leftover, f"tasks left running after stop: {leftover}"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.pod.port}"
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+async def _other_tasks() -> list[str]:
+    current = asyncio.current_task()
+    return [t.get_name() for t in asyncio.all_tasks() if t is not current and not t.done()]
+
+
+def pod_settings(**overrides: Any) -> MeshSettings:
+    values: dict[str, Any] = {"port": 0, "metrics_port": 0, "capacity_bytes": 256 * 2**20, "pod_id": "pod-a"}
+    values.update(overrides)
+    return MeshSettings(**values)
+
+
+@pytest.fixture
+def pod() -> Iterator[PodThread]:
+    with PodThread(pod_settings()) as running:
+        yield running
+
+
+@pytest.fixture
+def channel(pod: PodThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(pod.target) as ch:
+        yield ch
+
+
+@pytest.fixture
+def mesh_api(channel: grpc.Channel) -> mm_grpc.ModelMeshStub:
+    return mm_grpc.ModelMeshStub(channel)
+
+
+@pytest.fixture
+def triton(pod: PodThread) -> Iterator[Any]:
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(pod.target)
+    yield client
+    client.close()
+
+
+def register(api: mm_grpc.ModelMeshStub, model_id: str, model_type: str, path: Path | str, *,
+             load_now: bool = False, sync: bool = False, key: str = "") -> mm.ModelStatusInfo:
+    info = mm.ModelInfo(type=model_type, path=str(path), key=key)
+    return api.registerModel(
+        mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=load_now, sync=sync), timeout=60
+    )
