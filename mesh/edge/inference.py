@@ -9,7 +9,7 @@ import grpc
 from mesh import __version__
 from mesh.dataplane import DataPlane
 from mesh.edge import converters
-from mesh.edge.status import edge_method
+from mesh.edge.status import MalformedRequest, edge_method
 from mesh.errors import MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
 from mesh_proto import grpc_service_pb2 as v2
@@ -82,6 +82,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[v2.ModelInferRequest],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[v2.ModelStreamInferResponse]:
         async for request in request_iterator:
+            if isinstance(request, MalformedRequest):
+                yield v2.ModelStreamInferResponse(error_message=request.reject().message)
+                continue
             name, vmodel = route(request.model_name, context)
             try:
                 response = await self._dataplane.infer(

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
+from mesh.edge.status import MalformedRequest
 from mesh_proto import grpc_service_pb2, mesh_admin_pb2, model_mesh_pb2
-from mesh_proto import grpc_service_pb2_grpc as v2_grpc
-from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
-from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 from mesh_proto.pool import POOL
 
-SERVICE_NAMES = (
-    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-    model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name,
-    mesh_admin_pb2.DESCRIPTOR.services_by_name["MeshAdmin"].full_name,
-)
+INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+MODELMESH_SERVICE = model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"]
+ADMIN_SERVICE = mesh_admin_pb2.DESCRIPTOR.services_by_name["MeshAdmin"]
+SERVICE_NAMES = (INFERENCE_SERVICE.full_name, MODELMESH_SERVICE.full_name, ADMIN_SERVICE.full_name)
 
 
 def build_server(
@@ -36,14 +38,51 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
-    mm_grpc.add_ModelMeshServicer_to_server(modelmesh, server)
-    admin_grpc.add_MeshAdminServicer_to_server(admin, server)
+    server.add_generic_rpc_handlers(
+        (
+            service_handler(inference, INFERENCE_SERVICE),
+            service_handler(modelmesh, MODELMESH_SERVICE),
+            service_handler(admin, ADMIN_SERVICE),
+        )
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _register_in_pool(health_pb2.DESCRIPTOR.serialized_pb)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server, pool=POOL)
     return server
+
+
+def service_handler(servicer: Any, service: ServiceDescriptor) -> grpc.GenericRpcHandler:
+    """Handlers for every method of ``service``, like the generated ``add_*_to_server``, except that
+    a request that does not parse reaches the servicer as a ``MalformedRequest`` (answered with
+    INVALID_ARGUMENT) instead of failing inside gRPC with UNKNOWN.
+    """
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant_parser(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _tolerant_parser(message_class: Any) -> Any:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return MalformedRequest(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return parse
 
 
 def _register_in_pool(serialized_file: bytes) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from mesh.errors import ErrorCode, MeshError
+from mesh.errors import ErrorCode, InvalidInput, MeshError
 from mesh.metrics import MeshMetrics
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,17 @@ GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
 }
+
+
+class MalformedRequest:
+    """What a servicer receives instead of a message when the request bytes do not parse."""
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def reject(self) -> InvalidInput:
+        return InvalidInput(f"the request is not a valid {self.type_name}: {self.error}")
 
 
 class HasMetrics(Protocol):
@@ -48,6 +59,8 @@ def edge_method(method: str) -> Callable[[Handler[S]], Handler[S]]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, MalformedRequest):
+                    raise request.reject()
                 return await handler(self, request, context)
             except MeshError as exc:
                 code = GRPC_STATUS[exc.code]
