@@ -39,7 +39,9 @@ class TorchScriptModel(LoadedModel):
         self._device = device()
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.array(inputs[spec.name])).to(self._device) for spec in self.signature.inputs]
+        args = [
+            torch.from_numpy(np.array(inputs[spec.name])).to(self._device) for spec in self.signature.inputs
+        ]
         with torch.inference_mode():
             result = self._module(*args)
         named = _name_outputs(result)

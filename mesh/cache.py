@@ -79,6 +79,7 @@ class ModelCache:
         load_concurrency: int = 2,
         load_timeout_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        adapters: Callable[[str], ModelAdapter] = adapter_for,
     ) -> None:
         self.capacity_bytes = capacity_bytes
         self._fetchers = fetchers
@@ -87,6 +88,7 @@ class ModelCache:
         self._load_slots = asyncio.Semaphore(load_concurrency)
         self._load_timeout_s = load_timeout_s
         self._clock = clock
+        self._adapters = adapters
         self._entries: dict[str, _Entry] = {}
         self._loads: dict[str, asyncio.Task[_Entry]] = {}
         self._idle = asyncio.Event()
@@ -182,7 +184,7 @@ class ModelCache:
     async def _load(self, record: ModelRecord) -> _Entry:
         model_id = record.model_id
         try:
-            adapter = adapter_for(record.info.type)
+            adapter = self._adapters(record.info.type)
         except KeyError:
             raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
         async with self._load_slots:

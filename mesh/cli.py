@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -33,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port-file", default=None, help="write the bound gRPC port here once serving")
 
     def with_target(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--target", default=os.environ.get("MESH_TARGET", DEFAULT_TARGET),
-                       help=f"pod address (default $MESH_TARGET or {DEFAULT_TARGET})")
+        p.add_argument(
+            "--target",
+            default=os.environ.get("MESH_TARGET", DEFAULT_TARGET),
+            help=f"pod address (default $MESH_TARGET or {DEFAULT_TARGET})",
+        )
         return p
 
     register = with_target(commands.add_parser("register", help="register a model"))
@@ -71,13 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = with_target(commands.add_parser("infer", help="call a model"))
     infer.add_argument("model")
-    infer.add_argument("--input", action="append", required=True, metavar="NAME:DTYPE:SHAPE:JSON",
-                       help="e.g. input-0:FP32:1,4:[[5.1,3.5,1.4,0.2]] (repeat per input)")
+    infer.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="NAME:DTYPE:SHAPE:JSON",
+        help="e.g. input-0:FP32:1,4:[[5.1,3.5,1.4,0.2]] (repeat per input)",
+    )
     infer.add_argument("--output", action="append", default=[], help="output name (repeat)")
 
     demo = commands.add_parser("demo", help="serve hundreds of real models on a small pod")
     demo.add_argument("--models", type=int, default=300)
-    demo.add_argument("--capacity", type=parse_size, default=parse_size("64MiB"))
+    demo.add_argument("--capacity", type=parse_size, default=parse_size("32MiB"))
     demo.add_argument("--requests", type=int, default=3000)
     demo.add_argument("--concurrency", type=int, default=16)
     demo.add_argument("--seed", type=int, default=7)
@@ -103,14 +112,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from mesh.demo import run_demo
 
-        return run_demo(models=args.models, capacity=args.capacity, requests=args.requests,
-                        concurrency=args.concurrency, seed=args.seed)
+        return run_demo(
+            models=args.models,
+            capacity=args.capacity,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            seed=args.seed,
+        )
     from mesh.edge.client import MeshClient
 
     with MeshClient(args.target) as client:
         if args.command == "register":
-            status = client.register(args.model_id, args.type, args.path, key=args.key,
-                                     load_now=args.load_now, sync=args.sync)
+            status = client.register(
+                args.model_id, args.type, args.path, key=args.key, load_now=args.load_now, sync=args.sync
+            )
             _print_status(args.model_id, status)
         elif args.command == "unregister":
             client.unregister(args.model_id)
@@ -134,8 +149,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from mesh.pod import Pod
 
-    overrides: dict[str, object] = {"port": args.port, "host": args.host,
-                                    "metrics_port": None if args.metrics_port < 0 else args.metrics_port}
+    overrides: dict[str, object] = {
+        "port": args.port,
+        "host": args.host,
+        "metrics_port": None if args.metrics_port < 0 else args.metrics_port,
+    }
     if args.capacity is not None:
         overrides["capacity_bytes"] = args.capacity
     if args.etcd:
@@ -148,8 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         pod = Pod(settings)
         await pod.start()
         if args.port_file:
-            with open(args.port_file, "w") as handle:
-                handle.write(f"{pod.port}\n")
+            await asyncio.to_thread(Path(args.port_file).write_text, f"{pod.port}\n")
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,8 +185,12 @@ def _vmodel(client: object, args: argparse.Namespace) -> int:
 
     assert isinstance(client, MeshClient)
     if args.action == "set":
-        fields: dict[str, object] = {"owner": args.owner, "force": args.force, "sync": args.sync,
-                                     "autoDeleteTargetModel": args.auto_delete}
+        fields: dict[str, object] = {
+            "owner": args.owner,
+            "force": args.force,
+            "sync": args.sync,
+            "autoDeleteTargetModel": args.auto_delete,
+        }
         if args.type or args.path:
             fields["modelInfo"] = mm.ModelInfo(type=args.type or "", path=args.path or "")
         status = client.set_vmodel(args.vmodel_id, args.target_model_id, **fields)
@@ -179,8 +200,10 @@ def _vmodel(client: object, args: argparse.Namespace) -> int:
         client.delete_vmodel(args.vmodel_id)
         print(f"deleted vmodel {args.vmodel_id}")
         return 0
-    print(f"{args.vmodel_id}: {mm.VModelStatusInfo.VModelStatus.Name(status.status)} "
-          f"active={status.activeModelId or '-'} target={status.targetModelId or '-'}")
+    print(
+        f"{args.vmodel_id}: {mm.VModelStatusInfo.VModelStatus.Name(status.status)} "
+        f"active={status.activeModelId or '-'} target={status.targetModelId or '-'}"
+    )
     return 0
 
 
@@ -224,10 +247,14 @@ def _print_pod(status: object) -> None:
 
     assert isinstance(status, admin.PodStatusResponse)
     print(f"pod {status.pod_id} (mesh {status.version})")
-    print(f"  capacity {_mib(status.capacity_bytes)}, used {_mib(status.used_bytes)}, "
-          f"{len(status.loaded)} models loaded")
-    print(f"  loads {status.loads}, load failures {status.load_failures}, evictions {status.evictions}, "
-          f"unloads {status.unloads}")
+    print(
+        f"  capacity {_mib(status.capacity_bytes)}, used {_mib(status.used_bytes)}, "
+        f"{len(status.loaded)} models loaded"
+    )
+    print(
+        f"  loads {status.loads}, load failures {status.load_failures}, evictions {status.evictions}, "
+        f"unloads {status.unloads}"
+    )
     for model in status.loaded:
         print(f"    {model.model_id:40s} {_mib(model.size_bytes):>12s} in flight {model.in_flight}")
 

@@ -73,7 +73,9 @@ class DataPlane:
         self._inline_infer_s = inline_infer_s
         self._stats: dict[str, ModelStats] = {}
 
-    async def infer(self, name: str, request: InferenceRequest, *, vmodel: bool | None = None) -> InferenceResponse:
+    async def infer(
+        self, name: str, request: InferenceRequest, *, vmodel: bool | None = None
+    ) -> InferenceResponse:
         record = self._manager.resolve(name, vmodel=vmodel)
         stats = self._stats.setdefault(record.model_id, ModelStats())
         started = time.perf_counter_ns()
@@ -105,7 +107,9 @@ class DataPlane:
             )
         elapsed = time.perf_counter() - started
         stats.compute_ns += int(elapsed * 1e9)
-        stats.average_s = elapsed if stats.average_s is None else (1 - _EWMA) * stats.average_s + _EWMA * elapsed
+        stats.average_s = (
+            elapsed if stats.average_s is None else (1 - _EWMA) * stats.average_s + _EWMA * elapsed
+        )
         return list(results.items())
 
     async def metadata(self, name: str) -> tuple[str, ModelSignature]:

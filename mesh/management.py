@@ -196,7 +196,9 @@ class ModelManager:
 
     async def _create(self, record: ModelRecord) -> None:
         existing = await self._store.create_model(record)
-        if existing is not None and (existing.info != record.info or existing.auto_delete != record.auto_delete):
+        if existing is not None and (
+            existing.info != record.info or existing.auto_delete != record.auto_delete
+        ):
             raise AlreadyExists(
                 f"model {record.model_id!r} is already registered with different info "
                 f"(type={existing.info.type!r}, path={existing.info.path!r})",
@@ -269,7 +271,8 @@ class ModelManager:
     async def _retarget(self, existing: VModelRecord, request: SetVModel) -> None:
         if request.owner and existing.owner and request.owner != existing.owner:
             raise AlreadyExists(
-                f"vmodel {request.vmodel_id!r} belongs to owner {existing.owner!r}", model_id=request.vmodel_id
+                f"vmodel {request.vmodel_id!r} belongs to owner {existing.owner!r}",
+                model_id=request.vmodel_id,
             )
         expected = request.expected_target_model_id
         if expected and existing.target_model_id != expected:
@@ -302,7 +305,9 @@ class ModelManager:
 
     def _promote_if_ready(self, vmodel: VModelRecord) -> None:
         if vmodel.active_model_id != vmodel.target_model_id and self._loaded(vmodel.target_model_id):
-            self._spawn(self._promote(vmodel.vmodel_id, vmodel.target_model_id), f"promote:{vmodel.vmodel_id}")
+            self._spawn(
+                self._promote(vmodel.vmodel_id, vmodel.target_model_id), f"promote:{vmodel.vmodel_id}"
+            )
 
     async def _promote(self, vmodel_id: str, target: str) -> None:
         old: set[str] = set()
@@ -329,10 +334,14 @@ class ModelManager:
             return VModelStatus("NOT_FOUND")
         active = self.status(vmodel.active_model_id)
         if vmodel.active_model_id == vmodel.target_model_id:
-            return VModelStatus("DEFINED", vmodel.active_model_id, vmodel.target_model_id, active, None, vmodel.owner)
+            return VModelStatus(
+                "DEFINED", vmodel.active_model_id, vmodel.target_model_id, active, None, vmodel.owner
+            )
         target = self.status(vmodel.target_model_id)
         state = "TRANSITION_FAILED" if target.state is ModelState.LOADING_FAILED else "TRANSITIONING"
-        return VModelStatus(state, vmodel.active_model_id, vmodel.target_model_id, active, target, vmodel.owner)
+        return VModelStatus(
+            state, vmodel.active_model_id, vmodel.target_model_id, active, target, vmodel.owner
+        )
 
     async def delete_vmodel(self, vmodel_id: str, *, owner: str) -> None:
         vmodel = self._store.vmodel(vmodel_id)
@@ -370,7 +379,9 @@ class ModelManager:
             self._promote_if_ready(vmodel)
 
     async def failed(self, model_id: str, error: MeshError) -> None:
-        reason = error.fields.get("reason", error.message) if isinstance(error, ModelLoadFailed) else error.message
+        reason = (
+            error.fields.get("reason", error.message) if isinstance(error, ModelLoadFailed) else error.message
+        )
         log.warning("load of %s failed: %s", model_id, reason)
 
         def change(r: ModelRecord) -> ModelRecord:

@@ -19,8 +19,11 @@ class MeshMetrics:
             "mesh_requests", "gRPC calls by method and status code", ["method", "code"], registry=registry
         )
         self.request_seconds = Histogram(
-            "mesh_request_seconds", "gRPC call latency by method", ["method"],
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            "mesh_request_seconds",
+            "gRPC call latency by method",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.loads = Counter("mesh_model_loads", "Model loads by result", ["result"], registry=registry)
         self.load_seconds = Histogram(
@@ -29,8 +32,9 @@ class MeshMetrics:
         self.unloads = Counter("mesh_model_unloads", "Models unloaded on request", registry=registry)
         self.evictions = Counter("mesh_model_evictions", "Models evicted to make room", registry=registry)
         self.capacity_bytes = Gauge("mesh_cache_capacity_bytes", "Cache capacity", registry=registry)
-        self.used_bytes = Gauge("mesh_cache_used_bytes", "Bytes of loaded models and reservations",
-                                registry=registry)
+        self.used_bytes = Gauge(
+            "mesh_cache_used_bytes", "Bytes of loaded models and reservations", registry=registry
+        )
         self.models_loaded = Gauge("mesh_models_loaded", "Models loaded on this pod", registry=registry)
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:

@@ -1,9 +1,9 @@
 """A pod: settings in, a running gRPC server, cache, registry and metrics out.
 
-    pod = Pod(settings)
-    await pod.start()          # binds; pod.port / pod.metrics_port are the real ports
-    ...
-    await pod.stop()           # health NOT_SERVING, drain calls, unload, close
+pod = Pod(settings)
+await pod.start()          # binds; pod.port / pod.metrics_port are the real ports
+...
+await pod.stop()           # health NOT_SERVING, drain calls, unload, close
 """
 
 from __future__ import annotations
@@ -98,11 +98,18 @@ class Pod:
         await self.store.start()
         events = _CacheEvents(self.metrics)
         self.cache = ModelCache(
-            capacity_bytes=s.capacity_bytes, fetchers=self._fetchers, executor=self._load_pool,
-            listener=events, load_concurrency=s.load_concurrency, load_timeout_s=s.load_timeout_s,
+            capacity_bytes=s.capacity_bytes,
+            fetchers=self._fetchers,
+            executor=self._load_pool,
+            listener=events,
+            load_concurrency=s.load_concurrency,
+            load_timeout_s=s.load_timeout_s,
         )
         self.manager = ModelManager(
-            store=self.store, cache=self.cache, fetchers=self._fetchers, pod_id=s.pod_id,
+            store=self.store,
+            cache=self.cache,
+            fetchers=self._fetchers,
+            pod_id=s.pod_id,
             failure_ttl_s=s.failure_ttl_s,
         )
         events.manager = self.manager
@@ -120,7 +127,9 @@ class Pod:
         self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
         await self._server.start()
         if s.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
+            self._metrics_server, _ = start_http_server(
+                s.metrics_port, addr=s.host, registry=self.metrics.registry
+            )
             self.metrics_port = self._metrics_server.server_port
         self.metrics.capacity_bytes.set(s.capacity_bytes)
         self._gauges_task = asyncio.create_task(self._update_gauges(), name="gauges")

@@ -74,7 +74,9 @@ class ModelRecord:
 
     def to_json(self) -> bytes:
         data = asdict(self)
-        data["copies"] = {pod: {"state": c.state.value, "since_ms": c.since_ms} for pod, c in self.copies.items()}
+        data["copies"] = {
+            pod: {"state": c.state.value, "since_ms": c.since_ms} for pod, c in self.copies.items()
+        }
         return json.dumps(data, sort_keys=True).encode()
 
     @classmethod

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 
-def sklearn_classifier(directory: Path, *, features: int = 4, classes: int = 3, seed: int = 0,
-                       name: str = "model.joblib") -> Path:
+def sklearn_classifier(
+    directory: Path, *, features: int = 4, classes: int = 3, seed: int = 0, name: str = "model.joblib"
+) -> Path:
     """A LogisticRegression on separable blobs; ``features * classes * 8`` bytes of weights."""
     import joblib
     from sklearn.linear_model import LogisticRegression
@@ -41,8 +42,15 @@ def sklearn_regressor(directory: Path, *, features: int = 4, seed: int = 0) -> P
     return path
 
 
-def onnx_mlp(directory: Path, *, features: int = 4, hidden: int = 16, outputs: int = 3, seed: int = 0,
-             name: str = "model.onnx") -> Path:
+def onnx_mlp(
+    directory: Path,
+    *,
+    features: int = 4,
+    hidden: int = 16,
+    outputs: int = 3,
+    seed: int = 0,
+    name: str = "model.onnx",
+) -> Path:
     """``softmax(relu(x @ W1 + b1) @ W2 + b2)`` in FP32 with input ``x`` and outputs ``scores``/``probs``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -81,8 +89,15 @@ def onnx_mlp(directory: Path, *, features: int = 4, hidden: int = 16, outputs: i
     return path
 
 
-def torchscript_mlp(directory: Path, *, features: int = 4, hidden: int = 16, outputs: int = 3, seed: int = 0,
-                    name: str = "model.pt") -> Path:
+def torchscript_mlp(
+    directory: Path,
+    *,
+    features: int = 4,
+    hidden: int = 16,
+    outputs: int = 3,
+    seed: int = 0,
+    name: str = "model.pt",
+) -> Path:
     """A scripted two-layer MLP taking ``x`` (FP32, ``[batch, features]``)."""
     import torch
 

@@ -102,8 +102,16 @@ def triton(pod: PodThread) -> Iterator[Any]:
     client.close()
 
 
-def register(api: mm_grpc.ModelMeshStub, model_id: str, model_type: str, path: Path | str, *,
-             load_now: bool = False, sync: bool = False, key: str = "") -> mm.ModelStatusInfo:
+def register(
+    api: mm_grpc.ModelMeshStub,
+    model_id: str,
+    model_type: str,
+    path: Path | str,
+    *,
+    load_now: bool = False,
+    sync: bool = False,
+    key: str = "",
+) -> mm.ModelStatusInfo:
     info = mm.ModelInfo(type=model_type, path=str(path), key=key)
     return api.registerModel(
         mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=load_now, sync=sync), timeout=60

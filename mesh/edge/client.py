@@ -34,8 +34,16 @@ class MeshClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def register(self, model_id: str, model_type: str, path: str, *, key: str = "",
-                 load_now: bool = False, sync: bool = False) -> mm.ModelStatusInfo:
+    def register(
+        self,
+        model_id: str,
+        model_type: str,
+        path: str,
+        *,
+        key: str = "",
+        load_now: bool = False,
+        sync: bool = False,
+    ) -> mm.ModelStatusInfo:
         info = mm.ModelInfo(type=model_type, path=path, key=key)
         return self.mm.registerModel(
             mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=load_now, sync=sync),
@@ -65,13 +73,17 @@ class MeshClient:
     def delete_vmodel(self, vmodel_id: str) -> None:
         self.mm.deleteVModel(mm.DeleteVModelRequest(vModelId=vmodel_id), timeout=self._timeout)
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
-              ) -> dict[str, np.ndarray]:
-        return decode_response(self.v2.ModelInfer(build_request(model, inputs, outputs), timeout=self._timeout))
+    def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        return decode_response(
+            self.v2.ModelInfer(build_request(model, inputs, outputs), timeout=self._timeout)
+        )
 
 
-def build_request(model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
-                  ) -> v2.ModelInferRequest:
+def build_request(
+    model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+) -> v2.ModelInferRequest:
     request = v2.ModelInferRequest(model_name=model)
     for name, array in inputs.items():
         datatype = v2_datatype(array.dtype)

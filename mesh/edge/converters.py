@@ -54,9 +54,7 @@ def request_from_proto(message: v2.ModelInferRequest) -> InferenceRequest:
         if raw and tensor.HasField("contents"):
             raise InvalidInput(f"input {tensor.name!r}: send raw_input_contents or contents, not both")
         inputs[tensor.name] = _input_array(tensor, raw[index] if raw else None)
-    return InferenceRequest(
-        inputs=inputs, outputs=[output.name for output in message.outputs], id=message.id
-    )
+    return InferenceRequest(inputs=inputs, outputs=[output.name for output in message.outputs], id=message.id)
 
 
 def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
@@ -131,8 +129,9 @@ def raw_bytes(array: np.ndarray, datatype: str) -> bytes:
     return b"".join(chunks)
 
 
-def metadata_to_proto(name: str, platform: str, inputs: tuple[TensorSpec, ...],
-                      outputs: tuple[TensorSpec, ...]) -> v2.ModelMetadataResponse:
+def metadata_to_proto(
+    name: str, platform: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> v2.ModelMetadataResponse:
     message = v2.ModelMetadataResponse(name=name, versions=["1"], platform=platform)
     for spec in inputs:
         message.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape or [])

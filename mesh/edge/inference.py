@@ -42,36 +42,42 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self.ready = ready
 
     @edge_method("ServerLive")
-    async def ServerLive(self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext
-                         ) -> v2.ServerLiveResponse:
+    async def ServerLive(
+        self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerLiveResponse:
         return v2.ServerLiveResponse(live=True)
 
     @edge_method("ServerReady")
-    async def ServerReady(self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext
-                          ) -> v2.ServerReadyResponse:
+    async def ServerReady(
+        self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerReadyResponse:
         return v2.ServerReadyResponse(ready=self.ready)
 
     @edge_method("ServerMetadata")
-    async def ServerMetadata(self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext
-                             ) -> v2.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerMetadataResponse:
         return v2.ServerMetadataResponse(name="mesh", version=__version__, extensions=EXTENSIONS)
 
     @edge_method("ModelReady")
-    async def ModelReady(self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
-                         ) -> v2.ModelReadyResponse:
+    async def ModelReady(
+        self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelReadyResponse:
         name, _ = route(request.name, context)
         return v2.ModelReadyResponse(ready=self._dataplane.ready(name))
 
     @edge_method("ModelMetadata")
-    async def ModelMetadata(self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
-                            ) -> v2.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelMetadataResponse:
         name, _ = route(request.name, context)
         _, signature = await self._dataplane.metadata(name)
         return converters.metadata_to_proto(name, signature.platform, signature.inputs, signature.outputs)
 
     @edge_method("ModelInfer")
-    async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
-                         ) -> v2.ModelInferResponse:
+    async def ModelInfer(
+        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelInferResponse:
         name, vmodel = route(request.model_name, context)
         response = await self._dataplane.infer(name, converters.request_from_proto(request), vmodel=vmodel)
         message = converters.response_to_proto(response)
@@ -79,8 +85,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         message.model_version = request.model_version
         return message
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[v2.ModelInferRequest],
-                               context: grpc.aio.ServicerContext) -> AsyncIterator[v2.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
         async for request in request_iterator:
             if isinstance(request, MalformedRequest):
                 yield v2.ModelStreamInferResponse(error_message=request.reject().message)
@@ -100,8 +107,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             yield v2.ModelStreamInferResponse(infer_response=message)
 
     @edge_method("ModelStatistics")
-    async def ModelStatistics(self, request: v2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
-                              ) -> v2.ModelStatisticsResponse:
+    async def ModelStatistics(
+        self, request: v2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelStatisticsResponse:
         name, _ = route(request.name, context)
         stats = self._dataplane.statistics(name)
         return v2.ModelStatisticsResponse(
@@ -109,8 +117,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         )
 
     @edge_method("RepositoryIndex")
-    async def RepositoryIndex(self, request: v2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
-                              ) -> v2.RepositoryIndexResponse:
+    async def RepositoryIndex(
+        self, request: v2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> v2.RepositoryIndexResponse:
         response = v2.RepositoryIndexResponse()
         for entry in self._dataplane.index(ready_only=request.ready):
             state = "READY" if entry.state.value == "LOADED" else entry.state.value
@@ -118,15 +127,17 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return response
 
     @edge_method("RepositoryModelLoad")
-    async def RepositoryModelLoad(self, request: v2.RepositoryModelLoadRequest,
-                                  context: grpc.aio.ServicerContext) -> v2.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(
+        self, request: v2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> v2.RepositoryModelLoadResponse:
         if request.parameters:
             raise Unimplemented("load parameters (config overrides) are not supported; register the model")
         await self._dataplane.load(request.model_name)
         return v2.RepositoryModelLoadResponse()
 
     @edge_method("RepositoryModelUnload")
-    async def RepositoryModelUnload(self, request: v2.RepositoryModelUnloadRequest,
-                                    context: grpc.aio.ServicerContext) -> v2.RepositoryModelUnloadResponse:
+    async def RepositoryModelUnload(
+        self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> v2.RepositoryModelUnloadResponse:
         await self._dataplane.unload(request.model_name)
         return v2.RepositoryModelUnloadResponse()

@@ -28,14 +28,17 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     @edge_method("registerModel")
     async def registerModel(self, request: mm.RegisterModelRequest, context: Context) -> mm.ModelStatusInfo:
         status = await self._manager.register(
-            request.modelId, converters.model_info_from_proto(request.modelInfo),
-            load_now=request.loadNow, sync=request.sync,
+            request.modelId,
+            converters.model_info_from_proto(request.modelInfo),
+            load_now=request.loadNow,
+            sync=request.sync,
         )
         return converters.status_to_proto(status)
 
     @edge_method("unregisterModel")
-    async def unregisterModel(self, request: mm.UnregisterModelRequest, context: Context
-                              ) -> mm.UnregisterModelResponse:
+    async def unregisterModel(
+        self, request: mm.UnregisterModelRequest, context: Context
+    ) -> mm.UnregisterModelResponse:
         await self._manager.unregister(request.modelId)
         return mm.UnregisterModelResponse()
 
@@ -57,7 +60,8 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
                 owner=request.owner,
                 update_only=request.updateOnly,
                 model_info=converters.model_info_from_proto(request.modelInfo)
-                if request.HasField("modelInfo") else None,
+                if request.HasField("modelInfo")
+                else None,
                 auto_delete_target=request.autoDeleteTargetModel,
                 load_now=request.loadNow,
                 force=request.force,
@@ -68,42 +72,58 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         return converters.vmodel_status_to_proto(status)
 
     @edge_method("getVModelStatus")
-    async def getVModelStatus(self, request: mm.GetVModelStatusRequest, context: Context
-                              ) -> mm.VModelStatusInfo:
+    async def getVModelStatus(
+        self, request: mm.GetVModelStatusRequest, context: Context
+    ) -> mm.VModelStatusInfo:
         return converters.vmodel_status_to_proto(
             self._manager.vmodel_status(request.vModelId, owner=request.owner)
         )
 
     @edge_method("deleteVModel")
-    async def deleteVModel(self, request: mm.DeleteVModelRequest, context: Context) -> mm.DeleteVModelResponse:
+    async def deleteVModel(
+        self, request: mm.DeleteVModelRequest, context: Context
+    ) -> mm.DeleteVModelResponse:
         await self._manager.delete_vmodel(request.vModelId, owner=request.owner)
         return mm.DeleteVModelResponse()
 
 
 class MeshAdminServicer(admin_grpc.MeshAdminServicer):
-    def __init__(self, manager: ModelManager, cache: ModelCache, metrics: MeshMetrics,
-                 counters: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        cache: ModelCache,
+        metrics: MeshMetrics,
+        counters: Callable[[], dict[str, int]],
+    ) -> None:
         self._manager = manager
         self._cache = cache
         self.metrics = metrics
         self._counters = counters
 
     @edge_method("ListModels")
-    async def ListModels(self, request: admin.ListModelsRequest, context: Context) -> admin.ListModelsResponse:
+    async def ListModels(
+        self, request: admin.ListModelsRequest, context: Context
+    ) -> admin.ListModelsResponse:
         response = admin.ListModelsResponse()
         for record in self._manager.registered():
             if not record.model_id.startswith(request.prefix):
                 continue
             status = self._manager.status(record.model_id)
             response.models.add(
-                model_id=record.model_id, type=record.info.type, path=record.info.path,
-                status=status.state.value, size_bytes=record.size_bytes, errors=status.errors,
+                model_id=record.model_id,
+                type=record.info.type,
+                path=record.info.path,
+                status=status.state.value,
+                size_bytes=record.size_bytes,
+                errors=status.errors,
             )
         for vmodel in self._manager.vmodels():
             if vmodel.vmodel_id.startswith(request.prefix):
                 response.vmodels.add(
-                    vmodel_id=vmodel.vmodel_id, active_model_id=vmodel.active_model_id,
-                    target_model_id=vmodel.target_model_id, owner=vmodel.owner,
+                    vmodel_id=vmodel.vmodel_id,
+                    active_model_id=vmodel.active_model_id,
+                    target_model_id=vmodel.target_model_id,
+                    owner=vmodel.owner,
                 )
         return response
 

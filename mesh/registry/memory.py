@@ -44,7 +44,7 @@ class MemoryRegistry(Registry):
         seen = after_revision
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._revision > seen)
+                await self._changed.wait_for(lambda after=seen: self._revision > after)
                 events = [e for e in self._history if e.revision > seen]
             seen = self._revision
             for event in events:

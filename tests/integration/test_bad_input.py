@@ -86,10 +86,16 @@ def test_byte_length_mismatch_and_missing_input(onnx_model, channel) -> None:
         (lambda r: r.inputs.add(name="x", datatype="FLOAT", shape=[1, 4]), "unknown datatype 'FLOAT'"),
         (lambda r: r.inputs.add(name="x", datatype="FP32", shape=[-1, 4]), "negative dimension"),
         (lambda r: r.inputs.add(name="x", datatype="FP16", shape=[1, 4]), "FP16 has no typed contents"),
-        (lambda r: r.inputs.add(name="x", datatype="INT8", shape=[1]).contents.int_contents.append(300),
-         "does not fit INT8"),
-        (lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1.0]),
-         "needs 4 FP32 values, got 1"),
+        (
+            lambda r: r.inputs.add(name="x", datatype="INT8", shape=[1]).contents.int_contents.append(300),
+            "does not fit INT8",
+        ),
+        (
+            lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend(
+                [1.0]
+            ),
+            "needs 4 FP32 values, got 1",
+        ),
     ],
 )
 def test_malformed_tensors(onnx_model, channel, mutate, reason) -> None:
@@ -176,7 +182,11 @@ def test_registration_errors(models: ModelSet, mesh_api) -> None:
 
     cases = [
         (("a", "onnx", models.pytorch), grpc.StatusCode.ALREADY_EXISTS, "already registered"),
-        (("b", "tensorflow", models.onnx), grpc.StatusCode.INVALID_ARGUMENT, "unknown model type 'tensorflow'"),
+        (
+            ("b", "tensorflow", models.onnx),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown model type 'tensorflow'",
+        ),
         (("c", "onnx", "ftp://host/m.onnx"), grpc.StatusCode.INVALID_ARGUMENT, "unsupported storage scheme"),
         (("", "onnx", models.onnx), grpc.StatusCode.INVALID_ARGUMENT, "must not be empty"),
     ]

@@ -14,12 +14,20 @@ from tests.conftest import ModelSet, register
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [-1.0, 0.5, 2.0, -3.0]])
 
 
-def _infer(triton: tc.InferenceServerClient, model: str, name: str, array: np.ndarray, datatype: str,
-           outputs: list[str] | None = None, typed: bool = False) -> tc.InferResult:
+def _infer(
+    triton: tc.InferenceServerClient,
+    model: str,
+    name: str,
+    array: np.ndarray,
+    datatype: str,
+    outputs: list[str] | None = None,
+    typed: bool = False,
+) -> tc.InferResult:
     tensor = tc.InferInput(name, list(array.shape), datatype)
     if typed:
-        tensor._input.contents.fp32_contents.extend(array.ravel().tolist()) if datatype == "FP32" else \
-            tensor._input.contents.fp64_contents.extend(array.ravel().tolist())
+        tensor._input.contents.fp32_contents.extend(
+            array.ravel().tolist()
+        ) if datatype == "FP32" else tensor._input.contents.fp64_contents.extend(array.ravel().tolist())
     else:
         tensor.set_data_from_numpy(array)
     requested = [tc.InferRequestedOutput(o) for o in outputs] if outputs else None

@@ -34,7 +34,9 @@ def test_vmodel_switches_to_target_once_loaded(models: ModelSet, mesh_api, trito
     assert moved.status == V.DEFINED and moved.activeModelId == "v2"
     np.testing.assert_array_equal(_scores(triton, "prod"), _scores(triton, "v2"))
     assert not np.array_equal(_scores(triton, "prod"), first)
-    np.testing.assert_array_equal(_scores(triton, "x", headers={"mm-vmodel-id": "prod"}), _scores(triton, "v2"))
+    np.testing.assert_array_equal(
+        _scores(triton, "x", headers={"mm-vmodel-id": "prod"}), _scores(triton, "v2")
+    )
 
 
 def test_failed_target_keeps_active_serving(models: ModelSet, mesh_api, triton, tmp_path) -> None:
@@ -43,8 +45,12 @@ def test_failed_target_keeps_active_serving(models: ModelSet, mesh_api, triton, 
     register(mesh_api, "good", "onnx", models.onnx)
     mesh_api.setVModel(mm.SetVModelRequest(vModelId="svc", targetModelId="good"))
     status = mesh_api.setVModel(
-        mm.SetVModelRequest(vModelId="svc", targetModelId="bad", sync=True,
-                            modelInfo=mm.ModelInfo(type="onnx", path=str(broken)))
+        mm.SetVModelRequest(
+            vModelId="svc",
+            targetModelId="bad",
+            sync=True,
+            modelInfo=mm.ModelInfo(type="onnx", path=str(broken)),
+        )
     )
     assert status.status == V.TRANSITION_FAILED
     assert status.activeModelId == "good" and status.targetModelId == "bad"
@@ -76,11 +82,17 @@ def test_vmodel_rules(models: ModelSet, mesh_api) -> None:
 
 def test_auto_delete_target_goes_with_its_vmodel(models: ModelSet, mesh_api) -> None:
     mesh_api.setVModel(
-        mm.SetVModelRequest(vModelId="v", targetModelId="owned", autoDeleteTargetModel=True,
-                            modelInfo=mm.ModelInfo(type="onnx", path=str(models.onnx)))
+        mm.SetVModelRequest(
+            vModelId="v",
+            targetModelId="owned",
+            autoDeleteTargetModel=True,
+            modelInfo=mm.ModelInfo(type="onnx", path=str(models.onnx)),
+        )
     )
-    assert mesh_api.getModelStatus(mm.GetStatusRequest(modelId="owned")).status != \
-        mm.ModelStatusInfo.NOT_FOUND
+    assert (
+        mesh_api.getModelStatus(mm.GetStatusRequest(modelId="owned")).status != mm.ModelStatusInfo.NOT_FOUND
+    )
     mesh_api.deleteVModel(mm.DeleteVModelRequest(vModelId="v"))
-    assert mesh_api.getModelStatus(mm.GetStatusRequest(modelId="owned")).status == \
-        mm.ModelStatusInfo.NOT_FOUND
+    assert (
+        mesh_api.getModelStatus(mm.GetStatusRequest(modelId="owned")).status == mm.ModelStatusInfo.NOT_FOUND
+    )

@@ -1,0 +1,129 @@
+"""The `mesh` command as scripts use it: serve on a port, register, infer, status, list, vmodels."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from tests.conftest import ModelSet
+
+
+def mesh(*args: str, target: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh.cli", *args, "--target", target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    port_file = tmp_path / "port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mesh.cli",
+            "serve",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--capacity",
+            "64MiB",
+            "--pod-id",
+            "cli-pod",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (port_file.exists() and port_file.read_text().strip()):
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, "mesh serve did not start"
+        time.sleep(0.05)
+    yield f"127.0.0.1:{port_file.read_text().strip()}", process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_cli_round_trip(models: ModelSet, served) -> None:
+    target, process = served
+    registered = mesh(
+        "register",
+        "iris",
+        "--type",
+        "sklearn",
+        "--path",
+        str(models.sklearn),
+        "--load-now",
+        "--sync",
+        target=target,
+    )
+    assert registered.returncode == 0, registered.stderr
+    assert "iris: LOADED" in registered.stdout
+
+    row = [[5.1, 3.5, 1.4, 0.2]]
+    inferred = mesh(
+        "infer",
+        "iris",
+        "--input",
+        f"input-0:FP64:1,4:{json.dumps(row)}",
+        "--output",
+        "predict",
+        target=target,
+    )
+    assert inferred.returncode == 0, inferred.stderr
+    expected = joblib.load(models.sklearn).predict(np.array(row)).tolist()
+    assert inferred.stdout.strip() == f"predict: {json.dumps(expected)}"
+
+    assert "cli-pod: LOADED" in mesh("status", "iris", target=target).stdout
+    assert "1 models loaded" in mesh("status", target=target).stdout
+    assert "iris" in mesh("list", target=target).stdout
+    vmodel = mesh("vmodel", "set", "prod", "iris", target=target)
+    assert "prod: DEFINED active=iris target=iris" in vmodel.stdout
+
+    missing = mesh("infer", "nope", "--input", "x:FP32:1:[1]", target=target)
+    assert missing.returncode == 1
+    assert "NOT_FOUND" in missing.stderr
+    bad = mesh("register", "x", "--type", "caffe", "--path", "/m", target=target)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
+def test_metrics_endpoint_counts_calls(models: ModelSet, pod, triton) -> None:
+    import grpc
+    import tritonclient.grpc as tc
+
+    from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+    from tests.conftest import register
+
+    with grpc.insecure_channel(pod.target) as channel:
+        register(mm_grpc.ModelMeshStub(channel), "m", "onnx", models.onnx)
+    tensor = tc.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+    triton.infer("m", [tensor])
+    with pytest.raises(Exception):
+        triton.infer("absent", [tensor])
+    with urllib.request.urlopen(f"http://127.0.0.1:{pod.pod.metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    assert 'mesh_requests_total{code="OK",method="ModelInfer"} 1.0' in text
+    assert 'mesh_requests_total{code="NOT_FOUND",method="ModelInfer"} 1.0' in text
+    assert 'mesh_model_loads_total{result="ok"} 1.0' in text
+    assert "mesh_cache_capacity_bytes 2.68435456e+08" in text

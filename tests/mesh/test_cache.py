@@ -1,0 +1,161 @@
+"""The cache's invariants with a fake adapter: capacity, busy models, timeouts, single flight."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters.base import LoadedModel, ModelAdapter
+from adapters.signature import ModelSignature
+from mesh.cache import ModelCache
+from mesh.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
+from mesh.records import ModelInfo, ModelRecord
+from puller import default_fetchers
+
+
+class FakeModel(LoadedModel):
+    def __init__(self, size: int) -> None:
+        self.size_bytes = size
+        self.signature = ModelSignature("fake", (), ())
+        self.unloaded = False
+
+    def infer(self, inputs, outputs):
+        return {"y": np.zeros(1)}
+
+    def unload(self) -> None:
+        self.unloaded = True
+
+
+class FakeAdapter(ModelAdapter):
+    """Sizes come from the file's content (an integer); ``block`` holds loads until set."""
+
+    model_type = "fake"
+    suffixes = (".txt",)
+    size_factor = 1.0
+    size_overhead = 0
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.block = threading.Event()
+        self.block.set()
+
+    def predict_size(self, path: Path) -> int:
+        return int(path.read_text())
+
+    def load(self, path: Path) -> FakeModel:
+        self.loads += 1
+        self.block.wait(10)
+        if path.name.startswith("broken"):
+            raise RuntimeError("bad weights")
+        return FakeModel(int(path.read_text()) + (50 if path.name.startswith("grows") else 0))
+
+
+class Events:
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str]] = []
+
+    async def loading(self, model_id):
+        self.log.append(("loading", model_id))
+
+    async def loaded(self, model_id, size_bytes, load_seconds):
+        self.log.append(("loaded", model_id))
+
+    async def failed(self, model_id, error: MeshError):
+        self.log.append(("failed", model_id))
+
+    async def unloaded(self, model_id, *, evicted):
+        self.log.append(("evicted" if evicted else "unloaded", model_id))
+
+
+@pytest.fixture
+def adapter() -> FakeAdapter:
+    return FakeAdapter()
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+async def cache(adapter, events):
+    pool = ThreadPoolExecutor(4)
+    cache = ModelCache(
+        capacity_bytes=100,
+        fetchers=default_fetchers(),
+        executor=pool,
+        listener=events,
+        load_timeout_s=0.5,
+        adapters=lambda _: adapter,
+    )
+    yield cache
+    adapter.block.set()
+    await cache.close()
+    pool.shutdown()
+
+
+def record(tmp_path: Path, name: str, size: int) -> ModelRecord:
+    path = tmp_path / f"{name}.txt"
+    path.write_text(str(size))
+    return ModelRecord(name, ModelInfo("fake", str(path)))
+
+
+async def test_lru_eviction_keeps_use_within_capacity(cache, tmp_path, events) -> None:
+    for name in ("a", "b", "c"):
+        async with cache.use(record(tmp_path, name, 40)):
+            assert cache.used_bytes <= 100
+    assert [m.model_id for m in cache.models()] == ["b", "c"]
+    assert ("evicted", "a") in events.log
+
+
+async def test_model_in_use_is_not_evicted_and_busy_when_no_room(cache, tmp_path) -> None:
+    async with cache.use(record(tmp_path, "held", 80)):
+        with pytest.raises(Busy, match="every loaded model is serving"):
+            await cache.ensure_loaded(record(tmp_path, "other", 40))
+        assert cache.loaded("held") is not None
+
+
+async def test_waiting_load_proceeds_when_a_model_becomes_idle(cache, tmp_path) -> None:
+    held = cache.use(record(tmp_path, "held", 80))
+    await held.__aenter__()
+    waiter = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "next", 40)))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await held.__aexit__(None, None, None)
+    assert isinstance(await asyncio.wait_for(waiter, 2), FakeModel)
+    assert cache.loaded("held") is None
+
+
+async def test_single_flight(cache, tmp_path, adapter) -> None:
+    adapter.block.clear()
+    rec = record(tmp_path, "m", 10)
+    waiters = [asyncio.create_task(cache.ensure_loaded(rec)) for _ in range(50)]
+    await asyncio.sleep(0.05)
+    adapter.block.set()
+    loaded = await asyncio.gather(*waiters)
+    assert adapter.loads == 1 and all(m is loaded[0] for m in loaded)
+
+
+async def test_timeout_failure_and_oversize(cache, tmp_path, adapter, events) -> None:
+    adapter.block.clear()
+    with pytest.raises(Unavailable, match=r"timed out after 0\.5s"):
+        await cache.ensure_loaded(record(tmp_path, "slow", 10))
+    adapter.block.set()
+    assert cache.used_bytes == 0
+    with pytest.raises(ModelLoadFailed, match="bad weights"):
+        await cache.ensure_loaded(record(tmp_path, "broken", 10))
+    with pytest.raises(CapacityExceeded, match="needs 101 bytes"):
+        await cache.ensure_loaded(record(tmp_path, "huge", 101))
+    assert ("failed", "broken") in events.log and cache.used_bytes == 0
+
+
+async def test_measured_size_larger_than_predicted_evicts_more(cache, tmp_path) -> None:
+    await cache.ensure_loaded(record(tmp_path, "a", 40))
+    await cache.ensure_loaded(record(tmp_path, "grows", 40))  # measures 90
+    assert cache.loaded("a") is None
+    assert cache.used_bytes == 90
