@@ -1,0 +1,254 @@
+"""One pod, one small sklearn model: throughput and latency through the pod vs in-process vs MLServer.
+
+    python bench/single_pod.py [--concurrency 32] [--seconds 5] [--rounds 2] [--no-mlserver]
+
+Every figure is measured in this run: the in-process call is the floor, MLServer
+(``mlserver`` + ``mlserver-sklearn`` in ``bench/.venvs/mlserver``, created on first
+use) the baseline. Both servers get the same client (``tritonclient.grpc.aio``),
+the same concurrency and alternate runs, because these machines are shared and noisy.
+Also prints the pod's resident memory with nothing loaded and per loaded small model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+
+from mesh import samples
+from mesh.edge.client import MeshClient
+
+HERE = Path(__file__).resolve().parent
+MLSERVER_VENV = HERE / ".venvs" / "mlserver"
+ROW = np.array([[5.1, 3.5, 1.4, 0.2]])
+
+
+@dataclass
+class Run:
+    name: str
+    requests: int
+    seconds: float
+    latencies_ms: np.ndarray
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+    def line(self) -> str:
+        return (f"{self.name:<22} {self.rps:>9.0f} req/s   p50 {self.pct(50):7.2f} ms   "
+                f"p99 {self.pct(99):7.2f} ms   ({self.requests} calls)")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(target: str, model: str, timeout: float = 120.0) -> None:
+    import tritonclient.grpc as tc
+
+    deadline = time.monotonic() + timeout
+    client = tc.InferenceServerClient(target)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if client.is_server_ready() and (not model or client.is_model_ready(model)):
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+    finally:
+        client.close()
+    raise RuntimeError(f"{target} not ready after {timeout}s")
+
+
+async def drive(name: str, target: str, model: str, input_name: str, concurrency: int, seconds: float) -> Run:
+    import tritonclient.grpc.aio as tca
+
+    client = tca.InferenceServerClient(target)
+    tensor = tca.InferInput(input_name, list(ROW.shape), "FP64")
+    tensor.set_data_from_numpy(ROW)
+    latencies: list[float] = []
+    for _ in range(50):  # warm-up
+        await client.infer(model, [tensor])
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            await client.infer(model, [tensor])
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return Run(name, len(latencies), elapsed, np.array(latencies))
+
+
+def in_process(model_path: Path, seconds: float) -> Run:
+    from adapters import adapter_for
+
+    model = adapter_for("sklearn").load(model_path)
+    latencies = []
+    stop_at = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < stop_at:
+        t0 = time.perf_counter()
+        model.infer({"input-0": ROW}, ["predict"])
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return Run("in-process predict", len(latencies), time.perf_counter() - started, np.array(latencies))
+
+
+def start_pod(workdir: Path, capacity: str = "1GiB") -> tuple[subprocess.Popen[bytes], str]:
+    port_file = workdir / "pod.port"
+    port_file.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "serve", "--port", "0", "--metrics-port", "-1",
+         "--capacity", capacity, "--port-file", str(port_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if process.poll() is not None:
+            raise RuntimeError("mesh serve exited")
+        time.sleep(0.05)
+    return process, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+def ensure_mlserver() -> Path | None:
+    binary = MLSERVER_VENV / "bin" / "mlserver"
+    if binary.exists():
+        return binary
+    print("creating the MLServer venv (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+    result = subprocess.run(
+        [str(MLSERVER_VENV / "bin" / "pip"), "install", "-q", "mlserver==1.7.1", "mlserver-sklearn==1.7.1",
+         "uvloop<0.22"], check=False,
+    )
+    return binary if result.returncode == 0 and binary.exists() else None
+
+
+def start_mlserver(binary: Path, model_path: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    repo = workdir / "mlserver"
+    (repo / "iris").mkdir(parents=True, exist_ok=True)
+    grpc_port, http_port = free_port(), free_port()
+    (repo / "settings.json").write_text(json.dumps({
+        "grpc_port": grpc_port, "http_port": http_port, "host": "127.0.0.1",
+        "metrics_endpoint": None, "parallel_workers": 0,
+    }))
+    (repo / "iris" / "model-settings.json").write_text(json.dumps({
+        "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(model_path)},
+    }))
+    env = {**os.environ, "PATH": f"{binary.parent}:{os.environ.get('PATH', '')}"}
+    log = (workdir / "mlserver.log").open("wb")
+    process = subprocess.Popen([str(binary), "start", str(repo)], stdout=log, stderr=log, env=env)
+    return process, f"127.0.0.1:{grpc_port}"
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def memory(workdir: Path, model_path: Path, count: int) -> tuple[float, float]:
+    """The pod's RSS (MiB) with nothing loaded, and per loaded small model."""
+    process, target = start_pod(workdir)
+    try:
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        with MeshClient(target) as client:
+            client.register("warm", "sklearn", str(model_path), load_now=True, sync=True)
+            client.unregister("warm")
+            time.sleep(0.5)
+            base = psutil.Process(process.pid).memory_info().rss
+            for i in range(count):
+                path = samples.sklearn_classifier(workdir / f"mem{i}", seed=i)
+                client.register(f"mem{i}", "sklearn", str(path), load_now=True, sync=True)
+            time.sleep(0.5)
+            loaded = psutil.Process(process.pid).memory_info().rss
+    finally:
+        stop(process)
+    return base / 2**20, (loaded - base) / count / 2**10
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--memory-models", type=int, default=200)
+    parser.add_argument("--no-mlserver", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        workdir = Path(tmp)
+        model_path = samples.sklearn_classifier(workdir / "iris")
+        floor = in_process(model_path, args.seconds)
+        mlserver = None if args.no_mlserver else ensure_mlserver()
+        if mlserver is None and not args.no_mlserver:
+            print("MLServer could not be installed: comparing against in-process only")
+        pod_runs: list[Run] = []
+        ml_runs: list[Run] = []
+        for round_index in range(args.rounds):
+            process, target = start_pod(workdir)
+            try:
+                wait_ready(target, "")
+                with MeshClient(target) as client:
+                    client.register("iris", "sklearn", str(model_path), load_now=True, sync=True)
+                pod_runs.append(asyncio.run(drive(f"mesh pod #{round_index + 1}", target, "iris", "input-0",
+                                                  args.concurrency, args.seconds)))
+            finally:
+                stop(process)
+            print(pod_runs[-1].line(), flush=True)
+            if mlserver is not None:
+                process, target = start_mlserver(mlserver, model_path, workdir)
+                try:
+                    wait_ready(target, "iris")
+                    ml_runs.append(asyncio.run(drive(f"MLServer #{round_index + 1}", target, "iris", "input-0",
+                                                     args.concurrency, args.seconds)))
+                finally:
+                    stop(process)
+                print(ml_runs[-1].line(), flush=True)
+        base_mib, per_model_kib = memory(workdir, model_path, args.memory_models)
+
+    best_pod = max(pod_runs, key=lambda r: r.rps)
+    print()
+    print(f"small sklearn model, batch 1, {args.concurrency} concurrent clients, {args.seconds:g}s per run")
+    print(floor.line())
+    print(best_pod.line())
+    print(f"pod / in-process throughput: {best_pod.rps / floor.rps:.3f}x "
+          f"(p50 {best_pod.pct(50) / floor.pct(50):.0f}x the bare call)")
+    if ml_runs:
+        best_ml = max(ml_runs, key=lambda r: r.rps)
+        print(best_ml.line())
+        print(f"pod / MLServer throughput: {best_pod.rps / best_ml.rps:.2f}x (target >= 3x)")
+        print(f"pod / MLServer p99:        {best_pod.pct(99) / best_ml.pct(99):.2f}x (target <= 0.33x)")
+    print(f"pod resident memory, nothing loaded: {base_mib:.0f} MiB; "
+          f"per loaded small sklearn model: {per_model_kib:.0f} KiB ({args.memory_models} models)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
