@@ -28,6 +28,7 @@ import psutil
 
 from mesh import samples
 from mesh.edge.client import MeshClient
+from mesh.launcher import spawn_pod
 
 HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = HERE / ".venvs" / "mlserver"
@@ -49,8 +50,10 @@ class Run:
         return float(np.percentile(self.latencies_ms, q))
 
     def line(self) -> str:
-        return (f"{self.name:<22} {self.rps:>9.0f} req/s   p50 {self.pct(50):7.2f} ms   "
-                f"p99 {self.pct(99):7.2f} ms   ({self.requests} calls)")
+        return (
+            f"{self.name:<22} {self.rps:>9.0f} req/s   p50 {self.pct(50):7.2f} ms   "
+            f"p99 {self.pct(99):7.2f} ms   ({self.requests} calls)"
+        )
 
 
 def free_port() -> int:
@@ -118,18 +121,7 @@ def in_process(model_path: Path, seconds: float) -> Run:
 
 
 def start_pod(workdir: Path, capacity: str = "1GiB") -> tuple[subprocess.Popen[bytes], str]:
-    port_file = workdir / "pod.port"
-    port_file.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "serve", "--port", "0", "--metrics-port", "-1",
-         "--capacity", capacity, "--port-file", str(port_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if process.poll() is not None:
-            raise RuntimeError("mesh serve exited")
-        time.sleep(0.05)
-    return process, f"127.0.0.1:{port_file.read_text().strip()}"
+    return spawn_pod(workdir, "--metrics-port", "-1", "--capacity", capacity)
 
 
 def ensure_mlserver() -> Path | None:
@@ -139,8 +131,15 @@ def ensure_mlserver() -> Path | None:
     print("creating the MLServer venv (once) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
     result = subprocess.run(
-        [str(MLSERVER_VENV / "bin" / "pip"), "install", "-q", "mlserver==1.7.1", "mlserver-sklearn==1.7.1",
-         "uvloop<0.22"], check=False,
+        [
+            str(MLSERVER_VENV / "bin" / "pip"),
+            "install",
+            "-q",
+            "mlserver==1.7.1",
+            "mlserver-sklearn==1.7.1",
+            "uvloop<0.22",
+        ],
+        check=False,
     )
     return binary if result.returncode == 0 and binary.exists() else None
 
@@ -149,14 +148,26 @@ def start_mlserver(binary: Path, model_path: Path, workdir: Path) -> tuple[subpr
     repo = workdir / "mlserver"
     (repo / "iris").mkdir(parents=True, exist_ok=True)
     grpc_port, http_port = free_port(), free_port()
-    (repo / "settings.json").write_text(json.dumps({
-        "grpc_port": grpc_port, "http_port": http_port, "host": "127.0.0.1",
-        "metrics_endpoint": None, "parallel_workers": 0,
-    }))
-    (repo / "iris" / "model-settings.json").write_text(json.dumps({
-        "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": str(model_path)},
-    }))
+    (repo / "settings.json").write_text(
+        json.dumps(
+            {
+                "grpc_port": grpc_port,
+                "http_port": http_port,
+                "host": "127.0.0.1",
+                "metrics_endpoint": None,
+                "parallel_workers": 0,
+            }
+        )
+    )
+    (repo / "iris" / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "iris",
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": str(model_path)},
+            }
+        )
+    )
     env = {**os.environ, "PATH": f"{binary.parent}:{os.environ.get('PATH', '')}"}
     log = (workdir / "mlserver.log").open("wb")
     process = subprocess.Popen([str(binary), "start", str(repo)], stdout=log, stderr=log, env=env)
@@ -217,8 +228,18 @@ def main() -> int:
                 wait_ready(target, "")
                 with MeshClient(target) as client:
                     client.register("iris", "sklearn", str(model_path), load_now=True, sync=True)
-                pod_runs.append(asyncio.run(drive(f"mesh pod #{round_index + 1}", target, "iris", "input-0",
-                                                  args.concurrency, args.seconds)))
+                pod_runs.append(
+                    asyncio.run(
+                        drive(
+                            f"mesh pod #{round_index + 1}",
+                            target,
+                            "iris",
+                            "input-0",
+                            args.concurrency,
+                            args.seconds,
+                        )
+                    )
+                )
             finally:
                 stop(process)
             print(pod_runs[-1].line(), flush=True)
@@ -226,8 +247,18 @@ def main() -> int:
                 process, target = start_mlserver(mlserver, model_path, workdir)
                 try:
                     wait_ready(target, "iris")
-                    ml_runs.append(asyncio.run(drive(f"MLServer #{round_index + 1}", target, "iris", "input-0",
-                                                     args.concurrency, args.seconds)))
+                    ml_runs.append(
+                        asyncio.run(
+                            drive(
+                                f"MLServer #{round_index + 1}",
+                                target,
+                                "iris",
+                                "input-0",
+                                args.concurrency,
+                                args.seconds,
+                            )
+                        )
+                    )
                 finally:
                     stop(process)
                 print(ml_runs[-1].line(), flush=True)
@@ -238,15 +269,19 @@ def main() -> int:
     print(f"small sklearn model, batch 1, {args.concurrency} concurrent clients, {args.seconds:g}s per run")
     print(floor.line())
     print(best_pod.line())
-    print(f"pod / in-process throughput: {best_pod.rps / floor.rps:.3f}x "
-          f"(p50 {best_pod.pct(50) / floor.pct(50):.0f}x the bare call)")
+    print(
+        f"pod / in-process throughput: {best_pod.rps / floor.rps:.3f}x "
+        f"(p50 {best_pod.pct(50) / floor.pct(50):.0f}x the bare call)"
+    )
     if ml_runs:
         best_ml = max(ml_runs, key=lambda r: r.rps)
         print(best_ml.line())
         print(f"pod / MLServer throughput: {best_pod.rps / best_ml.rps:.2f}x (target >= 3x)")
         print(f"pod / MLServer p99:        {best_pod.pct(99) / best_ml.pct(99):.2f}x (target <= 0.33x)")
-    print(f"pod resident memory, nothing loaded: {base_mib:.0f} MiB; "
-          f"per loaded small sklearn model: {per_model_kib:.0f} KiB ({args.memory_models} models)")
+    print(
+        f"pod resident memory, nothing loaded: {base_mib:.0f} MiB; "
+        f"per loaded small sklearn model: {per_model_kib:.0f} KiB ({args.memory_models} models)"
+    )
     return 0
 
 

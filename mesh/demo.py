@@ -8,7 +8,6 @@ all, sends Zipf-distributed traffic, and prints what happened.
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh import samples
 from mesh.edge.client import MeshClient, build_request
+from mesh.launcher import spawn_pod
 
 
 @dataclass(frozen=True)
@@ -56,33 +56,16 @@ def build_models(root: Path, count: int, rng: np.random.Generator) -> list[DemoM
 
 
 def start_pod(capacity: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = workdir / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh.cli",
-            "serve",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--capacity",
-            str(capacity),
-            "--pod-id",
-            "demo-pod",
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "pod.log").open("wb"),
+    process, target = spawn_pod(
+        workdir,
+        "--metrics-port",
+        "-1",
+        "--capacity",
+        str(capacity),
+        "--pod-id",
+        "demo-pod",
+        log=(workdir / "pod.log").open("wb"),
     )
-    deadline = time.monotonic() + 60
-    while not port_file.exists() or not port_file.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the pod did not start; see {workdir / 'pod.log'}")
-        time.sleep(0.05)
-    target = f"127.0.0.1:{port_file.read_text().strip()}"
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         answer = health.Check(health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True)

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import joblib
 import numpy as np
 import pytest
 
+from mesh.launcher import spawn_pod
 from tests.conftest import ModelSet
 
 
@@ -28,34 +28,8 @@ def mesh(*args: str, target: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def served(tmp_path: Path):
-    port_file = tmp_path / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh.cli",
-            "serve",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--capacity",
-            "64MiB",
-            "--pod-id",
-            "cli-pod",
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not (port_file.exists() and port_file.read_text().strip()):
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        assert time.monotonic() < deadline, "mesh serve did not start"
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port_file.read_text().strip()}", process
+    process, target = spawn_pod(tmp_path, "--metrics-port", "0", "--capacity", "64MiB", "--pod-id", "cli-pod")
+    yield target, process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
