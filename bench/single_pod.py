@@ -204,6 +204,27 @@ def memory(workdir: Path, model_path: Path, count: int) -> tuple[float, float]:
     return base / 2**20, (loaded - base) / count / 2**10
 
 
+def measured(
+    name: str,
+    process: subprocess.Popen[bytes],
+    target: str,
+    wait_for_model: str,
+    args: argparse.Namespace,
+    register: Path | None = None,
+) -> Run:
+    """Drive one server process (stopped afterwards); ``register`` loads the model into a pod first."""
+    try:
+        wait_ready(target, wait_for_model)
+        if register is not None:
+            with MeshClient(target) as client:
+                client.register("iris", "sklearn", str(register), load_now=True, sync=True)
+        run = asyncio.run(drive(name, target, "iris", "input-0", args.concurrency, args.seconds))
+    finally:
+        stop(process)
+    print(run.line(), flush=True)
+    return run
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=32)
@@ -224,44 +245,10 @@ def main() -> int:
         ml_runs: list[Run] = []
         for round_index in range(args.rounds):
             process, target = start_pod(workdir)
-            try:
-                wait_ready(target, "")
-                with MeshClient(target) as client:
-                    client.register("iris", "sklearn", str(model_path), load_now=True, sync=True)
-                pod_runs.append(
-                    asyncio.run(
-                        drive(
-                            f"mesh pod #{round_index + 1}",
-                            target,
-                            "iris",
-                            "input-0",
-                            args.concurrency,
-                            args.seconds,
-                        )
-                    )
-                )
-            finally:
-                stop(process)
-            print(pod_runs[-1].line(), flush=True)
+            pod_runs.append(measured(f"mesh pod #{round_index + 1}", process, target, "", args, model_path))
             if mlserver is not None:
                 process, target = start_mlserver(mlserver, model_path, workdir)
-                try:
-                    wait_ready(target, "iris")
-                    ml_runs.append(
-                        asyncio.run(
-                            drive(
-                                f"MLServer #{round_index + 1}",
-                                target,
-                                "iris",
-                                "input-0",
-                                args.concurrency,
-                                args.seconds,
-                            )
-                        )
-                    )
-                finally:
-                    stop(process)
-                print(ml_runs[-1].line(), flush=True)
+                ml_runs.append(measured(f"MLServer #{round_index + 1}", process, target, "iris", args))
         base_mib, per_model_kib = memory(workdir, model_path, args.memory_models)
 
     best_pod = max(pod_runs, key=lambda r: r.rps)
