@@ -24,6 +24,9 @@ class LoadedModel(ABC):
 
     signature: ModelSignature
     size_bytes: int
+    row_independent: bool = False
+    """True when each output row depends only on the same input row (dimension 0 is the batch):
+    the pod may then run concurrent calls as one batch. Only adapters that know it set it."""
 
     @abstractmethod
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:

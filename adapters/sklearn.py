@@ -25,6 +25,8 @@ INPUT_NAME = "input-0"
 
 
 class SklearnModel(LoadedModel):
+    row_independent = True  # predict/predict_proba score each sample on its own
+
     def __init__(self, estimator: Any, size_bytes: int) -> None:
         self._estimator = estimator
         self.size_bytes = size_bytes

@@ -9,7 +9,9 @@ bounded executor so the loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ import numpy as np
 
 from adapters import LoadedModel
 from adapters.signature import ModelSignature, check_inputs, select_outputs
+from mesh.batching import Batcher
 from mesh.cache import ModelCache
 from mesh.errors import InvalidInput, MeshError
 from mesh.management import ModelManager, now_ms
@@ -65,13 +68,22 @@ class ModelIndexEntry:
 
 class DataPlane:
     def __init__(
-        self, *, manager: ModelManager, cache: ModelCache, executor: Executor, inline_infer_s: float
+        self,
+        *,
+        manager: ModelManager,
+        cache: ModelCache,
+        executor: Executor,
+        inline_infer_s: float,
+        max_batch_rows: int = 0,
     ) -> None:
         self._manager = manager
         self._cache = cache
         self._executor = executor
         self._inline_infer_s = inline_infer_s
+        self._max_batch_rows = max_batch_rows
         self._stats: dict[str, ModelStats] = {}
+        # One batcher per loaded model object: a reload after eviction starts afresh.
+        self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = weakref.WeakKeyDictionary()
 
     async def infer(
         self, name: str, request: InferenceRequest, *, vmodel: bool | None = None
@@ -88,7 +100,6 @@ class DataPlane:
             raise
         stats.success_count += 1
         stats.success_ns += time.perf_counter_ns() - started
-        stats.execution_count += 1
         stats.inference_count += _batch_size(request)
         stats.last_inference_ms = now_ms()
         return InferenceResponse(name, record.model_id, request.id, outputs)
@@ -98,6 +109,22 @@ class DataPlane:
     ) -> list[tuple[str, np.ndarray]]:
         inputs = check_inputs(model.signature, request.inputs)
         wanted = select_outputs(model.signature, request.outputs, default=())
+        if model.row_independent and self._max_batch_rows:
+            batcher = self._batchers.get(model)
+            if batcher is None:
+                batcher = Batcher(
+                    functools.partial(self._execute, model, stats), max_rows=self._max_batch_rows
+                )
+                self._batchers[model] = batcher
+            results = await batcher.infer(inputs, wanted)
+        else:
+            results = await self._execute(model, stats, inputs, wanted)
+        return list(results.items())
+
+    async def _execute(
+        self, model: LoadedModel, stats: ModelStats, inputs: dict[str, np.ndarray], wanted: list[str]
+    ) -> dict[str, np.ndarray]:
+        """One framework call: on the loop for fast models, else on the executor."""
         started = time.perf_counter()
         if stats.average_s is not None and stats.average_s < self._inline_infer_s:
             results = _call(model, inputs, wanted)
@@ -106,11 +133,12 @@ class DataPlane:
                 self._executor, _call, model, inputs, wanted
             )
         elapsed = time.perf_counter() - started
+        stats.execution_count += 1
         stats.compute_ns += int(elapsed * 1e9)
         stats.average_s = (
             elapsed if stats.average_s is None else (1 - _EWMA) * stats.average_s + _EWMA * elapsed
         )
-        return list(results.items())
+        return results
 
     async def metadata(self, name: str) -> tuple[str, ModelSignature]:
         """The model's signature (loading it if needed, as a call would)."""

@@ -115,7 +115,11 @@ class Pod:
         events.manager = self.manager
         self._events = events
         dataplane = DataPlane(
-            manager=self.manager, cache=self.cache, executor=self._infer_pool, inline_infer_s=s.inline_infer_s
+            manager=self.manager,
+            cache=self.cache,
+            executor=self._infer_pool,
+            inline_infer_s=s.inline_infer_s,
+            max_batch_rows=s.max_batch_rows,
         )
         self._server = build_server(
             inference=InferenceServicer(dataplane, self.metrics),

@@ -82,6 +82,10 @@ class MeshSettings(BaseSettings):
     inline_infer_s: float = 0.002
     """Models whose average inference takes less than this run on the event loop."""
 
+    max_batch_rows: int = 64
+    """Concurrent calls to a row-independent model (sklearn) run as one batch of up to this many
+    rows; 0 turns batching off. No call waits for a batch to fill."""
+
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED."""
 

@@ -94,3 +94,27 @@ def test_routing_metadata_wins_over_model_name(models: ModelSet, mesh_api, trito
     register(mesh_api, "real", "onnx", models.onnx)
     result = triton.infer("ignored", [_x()], headers={"mm-model-id": "real"})
     assert result.as_numpy("scores").shape == (1, 3)
+
+
+def test_concurrent_calls_to_one_model_each_get_their_own_answer(models: ModelSet, mesh_api, pod) -> None:
+    import joblib
+
+    register(mesh_api, "iris", "sklearn", models.sklearn, load_now=True, sync=True)
+    estimator = joblib.load(models.sklearn)
+    rows = [np.random.default_rng(i).normal(0, 3, size=(1 + i % 3, 4)) for i in range(64)]
+
+    def call(x: np.ndarray) -> np.ndarray:
+        tensor = tc.InferInput("input-0", list(x.shape), "FP64")
+        tensor.set_data_from_numpy(x)
+        client = tc.InferenceServerClient(pod.target)
+        try:
+            return client.infer(
+                "iris", [tensor], outputs=[tc.InferRequestedOutput("predict_proba")]
+            ).as_numpy("predict_proba")
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(32) as threads:
+        answers = list(threads.map(call, rows))
+    for x, answer in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(answer, estimator.predict_proba(x))
