@@ -41,9 +41,10 @@ class _Call:
 class Batcher:
     """Batches calls for one loaded model; ``execute`` runs the model once on the given arrays."""
 
-    def __init__(self, execute: Execute, *, max_rows: int) -> None:
+    def __init__(self, execute: Execute, *, max_rows: int, gather_turns: int = GATHER_TURNS) -> None:
         self._execute = execute
         self._max_rows = max_rows
+        self._gather_turns = gather_turns
         self._queue: list[_Call] = []
         self._drain: asyncio.Task[None] | None = None
 
@@ -68,7 +69,7 @@ class Batcher:
             while self._queue:
                 for group in self._take_groups():
                     await self._run_group(group)
-                for _ in range(GATHER_TURNS):  # let calls that arrived meanwhile join the next round
+                for _ in range(self._gather_turns):  # let calls that arrived meanwhile join the next round
                     await asyncio.sleep(0)
         finally:
             self._drain = None

@@ -6,6 +6,8 @@ explode the series count; ``ModelStatistics`` answers per-model questions.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -37,6 +39,12 @@ class MeshMetrics:
         )
         self.models_loaded = Gauge("mesh_models_loaded", "Models loaded on this pod", registry=registry)
 
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
     def observe_request(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, code).inc()
-        self.request_seconds.labels(method).observe(seconds)
+        children = self._children.get((method, code))
+        if children is None:  # labels() costs a lock and a lookup: resolve each pair once
+            children = (self.requests.labels(method, code), self.request_seconds.labels(method))
+            self._children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)

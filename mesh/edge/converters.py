@@ -7,11 +7,12 @@ out as ``raw_output_contents``.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
 
-from adapters.datatypes import numpy_dtype, v2_datatype
+from adapters.datatypes import V2_TO_NUMPY, numpy_dtype, v2_datatype
 from adapters.signature import TensorSpec
 from mesh.dataplane import InferenceRequest, InferenceResponse, ModelStats
 from mesh.errors import InvalidInput
@@ -35,6 +36,8 @@ _TYPED_FIELD = {
     "BYTES": "bytes_contents",
 }
 _LENGTH = struct.Struct("<I")
+# The wire's byte order is little-endian whatever the host's.
+_WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in V2_TO_NUMPY.items() if name != "BYTES"}
 
 
 # tensors
@@ -63,7 +66,7 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | Non
     shape = tuple(tensor.shape)
     if any(dim < 0 for dim in shape):
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if raw is not None:
         if tensor.datatype == "BYTES":
             return unpack_bytes(name, raw, count).reshape(shape)
@@ -73,7 +76,7 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | Non
                 f"input {name!r}: shape {list(shape)} of {tensor.datatype} needs {expected} bytes, "
                 f"got {len(raw)}"
             )
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(raw, dtype=_WIRE_DTYPES[tensor.datatype]).reshape(shape)
     if tensor.datatype == "FP16":
         raise InvalidInput(f"input {name!r}: FP16 has no typed contents; send it in raw_input_contents")
     values = getattr(tensor.contents, _TYPED_FIELD[tensor.datatype])
@@ -120,7 +123,9 @@ def response_to_proto(response: InferenceResponse) -> v2.ModelInferResponse:
 
 def raw_bytes(array: np.ndarray, datatype: str) -> bytes:
     if datatype != "BYTES":
-        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        return array.tobytes()
     chunks = []
     for item in array.ravel():
         data = item if isinstance(item, bytes) else str(item).encode()
