@@ -85,7 +85,7 @@ def _signature(module: torch.jit.ScriptModule, declared: Path) -> ModelSignature
             inputs=tuple(_declared(t) for t in spec["inputs"]),
             outputs=tuple(_declared(t) for t in spec.get("outputs", [])),
         )
-    arguments = module.forward.schema.arguments[1:]  # drop self
+    arguments = getattr(module.forward, "schema").arguments[1:]  # noqa: B009 - TorchScript-only attribute; drop self
     inputs = tuple(TensorSpec(arg.name, "FP32", None, accepts=NUMERIC | {"BOOL"}) for arg in arguments)
     return ModelSignature(platform="pytorch_libtorch", inputs=inputs, outputs=())
 

@@ -136,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             else:
                 _print_pod(client.pod_status())
         elif args.command == "list":
-            _print_list(client.list(args.prefix))
+            _print_list(client.list_models(args.prefix))
         elif args.command == "vmodel":
             return _vmodel(client, args)
         elif args.command == "infer":

@@ -13,8 +13,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from adapters import ADAPTERS, supported_types
 from mesh.cache import ModelCache
@@ -356,9 +357,8 @@ class ModelManager:
         record = self._store.model(model_id)
         return record is not None and any(c.state is ModelState.LOADED for c in record.copies.values())
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

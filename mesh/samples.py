@@ -110,7 +110,8 @@ def torchscript_mlp(
             self.out = torch.nn.Linear(hidden, outputs)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(torch.relu(self.hidden(x)))
+            result: torch.Tensor = self.out(torch.relu(self.hidden(x)))
+            return result
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name

@@ -56,7 +56,7 @@ class MeshClient:
     def status(self, model_id: str) -> mm.ModelStatusInfo:
         return self.mm.getModelStatus(mm.GetStatusRequest(modelId=model_id), timeout=self._timeout)
 
-    def list(self, prefix: str = "") -> admin.ListModelsResponse:
+    def list_models(self, prefix: str = "") -> admin.ListModelsResponse:
         return self.admin.ListModels(admin.ListModelsRequest(prefix=prefix), timeout=self._timeout)
 
     def pod_status(self) -> admin.PodStatusResponse:

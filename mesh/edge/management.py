@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeAlias
 
 import grpc
 
@@ -17,7 +18,7 @@ from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class ModelMeshServicer(mm_grpc.ModelMeshServicer):

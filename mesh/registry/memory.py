@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 from mesh.registry.base import MUST_NOT_EXIST, Entry, Registry, RegistryConflict, WatchEvent
@@ -44,12 +45,15 @@ class MemoryRegistry(Registry):
         seen = after_revision
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda after=seen: self._revision > after)
+                await self._changed.wait_for(functools.partial(self._newer_than, seen))
                 events = [e for e in self._history if e.revision > seen]
             seen = self._revision
             for event in events:
                 if event.key.startswith(prefix):
                     yield event
+
+    def _newer_than(self, revision: int) -> bool:
+        return self._revision > revision
 
     def _check(self, key: str, expected_revision: int | None) -> None:
         if expected_revision is None:
