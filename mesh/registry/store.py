@@ -1,8 +1,10 @@
-"""Typed model and vmodel records over a ``Registry``, read from an in-memory mirror.
+"""Typed model, vmodel and instance records over a ``Registry``, read from an in-memory mirror.
 
 The mirror holds every record under the prefix, kept current by a watch, so the
-request path never waits on the registry. Writes are compare-and-swap loops;
-after a write the store waits until its mirror has seen it (read-your-writes).
+request path never waits on the registry. The watch resumes from the last revision
+it saw after a disconnect and resyncs with a full read after compaction. Writes are
+compare-and-swap loops; after a write the store waits until its mirror has seen it
+(read-your-writes).
 """
 
 from __future__ import annotations
@@ -11,36 +13,56 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mesh.errors import Unavailable
-from mesh.records import ModelRecord, VModelRecord
-from mesh.registry.base import MUST_NOT_EXIST, Registry, RegistryConflict, WatchEvent
+from mesh.records import InstanceRecord, ModelRecord, VModelRecord
+from mesh.registry.base import (
+    MUST_NOT_EXIST,
+    Registry,
+    RegistryCompacted,
+    RegistryConflict,
+    WatchEvent,
+)
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", ModelRecord, VModelRecord)
 _CAS_ATTEMPTS = 20
+_MIRROR_WAIT_S = 2.0
+"""How long a writer waits for the watch to show its write before reading the key directly."""
+_RETRY_MAX_S = 2.0
+
+_KINDS: dict[str, Callable[[bytes], Any]] = {
+    "models": ModelRecord.from_json,
+    "vmodels": VModelRecord.from_json,
+    "instances": InstanceRecord.from_json,
+}
+
+Listener = Callable[[str, str, Any], None]
+"""Called with (kind, id, record or None) after the mirror changes."""
 
 
 class ModelStore:
     def __init__(self, registry: Registry, *, namespace: str = "default") -> None:
         self._registry = registry
         self.prefix = f"/mesh/{namespace}/"
-        self._models: dict[str, ModelRecord] = {}
-        self._vmodels: dict[str, VModelRecord] = {}
+        self._mirror: dict[str, dict[str, Any]] = {kind: {} for kind in _KINDS}
+        self._models: dict[str, ModelRecord] = self._mirror["models"]
+        self._vmodels: dict[str, VModelRecord] = self._mirror["vmodels"]
+        self._instances: dict[str, InstanceRecord] = self._mirror["instances"]
         self._revisions: dict[str, int] = {}
         self._revision = 0
         self._advanced = asyncio.Condition()
         self._watch_task: asyncio.Task[None] | None = None
+        self._listeners: list[Listener] = []
+        self.connected = False
+        """Whether the watch is following the registry now (False while it reconnects)."""
 
     # lifecycle
 
     async def start(self) -> None:
-        entries, revision = await self._registry.range(self.prefix)
-        for entry in entries:
-            self._apply(WatchEvent(entry.key, entry.value, entry.mod_revision))
-        self._revision = revision
+        await self._resync()
         self._watch_task = asyncio.create_task(self._follow(), name="registry-mirror")
 
     async def stop(self) -> None:
@@ -48,6 +70,9 @@ class ModelStore:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
 
     # reads (mirror only)
 
@@ -57,11 +82,18 @@ class ModelStore:
     def vmodel(self, vmodel_id: str) -> VModelRecord | None:
         return self._vmodels.get(vmodel_id)
 
+    def instance(self, pod_id: str) -> InstanceRecord | None:
+        return self._instances.get(pod_id)
+
     def models(self) -> list[ModelRecord]:
         return [self._models[k] for k in sorted(self._models)]
 
     def vmodels(self) -> list[VModelRecord]:
         return [self._vmodels[k] for k in sorted(self._vmodels)]
+
+    def instances(self) -> dict[str, InstanceRecord]:
+        """Live pods by id (their lease-bound records)."""
+        return dict(self._instances)
 
     def vmodels_using(self, model_id: str) -> list[str]:
         return sorted(
@@ -72,7 +104,7 @@ class ModelStore:
 
     async def create_model(self, record: ModelRecord) -> ModelRecord | None:
         """Create ``record``; returns the existing record instead if the id is taken."""
-        return await self._create(self._model_key(record.model_id), record, self._models, record.model_id)
+        return await self._create(self._key("models", record.model_id), record, self._models, record.model_id)
 
     async def update_model(
         self, model_id: str, change: Callable[[ModelRecord], ModelRecord | None]
@@ -81,26 +113,34 @@ class ModelStore:
 
         Returns the record written (None if deleted or absent).
         """
-        return await self._update(self._model_key(model_id), model_id, self._models, change)
+        return await self._update(self._key("models", model_id), model_id, self._models, change)
 
     async def delete_model(self, model_id: str) -> None:
-        await self._update(self._model_key(model_id), model_id, self._models, lambda _: None)
+        await self._update(self._key("models", model_id), model_id, self._models, lambda _: None)
 
     async def create_vmodel(self, record: VModelRecord) -> VModelRecord | None:
-        return await self._create(self._vmodel_key(record.vmodel_id), record, self._vmodels, record.vmodel_id)
+        key = self._key("vmodels", record.vmodel_id)
+        return await self._create(key, record, self._vmodels, record.vmodel_id)
 
     async def update_vmodel(
         self, vmodel_id: str, change: Callable[[VModelRecord], VModelRecord | None]
     ) -> VModelRecord | None:
-        return await self._update(self._vmodel_key(vmodel_id), vmodel_id, self._vmodels, change)
+        return await self._update(self._key("vmodels", vmodel_id), vmodel_id, self._vmodels, change)
+
+    async def publish_instance(self, record: InstanceRecord, *, lease: int) -> None:
+        """Write this pod's instance record, bound to ``lease`` (last writer wins: only its pod writes it)."""
+        key = self._key("instances", record.pod_id)
+        revision = await self._registry.put(key, record.to_json(), lease=lease)
+        await self._wait_for(revision, key)
+
+    async def remove_instance(self, pod_id: str) -> None:
+        key = self._key("instances", pod_id)
+        await self._wait_for(await self._registry.delete(key), key)
 
     # internals
 
-    def _model_key(self, model_id: str) -> str:
-        return f"{self.prefix}models/{model_id}"
-
-    def _vmodel_key(self, vmodel_id: str) -> str:
-        return f"{self.prefix}vmodels/{vmodel_id}"
+    def _key(self, kind: str, record_id: str) -> str:
+        return f"{self.prefix}{kind}/{record_id}"
 
     async def _create(self, key: str, record: R, mirror: dict[str, R], record_id: str) -> R | None:
         try:
@@ -108,7 +148,7 @@ class ModelStore:
         except RegistryConflict:
             await self._sync_key(key)
             return mirror.get(record_id)
-        await self._wait_for(revision)
+        await self._wait_for(revision, key)
         return None
 
     async def _update(
@@ -131,7 +171,7 @@ class ModelStore:
             except RegistryConflict:
                 await self._sync_key(key)
                 continue
-            await self._wait_for(revision)
+            await self._wait_for(revision, key)
             return updated
         raise Unavailable(f"registry record {key!r} is changing too fast to update; retry", key=key)
 
@@ -143,39 +183,85 @@ class ModelStore:
         else:
             self._apply(WatchEvent(key, entry.value, entry.mod_revision))
 
-    async def _wait_for(self, revision: int) -> None:
+    async def _wait_for(self, revision: int, key: str) -> None:
         async with self._advanced:
-            await self._advanced.wait_for(lambda: self._revision >= revision)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._advanced.wait_for(lambda: self._revision >= revision), _MIRROR_WAIT_S
+                )
+                return
+        # The watch is behind (reconnecting): read the key itself so the caller sees its write.
+        await self._sync_key(key)
 
     async def _follow(self) -> None:
-        async for event in self._registry.watch(self.prefix, after_revision=self._revision):
-            self._apply(event)
-            async with self._advanced:
-                self._revision = max(self._revision, event.revision)
-                self._advanced.notify_all()
+        delay = 0.1
+        while True:
+            try:
+                async for event in self._registry.watch(self.prefix, after_revision=self._revision):
+                    self.connected = True
+                    delay = 0.1
+                    self._apply(event)
+                    await self._advance(event.revision)
+            except RegistryCompacted as exc:
+                log.warning("%s; resyncing the registry mirror", exc)
+                await self._resync_quietly()
+            except Unavailable as exc:
+                if self.connected:
+                    log.warning("registry watch lost (%s); resuming from revision %d", exc, self._revision)
+                self.connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+
+    async def _resync_quietly(self) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._resync()
+
+    async def _resync(self) -> None:
+        """Replace the mirror with a full read (at start, and after compaction)."""
+        entries, revision = await self._registry.range(self.prefix)
+        present = {entry.key for entry in entries}
+        for kind, mirror in self._mirror.items():
+            for record_id in list(mirror):
+                key = self._key(kind, record_id)
+                if key not in present:
+                    self._apply(WatchEvent(key, None, revision))
+        for entry in entries:
+            self._apply(WatchEvent(entry.key, entry.value, entry.mod_revision))
+        self.connected = True
+        await self._advance(revision)
+
+    async def _advance(self, revision: int) -> None:
+        async with self._advanced:
+            self._revision = max(self._revision, revision)
+            self._advanced.notify_all()
 
     def _apply(self, event: WatchEvent) -> None:
         kind, _, record_id = event.key[len(self.prefix) :].partition("/")
-        mirror: dict[str, ModelRecord] | dict[str, VModelRecord]
-        if kind == "models":
-            mirror = self._models
-        elif kind == "vmodels":
-            mirror = self._vmodels
-        else:
+        parse = _KINDS.get(kind)
+        if parse is None:
             return
-        if event.value is None:
-            mirror.pop(record_id, None)
-            self._revisions.pop(event.key, None)
-            return
+        mirror = self._mirror[kind]
         current = self._revisions.get(event.key, -1)
         if event.revision and event.revision < current:
             return  # a stale event after a fresher direct read
+        if event.value is None:
+            if mirror.pop(record_id, None) is not None:
+                self._notify(kind, record_id, None)
+            self._revisions.pop(event.key, None)
+            return
         try:
-            if kind == "models":
-                self._models[record_id] = ModelRecord.from_json(event.value)
-            else:
-                self._vmodels[record_id] = VModelRecord.from_json(event.value)
+            record = parse(event.value)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("ignoring unreadable registry record %s: %s", event.key, exc)
             return
         self._revisions[event.key] = event.revision
+        if mirror.get(record_id) != record:
+            mirror[record_id] = record
+            self._notify(kind, record_id, record)
+
+    def _notify(self, kind: str, record_id: str, record: Any) -> None:
+        for listener in self._listeners:
+            try:
+                listener(kind, record_id, record)
+            except Exception:
+                log.exception("registry listener failed on %s/%s", kind, record_id)

@@ -1,51 +1,111 @@
-"""The in-memory registry keeps etcd's semantics; the store's mirror reads its own writes."""
+"""Both registries keep etcd's semantics (the etcd one on a real etcd); the store's mirror reads
+its own writes, resumes after a disconnect and resyncs after compaction."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import grpc
 import pytest
 
-from mesh.records import CopyRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
-from mesh.registry import MemoryRegistry, ModelStore, RegistryConflict
-from mesh.registry.base import MUST_NOT_EXIST
+from mesh.etcd_process import EtcdProcess
+from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
+from mesh.registry import MemoryRegistry, ModelStore, Registry, RegistryConflict
+from mesh.registry.base import MUST_NOT_EXIST, RegistryCompacted
+from mesh.registry.etcd import EtcdRegistry, prefix_end
+from mesh_proto import etcd_pb2 as pb
+from mesh_proto import etcd_pb2_grpc as pb_grpc
+
+_names = itertools.count()
 
 
-async def test_compare_and_swap() -> None:
-    registry = MemoryRegistry()
-    first = await registry.put("/k", b"1", expected_revision=MUST_NOT_EXIST)
+@pytest.fixture(params=["memory", "etcd"])
+async def registry(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
+    if request.param == "memory":
+        yield MemoryRegistry()
+        return
+    etcd: EtcdProcess = request.getfixturevalue("etcd")
+    client = EtcdRegistry(etcd.endpoint)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def ns() -> str:
+    """A key prefix no other test uses (the etcd is shared by the session)."""
+    return f"/t{next(_names)}"
+
+
+async def test_compare_and_swap(registry: Registry, ns: str) -> None:
+    key = f"{ns}/k"
+    first = await registry.put(key, b"1", expected_revision=MUST_NOT_EXIST)
     with pytest.raises(RegistryConflict):
-        await registry.put("/k", b"2", expected_revision=MUST_NOT_EXIST)
-    second = await registry.put("/k", b"2", expected_revision=first)
+        await registry.put(key, b"2", expected_revision=MUST_NOT_EXIST)
+    second = await registry.put(key, b"2", expected_revision=first)
     with pytest.raises(RegistryConflict):
-        await registry.put("/k", b"3", expected_revision=first)
+        await registry.put(key, b"3", expected_revision=first)
     with pytest.raises(RegistryConflict):
-        await registry.delete("/k", expected_revision=first)
-    await registry.delete("/k", expected_revision=second)
-    assert await registry.get("/k") is None
+        await registry.delete(key, expected_revision=first)
+    assert (await registry.get(key)).value == b"2"  # type: ignore[union-attr]
+    await registry.delete(key, expected_revision=second)
+    assert await registry.get(key) is None
 
 
-async def test_watch_resumes_after_a_revision() -> None:
-    registry = MemoryRegistry()
-    await registry.put("/a/1", b"x")
-    revision = await registry.put("/a/2", b"y")
-    await registry.put("/b/1", b"z")
-    await registry.delete("/a/1")
+async def test_range_reads_only_the_prefix(registry: Registry, ns: str) -> None:
+    await registry.put(f"{ns}/a/1", b"x")
+    await registry.put(f"{ns}/a/2", b"y")
+    revision = await registry.put(f"{ns}/b/1", b"z")
+    entries, read_at = await registry.range(f"{ns}/a/")
+    assert [(e.key, e.value) for e in entries] == [(f"{ns}/a/1", b"x"), (f"{ns}/a/2", b"y")]
+    assert read_at >= revision
+
+
+async def test_watch_resumes_after_a_revision(registry: Registry, ns: str) -> None:
+    await registry.put(f"{ns}/a/1", b"x")
+    revision = await registry.put(f"{ns}/a/2", b"y")
+    await registry.put(f"{ns}/b/1", b"z")
+    await registry.delete(f"{ns}/a/1")
     events = []
 
     async def collect() -> None:
-        async for event in registry.watch("/a/", after_revision=revision - 1):
+        async for event in registry.watch(f"{ns}/a/", after_revision=revision - 1):
             events.append((event.key, event.value))
             if len(events) == 2:
                 return
 
     await asyncio.wait_for(collect(), 5)
-    assert events == [("/a/2", b"y"), ("/a/1", None)]
+    assert events == [(f"{ns}/a/2", b"y"), (f"{ns}/a/1", None)]
 
 
-async def test_store_mirror_reads_its_writes_and_resolves_races() -> None:
-    registry = MemoryRegistry()
-    store, other = ModelStore(registry), ModelStore(registry)
+async def test_revoking_a_lease_deletes_its_keys(registry: Registry, ns: str) -> None:
+    lease = await registry.grant_lease(10)
+    await registry.put(f"{ns}/leased", b"x", lease=lease)
+    await registry.put(f"{ns}/kept", b"y")
+    assert await registry.keep_alive(lease)
+    await registry.revoke_lease(lease)
+    assert await registry.get(f"{ns}/leased") is None
+    assert await registry.get(f"{ns}/kept") is not None
+    assert not await registry.keep_alive(lease)
+
+
+async def test_etcd_lease_expires_without_keep_alive(etcd: EtcdProcess, ns: str) -> None:
+    registry = EtcdRegistry(etcd.endpoint)
+    lease = await registry.grant_lease(1)
+    await registry.put(f"{ns}/leased", b"x", lease=lease)
+    for _ in range(100):
+        if await registry.get(f"{ns}/leased") is None:
+            break
+        await asyncio.sleep(0.1)
+    assert await registry.get(f"{ns}/leased") is None
+    assert not await registry.keep_alive(lease)
+    await registry.close()
+
+
+async def test_store_mirror_reads_its_writes_and_resolves_races(registry: Registry, ns: str) -> None:
+    store, other = ModelStore(registry, namespace=ns), ModelStore(registry, namespace=ns)
     await store.start()
     await other.start()
     record = ModelRecord("m", ModelInfo("onnx", "/p"))
@@ -62,14 +122,101 @@ async def test_store_mirror_reads_its_writes_and_resolves_races() -> None:
         )
 
     await asyncio.gather(add_copy(store, "a"), add_copy(other, "b"))
-    await asyncio.sleep(0)
-    assert set(store.model("m").copies) == {"a", "b"}
+    assert set(store.model("m").copies) == {"a", "b"}  # type: ignore[union-attr]
     await store.create_vmodel(VModelRecord("v", "m", "m"))
     assert store.vmodels_using("m") == ["v"]
     await store.delete_model("m")
     assert store.model("m") is None
+    await _until(lambda: other.model("m") is None)
     await store.stop()
     await other.stop()
+
+
+async def test_instance_records_vanish_with_their_lease(registry: Registry, ns: str) -> None:
+    store, other = ModelStore(registry, namespace=ns), ModelStore(registry, namespace=ns)
+    await store.start()
+    await other.start()
+    seen: list[tuple[str, str, object]] = []
+    other.subscribe(lambda kind, rid, rec: seen.append((kind, rid, rec)))
+    lease = await registry.grant_lease(10)
+    instance = InstanceRecord("pod-1", "127.0.0.1:1", capacity_bytes=100, labels=("type:onnx",))
+    await store.publish_instance(instance, lease=lease)
+    await _until(lambda: other.instance("pod-1") == instance)
+    await registry.revoke_lease(lease)
+    await _until(lambda: other.instance("pod-1") is None)
+    assert seen == [("instances", "pod-1", instance), ("instances", "pod-1", None)]
+    await store.stop()
+    await other.stop()
+
+
+async def test_mirror_resumes_after_etcd_restarts(tmp_path: Path) -> None:
+    etcd = EtcdProcess(tmp_path / "data")
+    etcd.start()
+    try:
+        reader, writer = EtcdRegistry(etcd.endpoint, timeout_s=1), EtcdRegistry(etcd.endpoint, timeout_s=1)
+        store = ModelStore(reader)
+        await store.start()
+        await ModelStore(writer).create_model(ModelRecord("before", ModelInfo("onnx", "/p")))
+        await _until(lambda: store.model("before") is not None)
+        etcd.stop()
+        await _until(lambda: not store.connected)
+        etcd.start()  # same ports, same data
+        later = ModelStore(writer)
+        await later.start()
+        await later.create_model(ModelRecord("after", ModelInfo("onnx", "/q")))
+        await _until(lambda: store.model("after") is not None, within_s=20)
+        assert store.connected
+        await later.stop()
+        await store.stop()
+        await reader.close()
+        await writer.close()
+    finally:
+        etcd.stop()
+
+
+async def test_etcd_watch_from_a_compacted_revision_says_so(etcd: EtcdProcess, ns: str) -> None:
+    registry = EtcdRegistry(etcd.endpoint)
+    first = await registry.put(f"{ns}/a", b"1")
+    revision = await registry.put(f"{ns}/a", b"2")
+    with grpc.insecure_channel(etcd.endpoint) as channel:
+        pb_grpc.KVStub(channel).Compact(pb.CompactionRequest(revision=revision, physical=True), timeout=5)
+    with pytest.raises(RegistryCompacted):
+        async for _ in registry.watch(f"{ns}/", after_revision=first - 1):
+            pass
+    await registry.close()
+
+
+async def test_mirror_resyncs_after_missing_history() -> None:
+    registry = MemoryRegistry(history=5)
+    store = ModelStore(registry)
+    await store.start()
+    writer = ModelStore(registry)
+    await writer.start()
+    await writer.create_model(ModelRecord("gone", ModelInfo("onnx", "/p")))
+    await _until(lambda: store.model("gone") is not None)
+    # Many writes with no chance for the mirror's watch to run: its history is trimmed away.
+    for i in range(20):
+        await registry.put(
+            f"{store.prefix}models/m{i}", ModelRecord(f"m{i}", ModelInfo("onnx", "/q")).to_json()
+        )
+    await registry.delete(f"{store.prefix}models/gone")
+    await _until(lambda: store.model("gone") is None and store.model("m19") is not None)
+    assert len(store.models()) == 20
+    await store.stop()
+    await writer.stop()
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Wait for state another task or process changes (a mirror following etcd)."""
+    async with asyncio.timeout(within_s):
+        while not condition():  # noqa: ASYNC110 - the state lives in other tasks and processes
+            await asyncio.sleep(0.02)
+
+
+def test_prefix_end() -> None:
+    assert prefix_end(b"/mesh/") == b"/mesh0"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff") == b"\0"
 
 
 def test_records_round_trip_as_json() -> None:
@@ -82,3 +229,5 @@ def test_records_round_trip_as_json() -> None:
     assert ModelRecord.from_json(record.to_json()) == record
     vmodel = VModelRecord("v", "a", "b", "owner")
     assert VModelRecord.from_json(vmodel.to_json()) == vmodel
+    instance = InstanceRecord("p", "h:1", 10, labels=("type:onnx", "zone:a"), shutting_down=True)
+    assert InstanceRecord.from_json(instance.to_json()) == instance

@@ -1,0 +1,176 @@
+"""The registry on etcd v3, spoken directly over gRPC with our own stubs of etcd's API.
+
+Why our own stubs (``proto/mesh_proto/etcd.proto``) rather than a client library: the
+maintained asyncio clients are young, one of them edits ``sys.path``, and each registers
+etcd's protobuf types in the default pool, so two of them (or any other user of those
+types) cannot share a process. The part of etcd's stable v3 API we need is small: range,
+put and delete inside a compare-and-swap transaction, a prefix watch from a revision,
+and leases. Resuming a watch and resyncing after compaction are the caller's job
+(``ModelStore``), so they work the same on every registry.
+
+Every call has a timeout; an unreachable etcd surfaces as ``Unavailable`` naming the
+endpoint, never as a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import grpc
+
+from mesh.errors import Unavailable
+from mesh.registry.base import (
+    MUST_NOT_EXIST,
+    NO_LEASE,
+    Entry,
+    Registry,
+    RegistryCompacted,
+    RegistryConflict,
+    WatchEvent,
+)
+from mesh_proto import etcd_pb2 as pb
+from mesh_proto import etcd_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+_MOD = pb.Compare.CompareTarget.MOD
+_EQUAL = pb.Compare.CompareResult.EQUAL
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key after every key starting with ``prefix`` (etcd's range_end)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+class EtcdRegistry(Registry):
+    def __init__(self, endpoint: str, *, timeout_s: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self._timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(
+            endpoint,
+            options=[
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
+            ],
+        )
+        self._kv = pb_grpc.KVStub(self._channel)
+        self._watch = pb_grpc.WatchStub(self._channel)
+        self._lease = pb_grpc.LeaseStub(self._channel)
+
+    async def get(self, key: str) -> Entry | None:
+        request = pb.RangeRequest(key=key.encode())
+        response = await self._call(self._kv.Range(request, timeout=self._timeout_s))
+        if not response.kvs:
+            return None
+        return _entry(response.kvs[0])
+
+    async def range(self, prefix: str) -> tuple[list[Entry], int]:
+        start = prefix.encode()
+        request = pb.RangeRequest(key=start, range_end=prefix_end(start))
+        response = await self._call(self._kv.Range(request, timeout=self._timeout_s))
+        return [_entry(kv) for kv in response.kvs], response.header.revision
+
+    async def put(
+        self, key: str, value: bytes, *, expected_revision: int | None = None, lease: int = NO_LEASE
+    ) -> int:
+        op = pb.RequestOp(request_put=pb.PutRequest(key=key.encode(), value=value, lease=lease))
+        return await self._write(key, op, expected_revision)
+
+    async def delete(self, key: str, *, expected_revision: int | None = None) -> int:
+        op = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key.encode()))
+        return await self._write(key, op, expected_revision)
+
+    async def watch(self, prefix: str, *, after_revision: int) -> AsyncIterator[WatchEvent]:
+        start = prefix.encode()
+        create = pb.WatchCreateRequest(
+            key=start, range_end=prefix_end(start), start_revision=after_revision + 1, progress_notify=True
+        )
+        requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
+        requests.put_nowait(pb.WatchRequest(create_request=create))
+        call = self._watch.Watch(_drain(requests))
+        try:
+            async for response in call:
+                if response.compact_revision:
+                    raise RegistryCompacted(revision=response.compact_revision)
+                if response.canceled:
+                    reason = response.cancel_reason
+                    raise Unavailable(f"etcd at {self.endpoint} cancelled the watch: {reason}")
+                for event in response.events:
+                    deleted = event.type == pb.Event.EventType.DELETE
+                    yield WatchEvent(
+                        event.kv.key.decode(), None if deleted else event.kv.value, event.kv.mod_revision
+                    )
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            call.cancel()
+        raise Unavailable(f"etcd at {self.endpoint} ended the watch")
+
+    async def grant_lease(self, ttl_s: float) -> int:
+        request = pb.LeaseGrantRequest(TTL=max(1, round(ttl_s)))
+        response = await self._call(self._lease.LeaseGrant(request, timeout=self._timeout_s))
+        if response.error:
+            raise Unavailable(f"etcd at {self.endpoint} refused a lease: {response.error}")
+        return int(response.ID)
+
+    async def keep_alive(self, lease: int) -> bool:
+        call = self._lease.LeaseKeepAlive(iter([pb.LeaseKeepAliveRequest(ID=lease)]), timeout=self._timeout_s)
+        try:
+            async for response in call:
+                return bool(response.TTL > 0)
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            call.cancel()
+        raise Unavailable(f"etcd at {self.endpoint} did not answer a lease keep-alive")
+
+    async def revoke_lease(self, lease: int) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):  # an expired lease is already revoked
+            await self._lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease), timeout=self._timeout_s)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _write(self, key: str, op: pb.RequestOp, expected_revision: int | None) -> int:
+        compare = []
+        if expected_revision is not None:
+            compare.append(
+                pb.Compare(key=key.encode(), target=_MOD, result=_EQUAL, mod_revision=expected_revision)
+            )
+        txn = pb.TxnRequest(compare=compare, success=[op])
+        response = await self._call(self._kv.Txn(txn, timeout=self._timeout_s))
+        if not response.succeeded:
+            expected = "absent" if expected_revision == MUST_NOT_EXIST else f"at revision {expected_revision}"
+            raise RegistryConflict(f"registry key {key!r} is no longer {expected}", key=key)
+        return int(response.header.revision)
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: grpc.aio.AioRpcError) -> Unavailable:
+        return Unavailable(
+            f"the registry (etcd at {self.endpoint}) is unreachable: {exc.code().name}: {exc.details()}",
+            endpoint=self.endpoint,
+        )
+
+
+async def _drain(requests: asyncio.Queue[pb.WatchRequest | None]) -> AsyncIterator[pb.WatchRequest]:
+    while (request := await requests.get()) is not None:
+        yield request
+
+
+def _entry(kv: pb.KeyValue) -> Entry:
+    return Entry(kv.key.decode(), kv.value, kv.mod_revision)
