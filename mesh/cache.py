@@ -109,6 +109,18 @@ class ModelCache:
         entry = self._entries.get(model_id)
         return entry.model if entry else None
 
+    def loading(self, model_id: str) -> bool:
+        return model_id in self._loads
+
+    @property
+    def loads_in_flight(self) -> int:
+        return len(self._loads)
+
+    def oldest_idle_age_s(self) -> float | None:
+        """Seconds since the least recently used idle model was last used (None: no idle model)."""
+        idle = [e.last_used for e in self._entries.values() if e.model is not None and not e.in_use]
+        return self._clock() - min(idle) if idle else None
+
     # use
 
     @contextlib.asynccontextmanager
@@ -218,10 +230,8 @@ class ModelCache:
         deadline = self._clock() + self._load_timeout_s
         entry = await self._reserve(model_id, predicted, deadline)
         try:
-            model = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(self._executor, adapter.load, path),
-                timeout=max(deadline - self._clock(), 0.001),
-            )
+            async with asyncio.timeout(max(deadline - self._clock(), 0.001)):
+                model = await asyncio.get_running_loop().run_in_executor(self._executor, adapter.load, path)
         except TimeoutError:
             self._drop(entry)
             raise Unavailable(
@@ -305,7 +315,8 @@ class ModelCache:
     async def _wait_idle(self, deadline: float) -> None:
         self._idle.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=max(deadline - self._clock(), 0))
+            async with asyncio.timeout(max(deadline - self._clock(), 0)):
+                await self._idle.wait()
 
 
 def _storage(record: ModelRecord) -> dict[str, object]:

@@ -140,18 +140,21 @@ class DataPlane:
         )
         return results
 
-    async def metadata(self, name: str) -> tuple[str, ModelSignature]:
+    async def metadata(self, name: str, *, vmodel: bool | None = None) -> tuple[str, ModelSignature]:
         """The model's signature (loading it if needed, as a call would)."""
-        record = self._manager.resolve(name)
+        record = self._manager.resolve(name, vmodel=vmodel)
         model = await self._cache.ensure_loaded(record)
         return record.model_id, model.signature
 
-    def ready(self, name: str) -> bool:
+    def ready(self, name: str, *, vmodel: bool | None = None) -> bool:
+        """Whether a call for ``name`` would find the model loaded (here or on a live peer)."""
         try:
-            record = self._manager.resolve(name)
+            record = self._manager.lookup(name, vmodel=vmodel)
         except MeshError:
             return False
-        return self._cache.loaded(record.model_id) is not None
+        return self._cache.loaded(record.model_id) is not None or self._manager.loaded_anywhere(
+            record.model_id
+        )
 
     def statistics(self, name: str) -> list[tuple[str, ModelStats]]:
         if name:
@@ -168,9 +171,8 @@ class DataPlane:
             entries.append(ModelIndexEntry(record.model_id, status.state, "; ".join(status.errors)))
         return entries
 
-    async def load(self, name: str) -> None:
-        record = self._manager.resolve(name)
-        await self._cache.ensure_loaded(record)
+    async def load_here(self, model_id: str) -> None:
+        await self._cache.ensure_loaded(self._manager.record(model_id))
 
     async def unload(self, name: str) -> None:
         record = self._manager.resolve(name)

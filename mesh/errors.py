@@ -18,6 +18,7 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     ├── CapacityExceeded        RESOURCE_EXHAUSTED model larger than the whole cache
     ├── Busy                    RESOURCE_EXHAUSTED no room now; retry later
     ├── Unavailable             UNAVAILABLE        retryable: registry down, load timed out
+    │   └── NotHere                                a peer does not hold the model (forwarding)
     ├── DeadlineExceeded        DEADLINE_EXCEEDED  the caller's deadline passed
     └── Unimplemented           UNIMPLEMENTED      an API the mesh does not offer
 """
@@ -40,9 +41,14 @@ class ErrorCode(enum.Enum):
 
 
 class MeshError(Exception):
-    """Base of the tree. ``message`` is safe to show callers; ``fields`` are structured."""
+    """Base of the tree. ``message`` is safe to show callers; ``fields`` are structured.
+
+    ``signal``, when set, travels to a forwarding pod in the ``mesh-error`` trailer so it
+    can tell "try another pod" from an answer to relay.
+    """
 
     code: ErrorCode = ErrorCode.FAILED_PRECONDITION
+    signal: str | None = None
 
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
@@ -84,6 +90,8 @@ class FailedPrecondition(MeshError):
 
 
 class ModelLoadFailed(FailedPrecondition):
+    signal = "load-failed"
+
     def __init__(self, *, model_id: str, reason: str) -> None:
         super().__init__(f"model {model_id!r} failed to load: {reason}", model_id=model_id, reason=reason)
         self.model_id = model_id
@@ -92,6 +100,8 @@ class ModelLoadFailed(FailedPrecondition):
 
 class ArtifactNotFound(FailedPrecondition):
     """The artifact a registration points at is missing or unreadable."""
+
+    signal = "load-failed"
 
 
 class ModelInUse(FailedPrecondition):
@@ -106,6 +116,7 @@ class CapacityExceeded(MeshError):
     """The model can never fit: its size exceeds the pod's whole capacity."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
+    signal = "no-room"
 
     def __init__(self, *, model_id: str, size_bytes: int, capacity_bytes: int) -> None:
         super().__init__(
@@ -121,10 +132,29 @@ class Busy(MeshError):
     """No room right now (every loaded model is serving); retrying later can succeed."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
+    signal = "no-room"
 
 
 class Unavailable(MeshError):
     code = ErrorCode.UNAVAILABLE
+
+
+class NotHere(Unavailable):
+    """A forwarded call reached a pod that does not hold the model (or lost the race to load it)."""
+
+    signal = "not-here"
+
+    def __init__(self, message: str, *, pod_id: str, holder: str = "") -> None:
+        super().__init__(message, pod_id=pod_id, holder=holder)
+        self.holder = holder
+
+
+class RemoteError(MeshError):
+    """An error a peer answered, relayed to our caller with the peer's code and message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DeadlineExceeded(MeshError):

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,6 +102,14 @@ class ModelManager:
         self._failure_ttl_ms = int(failure_ttl_s * 1000)
         self._clock_ms = clock_ms
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loader: Callable[[str], Awaitable[None]] = self._load_here
+
+    def set_loader(self, loader: Callable[[str], Awaitable[None]]) -> None:
+        """Where ``ensureLoaded``, ``loadNow`` and vmodel transitions load: the fleet's router."""
+        self._loader = loader
+
+    async def _load_here(self, model_id: str) -> None:
+        await self._cache.ensure_loaded(self.record(model_id))
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -170,30 +178,40 @@ class ModelManager:
             raise ModelLoadFailed(model_id=model_id, reason=failure.reason)
         return record
 
+    def record_any(self, model_id: str) -> ModelRecord:
+        """The model's record whatever its state, or ``ModelNotFound``."""
+        record = self._store.model(model_id)
+        if record is None:
+            raise ModelNotFound(model_id=model_id)
+        return record
+
     def resolve(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
         """The model a call names: a vmodel's active model, or a model (``vmodel`` None: either)."""
+        return self.record(self.lookup(name, vmodel=vmodel).model_id)
+
+    def lookup(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
+        """Like ``resolve``, without refusing a model whose load failed on this pod."""
         if vmodel is not False:
             record = self._store.vmodel(name)
             if record is not None:
                 self._promote_if_ready(record)
-                return self.record(record.active_model_id)
+                return self.record_any(record.active_model_id)
             if vmodel:
                 raise NotFound(f"vmodel {name!r} is not registered", model_id=name)
-        return self.record(name)
+        return self.record_any(name)
 
     async def _load(self, model_id: str, *, sync: bool) -> None:
         record = self._store.model(model_id)
         if record is None:
             raise ModelNotFound(model_id=model_id)
         if sync:
-            with contextlib.suppress(MeshError):  # a failed load is a status, not an RPC error
-                await self._cache.ensure_loaded(record)
+            await self._load_quietly(model_id)
         else:
-            self._spawn(self._load_quietly(record), f"ensure-loaded:{model_id}")
+            self._spawn(self._load_quietly(model_id), f"ensure-loaded:{model_id}")
 
-    async def _load_quietly(self, record: ModelRecord) -> None:
-        with contextlib.suppress(MeshError):
-            await self._cache.ensure_loaded(record)
+    async def _load_quietly(self, model_id: str) -> None:
+        with contextlib.suppress(MeshError):  # a failed load is a status, not an RPC error
+            await self._loader(model_id)
 
     async def _create(self, record: ModelRecord) -> None:
         existing = await self._store.create_model(record)
@@ -283,7 +301,7 @@ class ModelManager:
         target = request.target_model_id
 
         def change(v: VModelRecord) -> VModelRecord:
-            active = target if request.force or self._loaded(target) else v.active_model_id
+            active = target if request.force or self.loaded_anywhere(target) else v.active_model_id
             return replace(v, target_model_id=target, active_model_id=active)
 
         previous = existing.active_model_id
@@ -295,17 +313,15 @@ class ModelManager:
         vmodel = self._store.vmodel(vmodel_id)
         if vmodel is None:
             return
-        target = self._store.model(vmodel.target_model_id)
-        if target is None:
+        if self._store.model(vmodel.target_model_id) is None:
             return
-        with contextlib.suppress(MeshError):
-            await self._cache.ensure_loaded(target)
+        await self._load_quietly(vmodel.target_model_id)
         current = self._store.vmodel(vmodel_id)
         if current is not None:
             self._promote_if_ready(current)
 
     def _promote_if_ready(self, vmodel: VModelRecord) -> None:
-        if vmodel.active_model_id != vmodel.target_model_id and self._loaded(vmodel.target_model_id):
+        if vmodel.active_model_id != vmodel.target_model_id and self.loaded_anywhere(vmodel.target_model_id):
             self._spawn(
                 self._promote(vmodel.vmodel_id, vmodel.target_model_id), f"promote:{vmodel.vmodel_id}"
             )
@@ -353,9 +369,46 @@ class ModelManager:
         await self._store.update_vmodel(vmodel_id, lambda _: None)
         await self._collect_auto_deleted({vmodel.active_model_id, vmodel.target_model_id})
 
-    def _loaded(self, model_id: str) -> bool:
+    def loaded_anywhere(self, model_id: str) -> bool:
+        """Whether a live pod (or this one) has recorded the model as loaded."""
         record = self._store.model(model_id)
-        return record is not None and any(c.state is ModelState.LOADED for c in record.copies.values())
+        live = self._store.instances()
+        return record is not None and any(
+            c.state is ModelState.LOADED and (pod in live or pod == self.pod_id)
+            for pod, c in record.copies.items()
+        )
+
+    def held_elsewhere(self, model_id: str) -> bool:
+        """Whether another live pod has the model loaded or loading."""
+        record = self._store.model(model_id)
+        live = self._store.instances()
+        return record is not None and any(
+            pod != self.pod_id and pod in live and c.state in (ModelState.LOADED, ModelState.LOADING)
+            for pod, c in record.copies.items()
+        )
+
+    # fleet hygiene
+
+    async def forget_pod(self, pod_id: str) -> int:
+        """Remove the copies a pod recorded (it died, or restarted with nothing loaded).
+
+        Returns how many records changed. Failure records stay: they expire by themselves.
+        """
+        changed = 0
+        for record in self._store.models():
+            if pod_id in record.copies:
+                await self._update_quietly(record.model_id, _without_copy(pod_id))
+                changed += 1
+        return changed
+
+    async def forget_dead_pods(self) -> int:
+        """Remove copies recorded for pods that are not live (their lease expired)."""
+        live = self._store.instances()
+        dead = {
+            pod for r in self._store.models() for pod in r.copies if pod not in live and pod != self.pod_id
+        }
+        counts = [await self.forget_pod(pod) for pod in sorted(dead)]
+        return sum(counts)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -392,13 +445,13 @@ class ModelManager:
         await self._update_quietly(model_id, change)
 
     async def unloaded(self, model_id: str, *, evicted: bool) -> None:
-        def change(r: ModelRecord) -> ModelRecord:
-            return replace(r, copies={pod: c for pod, c in r.copies.items() if pod != self.pod_id})
-
-        await self._update_quietly(model_id, change)
+        await self._update_quietly(model_id, _without_copy(self.pod_id))
 
     async def _set_copy(self, model_id: str, state: ModelState) -> None:
         def change(r: ModelRecord) -> ModelRecord:
+            current = r.copies.get(self.pod_id)
+            if current is not None and current.state is state:
+                return r
             return replace(r, copies={**r.copies, self.pod_id: CopyRecord(state, self._clock_ms())})
 
         await self._update_quietly(model_id, change)
@@ -408,3 +461,12 @@ class ModelManager:
             await self._store.update_model(model_id, change)
         except MeshError as exc:
             log.warning("could not record the state of %s in the registry: %s", model_id, exc)
+
+
+def _without_copy(pod_id: str) -> Callable[[ModelRecord], ModelRecord]:
+    def change(r: ModelRecord) -> ModelRecord:
+        if pod_id not in r.copies:
+            return r
+        return replace(r, copies={pod: c for pod, c in r.copies.items() if pod != pod_id})
+
+    return change

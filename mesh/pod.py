@@ -10,22 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 
+from adapters import supported_types
+from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.dataplane import DataPlane
 from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
+from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server
-from mesh.errors import MeshError, Unimplemented
-from mesh.management import ModelManager
+from mesh.errors import MeshError
+from mesh.instance import InstancePublisher
+from mesh.management import ModelManager, now_ms
 from mesh.metrics import MeshMetrics
+from mesh.records import InstanceRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
+from mesh.registry.etcd import EtcdRegistry
+from mesh.router import Router
 from mesh.settings import MeshSettings
 from puller import FetcherTable, default_fetchers
 
@@ -41,25 +50,30 @@ class _CacheEvents:
     def __init__(self, metrics: MeshMetrics) -> None:
         self.metrics = metrics
         self.counts: Counter[str] = Counter()
+        self.on_change: Callable[[], None] = lambda: None
 
     async def loading(self, model_id: str) -> None:
         await self.manager.loading(model_id)
+        self.on_change()
 
     async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
         self.counts["loads"] += 1
         self.metrics.loads.labels("ok").inc()
         self.metrics.load_seconds.observe(load_seconds)
         await self.manager.loaded(model_id, size_bytes, load_seconds)
+        self.on_change()
 
     async def failed(self, model_id: str, error: MeshError) -> None:
         self.counts["load_failures"] += 1
         self.metrics.loads.labels("failed").inc()
         await self.manager.failed(model_id, error)
+        self.on_change()
 
     async def unloaded(self, model_id: str, *, evicted: bool) -> None:
         self.counts["evictions" if evicted else "unloads"] += 1
         (self.metrics.evictions if evicted else self.metrics.unloads).inc()
         await self.manager.unloaded(model_id, evicted=evicted)
+        self.on_change()
 
     def snapshot(self) -> dict[str, int]:
         return {k: self.counts[k] for k in ("loads", "load_failures", "evictions", "unloads")}
@@ -74,22 +88,29 @@ class Pod:
         fetchers: FetcherTable | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
-        if settings.etcd and registry is None:
-            raise Unimplemented("the etcd registry is not available yet; run without --etcd")
         self.settings = settings
-        self._registry = registry or MemoryRegistry()
+        if registry is None:
+            registry = EtcdRegistry(settings.etcd) if settings.etcd else MemoryRegistry()
+        self._registry = registry
         self.metrics = MeshMetrics(metrics_registry or CollectorRegistry())
         self._fetchers = fetchers or default_fetchers()
         self._load_pool = ThreadPoolExecutor(settings.load_concurrency + 1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
         self.store = ModelStore(self._registry, namespace=settings.namespace)
+        self.peers = PeerClient(settings.pod_id, max_message_bytes=settings.max_message_bytes)
         self._events: _CacheEvents | None = None
         self.cache: ModelCache | None = None
         self.manager: ModelManager | None = None
+        self.router: Router | None = None
+        self._publisher: InstancePublisher | None = None
         self._server: Any = None
         self._health = health.aio.HealthServicer()
         self._metrics_server: Any = None
-        self._gauges_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._endpoints: dict[str, str] = {}
+        self._started_ms = now_ms()
+        self._request_rate = 0.0
+        self.shutting_down = False
         self.port = 0
         self.metrics_port: int | None = None
 
@@ -114,6 +135,19 @@ class Pod:
         )
         events.manager = self.manager
         self._events = events
+        self.router = Router(
+            pod_id=s.pod_id,
+            store=self.store,
+            manager=self.manager,
+            cache=self.cache,
+            peers=self.peers,
+            describe_self=self.describe,
+            attempts=s.route_attempts,
+            failure_ttl_s=s.failure_ttl_s,
+        )
+        self.manager.set_loader(self._load_in_fleet)
+        # A pod restarted with the same id holds nothing: drop the copies its last life recorded.
+        await self.manager.forget_pod(s.pod_id)
         dataplane = DataPlane(
             manager=self.manager,
             cache=self.cache,
@@ -122,13 +156,26 @@ class Pod:
             max_batch_rows=s.max_batch_rows,
         )
         self._server = build_server(
-            inference=InferenceServicer(dataplane, self.metrics),
+            inference=InferenceServicer(
+                dataplane, self.router, self.metrics, request_timeout_s=s.request_timeout_s
+            ),
             modelmesh=ModelMeshServicer(self.manager, self.metrics),
             admin=MeshAdminServicer(self.manager, self.cache, self.metrics, events.snapshot),
             health_servicer=self._health,
             max_message_bytes=s.max_message_bytes,
         )
         self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        self._publisher = InstancePublisher(
+            registry=self._registry,
+            store=self.store,
+            describe=self.describe,
+            ttl_s=s.lease_ttl_s,
+            min_interval_s=s.publish_interval_s,
+        )
+        events.on_change = self._publisher.changed
+        await self._publisher.start()
+        self._endpoints = {pod: i.endpoint for pod, i in self.store.instances().items()}
+        self.store.subscribe(self._on_registry_change)
         await self._server.start()
         if s.metrics_port is not None:
             self._metrics_server, _ = start_http_server(
@@ -136,22 +183,31 @@ class Pod:
             )
             self.metrics_port = self._metrics_server.server_port
         self.metrics.capacity_bytes.set(s.capacity_bytes)
-        self._gauges_task = asyncio.create_task(self._update_gauges(), name="gauges")
+        self._spawn(self._update_gauges(), "gauges")
+        self._spawn(self._forget_dead_pods(), "forget-dead-pods")
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("pod %s serving on %s:%d (capacity %d bytes)", s.pod_id, s.host, self.port, s.capacity_bytes)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release."""
         grace = self.settings.stop_grace_s if grace_s is None else grace_s
+        self.shutting_down = True
+        if self._publisher is not None:
+            await self._publisher.publish_now()
+            await self._hand_over(deadline=time.monotonic() + grace)
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
-        if self._gauges_task is not None:
-            self._gauges_task.cancel()
+        for task in list(self._background):
+            task.cancel()
         if self.manager is not None:
             await self.manager.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()  # revokes the lease: peers stop sending calls here
         if self.cache is not None:
             await self.cache.close()
         await self.store.stop()
+        await self.peers.close()
         await self._registry.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -163,9 +219,88 @@ class Pod:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    def describe(self) -> InstanceRecord:
+        """This pod's instance record as of now."""
+        assert self.cache is not None and self.router is not None
+        s = self.settings
+        idle_age = self.cache.oldest_idle_age_s()
+        return InstanceRecord(
+            pod_id=s.pod_id,
+            endpoint=f"{s.advertise_host or s.host}:{self.port}",
+            capacity_bytes=s.capacity_bytes,
+            used_bytes=self.cache.used_bytes,
+            models_loaded=sum(1 for m in self.cache.models() if m.loaded),
+            loads_in_flight=self.cache.loads_in_flight,
+            requests_in_flight=self.router.in_flight[s.pod_id],
+            request_rate=round(self._request_rate, 1),
+            oldest_used_ms=0 if idle_age is None else now_ms() - int(idle_age * 1000),
+            labels=tuple(f"type:{t}" for t in supported_types()),
+            version=__version__,
+            started_ms=self._started_ms,
+            shutting_down=self.shutting_down,
+        )
+
+    async def _load_in_fleet(self, model_id: str) -> None:
+        assert self.router is not None
+        await self.router.ensure_loaded(model_id, deadline=time.monotonic() + self.settings.request_timeout_s)
+
+    async def _hand_over(self, *, deadline: float) -> None:
+        """Load the most recently used models that only this pod holds on other pods."""
+        assert self.cache is not None and self.router is not None and self.manager is not None
+        others = {
+            p for p, i in self.store.instances().items() if p != self.settings.pod_id and not i.shutting_down
+        }
+        if not others:
+            return
+        recent = sorted(
+            (m for m in self.cache.models() if m.loaded), key=lambda m: m.last_used, reverse=True
+        )[: self.settings.handoff_models]
+        mine = frozenset({self.settings.pod_id})
+        for model in recent:
+            if self.manager.held_elsewhere(model.model_id):
+                continue
+            try:
+                await self.router.ensure_loaded(model.model_id, deadline=deadline, excluded=mine)
+                log.info("handed %s over before leaving", model.model_id)
+            except MeshError as exc:
+                log.warning("could not hand %s over before leaving: %s", model.model_id, exc)
+            if time.monotonic() >= deadline:
+                return
+
+    def _on_registry_change(self, kind: str, record_id: str, record: Any) -> None:
+        if kind != "instances":
+            return
+        if record is not None:
+            self._endpoints[record_id] = record.endpoint
+            return
+        endpoint = self._endpoints.pop(record_id, None)
+        if endpoint is not None:
+            self._spawn(self.peers.forget(endpoint), f"forget-peer:{record_id}")
+        self._spawn(self._forget_dead_pods(), f"forget-pod:{record_id}")
+
+    async def _forget_dead_pods(self) -> None:
+        """Clean records naming pods whose lease is gone; the live pod with the lowest id does it."""
+        assert self.manager is not None
+        live = sorted(self.store.instances())
+        if live and live[0] != self.settings.pod_id:
+            return
+        cleaned = await self.manager.forget_dead_pods()
+        if cleaned:
+            log.info("removed %d copies recorded for pods that left the fleet", cleaned)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _update_gauges(self) -> None:
-        assert self.cache is not None
+        assert self.cache is not None and self.router is not None and self._publisher is not None
+        served = 0
         while True:
+            total = self.router.served
+            self._request_rate = 0.7 * self._request_rate + 0.3 * (total - served)
+            served = total
             self.metrics.used_bytes.set(self.cache.used_bytes)
             self.metrics.models_loaded.set(sum(1 for m in self.cache.models() if m.loaded))
+            self._publisher.changed()
             await asyncio.sleep(1.0)

@@ -92,6 +92,24 @@ class MeshSettings(BaseSettings):
     stop_grace_s: float = 5.0
     """Time in-flight calls get to finish on shutdown."""
 
+    advertise_host: str | None = None
+    """Address other pods use to reach this one (default: ``host``)."""
+
+    lease_ttl_s: float = 10.0
+    """Lifetime of this pod's registry lease without keep-alives: a dead pod vanishes after it."""
+
+    publish_interval_s: float = 0.5
+    """Least time between two publications of this pod's instance record."""
+
+    route_attempts: int = 4
+    """Pods a call may try (forwarding or loading) before it fails with UNAVAILABLE."""
+
+    request_timeout_s: float = 60.0
+    """Deadline for calls whose caller set none."""
+
+    handoff_models: int = 20
+    """On graceful stop, how many of the most recently used models are loaded elsewhere first."""
+
     @field_validator("capacity_bytes", "max_message_bytes", mode="before")
     @classmethod
     def _sizes(cls, value: str | int) -> int:

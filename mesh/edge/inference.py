@@ -1,21 +1,65 @@
-"""``inference.GRPCInferenceService``: the KServe v2 data plane, over ``DataPlane``."""
+"""``inference.GRPCInferenceService``: the KServe v2 data plane, over ``Router`` and ``DataPlane``.
+
+``ModelInfer``, ``ModelStreamInfer`` and ``ModelMetadata`` receive the raw request
+bytes: the router reads only the model name, then the call is parsed here or its
+bytes forwarded unchanged to the pod that serves it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from mesh import __version__
 from mesh.dataplane import DataPlane
 from mesh.edge import converters
+from mesh.edge.peers import HOP, MODEL_ID, ROUTE
 from mesh.edge.status import MalformedRequest, edge_method
-from mesh.errors import MeshError, Unimplemented
+from mesh.edge.wire import embed, peek_string
+from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
+from mesh.router import Metadata, Router
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 
 EXTENSIONS = ["model_repository", "statistics", "mm-model-id", "mm-vmodel-id"]
+RAW_METHODS = frozenset({"ModelInfer", "ModelStreamInfer", "ModelMetadata"})
+"""Methods whose requests and answers cross the servicer as bytes."""
+
+_TRANSPORT_HEADERS = frozenset({"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding"})
+_STREAM_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
+
+
+class Hop(NamedTuple):
+    """A call another pod forwarded here."""
+
+    model_id: str
+    route: str
+
+
+def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
+    found: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in (HOP, ROUTE, MODEL_ID):
+            found[key] = _text(value)
+    if HOP not in found:
+        return None
+    if not found.get(MODEL_ID) or not found.get(ROUTE):
+        raise InvalidInput(f"a forwarded call needs {MODEL_ID} and {ROUTE} metadata")
+    return Hop(found[MODEL_ID], found[ROUTE])
+
+
+def passthrough(context: grpc.aio.ServicerContext) -> Metadata:
+    """The caller's metadata a forwarded call carries on (not ours, not the transport's)."""
+    return tuple(
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if not key.startswith(("mm-", "mesh-", ":", "grpc-")) and key not in _TRANSPORT_HEADERS
+    )
 
 
 def route(name: str, context: grpc.aio.ServicerContext) -> tuple[str, bool | None]:
@@ -35,10 +79,24 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+Here = Callable[[bytes, str], Awaitable[bytes]]
+"""Serves raw request bytes for a resolved model id on this pod."""
+
+
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, metrics: MeshMetrics, *, ready: bool = True) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        router: Router,
+        metrics: MeshMetrics,
+        *,
+        request_timeout_s: float,
+        ready: bool = True,
+    ) -> None:
         self._dataplane = dataplane
+        self._router = router
         self.metrics = metrics
+        self._request_timeout_s = request_timeout_s
         self.ready = ready
 
     @edge_method("ServerLive")
@@ -63,48 +121,72 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelReadyResponse:
-        name, _ = route(request.name, context)
-        return v2.ModelReadyResponse(ready=self._dataplane.ready(name))
+        name, vmodel = route(request.name, context)
+        return v2.ModelReadyResponse(ready=self._dataplane.ready(name, vmodel=vmodel))
 
     @edge_method("ModelMetadata")
-    async def ModelMetadata(
-        self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ModelMetadataResponse:
-        name, _ = route(request.name, context)
-        _, signature = await self._dataplane.metadata(name)
-        return converters.metadata_to_proto(name, signature.platform, signature.inputs, signature.outputs)
+    async def ModelMetadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._dispatch(
+            "ModelMetadata", "inference.ModelMetadataRequest", request, context, self._metadata_here
+        )
 
     @edge_method("ModelInfer")
-    async def ModelInfer(
-        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> v2.ModelInferResponse:
-        name, vmodel = route(request.model_name, context)
-        response = await self._dataplane.infer(name, converters.request_from_proto(request), vmodel=vmodel)
+    async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._dispatch(
+            "ModelInfer", "inference.ModelInferRequest", request, context, self._infer_here
+        )
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for request in request_iterator:
+            started = time.perf_counter()
+            try:
+                response = await self._dispatch(
+                    "ModelInfer", "inference.ModelInferRequest", request, context, self._infer_here
+                )
+            except MeshError as exc:
+                self.metrics.observe_request("ModelStreamInfer", exc.code.name, time.perf_counter() - started)
+                yield v2.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
+                continue
+            self.metrics.observe_request("ModelStreamInfer", "OK", time.perf_counter() - started)
+            yield embed(_STREAM_RESPONSE_FIELD, response)
+
+    async def _dispatch(
+        self, method: str, message: str, raw: bytes, context: grpc.aio.ServicerContext, here: Here
+    ) -> bytes:
+        async def local(model_id: str) -> bytes:
+            return await here(raw, model_id)
+
+        hop = forwarded(context)
+        if hop is not None:
+            return await self._router.serve_forwarded(hop.model_id, hop.route, local)
+        name, vmodel = route(peek_string(raw, 1, message=message), context)
+        return await self._router.call(
+            name,
+            vmodel,
+            method=method,
+            payload=raw,
+            local=local,
+            deadline=self._deadline(context),
+            metadata=passthrough(context),
+        )
+
+    async def _infer_here(self, raw: bytes, model_id: str) -> bytes:
+        request = _parse(v2.ModelInferRequest, raw)
+        response = await self._dataplane.infer(model_id, converters.request_from_proto(request), vmodel=False)
         message = converters.response_to_proto(response)
         message.model_name = request.model_name
         message.model_version = request.model_version
-        return message
+        return message.SerializeToString()
 
-    async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
-        async for request in request_iterator:
-            if isinstance(request, MalformedRequest):
-                yield v2.ModelStreamInferResponse(error_message=request.reject().message)
-                continue
-            name, vmodel = route(request.model_name, context)
-            try:
-                response = await self._dataplane.infer(
-                    name, converters.request_from_proto(request), vmodel=vmodel
-                )
-            except MeshError as exc:
-                self.metrics.observe_request("ModelStreamInfer", exc.code.name, 0.0)
-                yield v2.ModelStreamInferResponse(error_message=exc.message)
-                continue
-            message = converters.response_to_proto(response)
-            message.model_name = request.model_name
-            self.metrics.observe_request("ModelStreamInfer", "OK", 0.0)
-            yield v2.ModelStreamInferResponse(infer_response=message)
+    async def _metadata_here(self, raw: bytes, model_id: str) -> bytes:
+        request = _parse(v2.ModelMetadataRequest, raw)
+        _, signature = await self._dataplane.metadata(model_id, vmodel=False)
+        message = converters.metadata_to_proto(
+            request.name, signature.platform, signature.inputs, signature.outputs
+        )
+        return message.SerializeToString()
 
     @edge_method("ModelStatistics")
     async def ModelStatistics(
@@ -132,7 +214,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.RepositoryModelLoadResponse:
         if request.parameters:
             raise Unimplemented("load parameters (config overrides) are not supported; register the model")
-        await self._dataplane.load(request.model_name)
+        hop = forwarded(context)
+        if hop is not None:
+            await self._router.serve_forwarded(hop.model_id, hop.route, self._load_here)
+        else:
+            name, vmodel = route(request.model_name, context)
+            await self._router.load(name, vmodel=vmodel, deadline=self._deadline(context))
         return v2.RepositoryModelLoadResponse()
 
     @edge_method("RepositoryModelUnload")
@@ -141,3 +228,18 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.RepositoryModelUnloadResponse:
         await self._dataplane.unload(request.model_name)
         return v2.RepositoryModelUnloadResponse()
+
+    async def _load_here(self, model_id: str) -> bytes:
+        await self._dataplane.load_here(model_id)
+        return b""
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return time.monotonic() + (self._request_timeout_s if remaining is None else remaining)
+
+
+def _parse(message_class: type[v2.ModelInferRequest] | type[v2.ModelMetadataRequest], raw: bytes) -> Any:
+    try:
+        return message_class.FromString(raw)
+    except DecodeError as exc:
+        raise MalformedRequest(message_class.DESCRIPTOR.full_name, str(exc)).reject() from None

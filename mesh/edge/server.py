@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.edge.inference import InferenceServicer
+from mesh.edge.inference import RAW_METHODS, InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.status import MalformedRequest
 from mesh_proto import grpc_service_pb2, mesh_admin_pb2, model_mesh_pb2
@@ -40,7 +40,7 @@ def build_server(
     )
     server.add_generic_rpc_handlers(
         (
-            service_handler(inference, INFERENCE_SERVICE),
+            service_handler(inference, INFERENCE_SERVICE, raw_methods=RAW_METHODS),
             service_handler(modelmesh, MODELMESH_SERVICE),
             service_handler(admin, ADMIN_SERVICE),
         )
@@ -52,10 +52,13 @@ def build_server(
     return server
 
 
-def service_handler(servicer: Any, service: ServiceDescriptor) -> grpc.GenericRpcHandler:
+def service_handler(
+    servicer: Any, service: ServiceDescriptor, *, raw_methods: frozenset[str] = frozenset()
+) -> grpc.GenericRpcHandler:
     """Handlers for every method of ``service``, like the generated ``add_*_to_server``, except that
     a request that does not parse reaches the servicer as a ``MalformedRequest`` (answered with
-    INVALID_ARGUMENT) instead of failing inside gRPC with UNKNOWN.
+    INVALID_ARGUMENT) instead of failing inside gRPC with UNKNOWN, and ``raw_methods`` take and
+    return bytes (the router forwards them without decoding).
     """
     handlers = {}
     for method in service.methods:
@@ -67,6 +70,9 @@ def service_handler(servicer: Any, service: ServiceDescriptor) -> grpc.GenericRp
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(method.client_streaming, method.server_streaming)]
+        if method.name in raw_methods:
+            handlers[method.name] = factory(getattr(servicer, method.name))
+            continue
         handlers[method.name] = factory(
             getattr(servicer, method.name),
             request_deserializer=_tolerant_parser(request_class),

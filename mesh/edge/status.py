@@ -44,6 +44,16 @@ class MalformedRequest:
         return InvalidInput(f"the request is not a valid {self.type_name}: {self.error}")
 
 
+ERROR_TRAILER = "mesh-error"
+"""Trailing metadata naming a ``MeshError.signal`` (how a forwarding pod reads our answer)."""
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
+    if exc.signal is not None:
+        context.set_trailing_metadata(((ERROR_TRAILER, exc.signal),))
+    await context.abort(GRPC_STATUS[exc.code], exc.message)
+
+
 class HasMetrics(Protocol):
     metrics: MeshMetrics
 
@@ -64,7 +74,7 @@ def edge_method(method: str) -> Callable[[Handler[S]], Handler[S]]:
                 return await handler(self, request, context)
             except MeshError as exc:
                 code = GRPC_STATUS[exc.code]
-                await context.abort(code, exc.message)
+                await abort(context, exc)
             except grpc.aio.AbortError:
                 raise
             except BaseException as exc:

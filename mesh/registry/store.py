@@ -184,11 +184,9 @@ class ModelStore:
             self._apply(WatchEvent(key, entry.value, entry.mod_revision))
 
     async def _wait_for(self, revision: int, key: str) -> None:
-        async with self._advanced:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._advanced.wait_for(lambda: self._revision >= revision), _MIRROR_WAIT_S
-                )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_MIRROR_WAIT_S), self._advanced:
+                await self._advanced.wait_for(lambda: self._revision >= revision)
                 return
         # The watch is behind (reconnecting): read the key itself so the caller sees its write.
         await self._sync_key(key)

@@ -1,0 +1,352 @@
+"""Where a call runs: here, on a pod that holds the model, or on the pod placement picks.
+
+Transport-free: the edge hands over the raw request bytes and a ``local`` callable that
+serves them on this pod; peers are reached through the ``Peers`` interface.
+
+One call, at most ``attempts`` tries, all within the caller's deadline:
+
+1. The model is loaded here -> serve here.
+2. Loaded (or loading) on other live pods -> forward to the one with the fewest calls
+   in flight, "serve only if loaded" (or "join the load").
+3. Loaded nowhere -> ``placement.loading.choose_load_pod`` ranks the pods; the chosen
+   pod claims the load in the registry (compare-and-swap, so two pods never load one
+   model at once), loads and serves. This pod may be the chosen one.
+
+A pod that answers "not here", fails the load, has no room or does not answer is
+excluded and the next try picks again from a fresh view. A forwarded call is served
+where it lands or refused there ("not here"): it is never forwarded again, so no call
+loops. Exhausted tries end in ``Unavailable`` with every reason (``ModelLoadFailed``
+with each pod's reason when loads failed), never ``INTERNAL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from mesh.cache import ModelCache
+from mesh.errors import (
+    Busy,
+    CapacityExceeded,
+    DeadlineExceeded,
+    MeshError,
+    ModelLoadFailed,
+    NotHere,
+    Unavailable,
+)
+from mesh.management import ModelManager, now_ms
+from mesh.records import CopyRecord, InstanceRecord, ModelRecord, ModelState
+from mesh.registry import ModelStore
+from placement.cluster import ClusterView, ModelView, PodView
+from placement.loading import LoadDecision, choose_copy, choose_load_pod
+
+log = logging.getLogger(__name__)
+
+LOADED = "loaded"
+LOAD = "load"
+_PENDING_S = 2.0
+"""How long a load this pod sent elsewhere counts against that pod (until its record shows it)."""
+
+Metadata = Sequence[tuple[str, str | bytes]]
+Local = Callable[[str], Awaitable[bytes]]
+Forward = Callable[[str, str, float], Awaitable[bytes]]
+
+
+class Peers(Protocol):
+    async def forward(
+        self,
+        endpoint: str,
+        method: str,
+        payload: bytes,
+        *,
+        model_id: str,
+        route: str,
+        timeout_s: float,
+        metadata: Metadata = (),
+    ) -> bytes: ...
+
+    async def load(self, endpoint: str, *, model_id: str, timeout_s: float) -> None: ...
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        pod_id: str,
+        store: ModelStore,
+        manager: ModelManager,
+        cache: ModelCache,
+        peers: Peers,
+        describe_self: Callable[[], InstanceRecord],
+        attempts: int,
+        failure_ttl_s: float,
+    ) -> None:
+        self.pod_id = pod_id
+        self._store = store
+        self._manager = manager
+        self._cache = cache
+        self._peers = peers
+        self._describe_self = describe_self
+        self._attempts = attempts
+        self._failure_ttl_ms = int(failure_ttl_s * 1000)
+        self.in_flight: Counter[str] = Counter()
+        """Calls this pod is serving or forwarding, by the pod serving them."""
+        self.served = 0
+        """Calls served on this pod so far."""
+        self._sent_loads: dict[str, list[float]] = {}
+        self._calls = itertools.count()
+        self.last_decision: dict[str, LoadDecision] = {}
+        """The latest placement decision per model made here (for ``mesh status``)."""
+
+    # entry points
+
+    async def call(
+        self,
+        name: str,
+        vmodel: bool | None,
+        *,
+        method: str,
+        payload: bytes,
+        local: Local,
+        deadline: float,
+        metadata: Metadata = (),
+    ) -> bytes:
+        """Serve a call that entered at this pod, here or on a peer."""
+        model_id = self._manager.lookup(name, vmodel=vmodel).model_id
+
+        async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
+            return await self._peers.forward(
+                endpoint,
+                method,
+                payload,
+                model_id=model_id,
+                route=route,
+                timeout_s=timeout_s,
+                metadata=metadata,
+            )
+
+        return await self._attempt(model_id, local, forward, deadline)
+
+    async def load(self, name: str, *, vmodel: bool | None, deadline: float) -> None:
+        """Load the model a name resolves to somewhere in the fleet."""
+        await self.ensure_loaded(self._manager.lookup(name, vmodel=vmodel).model_id, deadline=deadline)
+
+    async def ensure_loaded(
+        self, model_id: str, *, deadline: float, excluded: frozenset[str] = frozenset()
+    ) -> None:
+        """Load ``model_id`` somewhere in the fleet (no-op if it is loaded anywhere live)."""
+
+        async def local(model_id: str) -> bytes:
+            record = self._manager.record(model_id)
+            await self._cache.ensure_loaded(record)
+            return b""
+
+        async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
+            if route == LOAD:
+                await self._peers.load(endpoint, model_id=model_id, timeout_s=timeout_s)
+            return b""
+
+        await self._attempt(model_id, local, forward, deadline, excluded)
+
+    async def serve_forwarded(self, model_id: str, route: str, local: Local) -> bytes:
+        """Serve a call another pod forwarded here; never forwards it again."""
+        here = self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
+        if route == LOADED and not here:
+            raise NotHere(f"model {model_id!r} is not loaded on {self.pod_id}", pod_id=self.pod_id)
+        if not here:
+            self._manager.record(model_id)  # unknown model: NOT_FOUND, not "not here"
+            await self.claim(model_id)
+        return await self._serve_here(model_id, local)
+
+    async def claim(self, model_id: str) -> None:
+        """Record this pod as loading ``model_id`` unless another live pod holds or loads it."""
+        holder = ""
+        live = self._store.instances()
+
+        def change(record: ModelRecord) -> ModelRecord:
+            nonlocal holder
+            holder = next(
+                (
+                    pod
+                    for pod, copy in sorted(record.copies.items())
+                    if pod != self.pod_id
+                    and pod in live
+                    and copy.state in (ModelState.LOADED, ModelState.LOADING)
+                ),
+                "",
+            )
+            if holder or self.pod_id in record.copies:
+                return record
+            return replace(
+                record, copies={**record.copies, self.pod_id: CopyRecord(ModelState.LOADING, now_ms())}
+            )
+
+        try:
+            await self._store.update_model(model_id, change)
+        except Unavailable as exc:  # registry down: serving beats a perfect record
+            log.warning("could not claim the load of %s in the registry (%s); loading anyway", model_id, exc)
+            return
+        if holder:
+            raise NotHere(f"pod {holder} already holds model {model_id!r}", pod_id=self.pod_id, holder=holder)
+
+    # the loop
+
+    async def _attempt(
+        self,
+        model_id: str,
+        local: Local,
+        forward: Forward,
+        deadline: float,
+        excluded_at_start: frozenset[str] = frozenset(),
+    ) -> bytes:
+        excluded = set(excluded_at_start)
+        reasons: list[str] = []
+        load_failures: dict[str, str] = {}
+        no_room: MeshError | None = None
+        for _ in range(self._attempts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                pod_id, route = self._target(model_id, excluded, load_failures)
+            except MeshError:
+                if no_room is not None and not load_failures:
+                    raise no_room from None  # RESOURCE_EXHAUSTED: room may come later
+                raise
+            try:
+                if pod_id == self.pod_id:
+                    if route == LOAD and not self._cache.loading(model_id):
+                        await self.claim(model_id)
+                    async with asyncio.timeout(remaining):
+                        return await self._serve_here(model_id, local)
+                return await self._forward(pod_id, route, forward, remaining)
+            except TimeoutError:
+                break
+            except ModelLoadFailed as exc:
+                load_failures[pod_id] = exc.reason
+                excluded.add(pod_id)
+            except (Busy, CapacityExceeded) as exc:
+                no_room = exc
+                reasons.append(f"{pod_id}: {exc.message}")
+                excluded.add(pod_id)
+            except (NotHere, Unavailable) as exc:
+                reasons.append(f"{pod_id}: {exc.message}")
+                excluded.add(pod_id)
+        if load_failures:
+            raise self._load_failed(model_id, load_failures)
+        if no_room is not None and len(reasons) == 1:
+            raise no_room
+        if time.monotonic() >= deadline:
+            tried = "; ".join(reasons) or "no pod answered in time"
+            raise DeadlineExceeded(f"model {model_id!r}: the deadline passed ({tried})", model_id=model_id)
+        raise Unavailable(
+            f"model {model_id!r} could not be served after {len(reasons)} attempt(s): {'; '.join(reasons)}",
+            model_id=model_id,
+        )
+
+    async def _serve_here(self, model_id: str, local: Local) -> bytes:
+        self.in_flight[self.pod_id] += 1
+        self.served += 1
+        try:
+            return await local(model_id)
+        finally:
+            self.in_flight[self.pod_id] -= 1
+
+    async def _forward(
+        self,
+        pod_id: str,
+        route: str,
+        forward: Callable[[str, str, float], Awaitable[bytes]],
+        timeout_s: float,
+    ) -> bytes:
+        instance = self._store.instance(pod_id)
+        if instance is None:
+            raise Unavailable(f"pod {pod_id} left the fleet")
+        if route == LOAD:
+            self._sent_loads.setdefault(pod_id, []).append(time.monotonic())
+        self.in_flight[pod_id] += 1
+        try:
+            return await forward(instance.endpoint, route, timeout_s)
+        finally:
+            self.in_flight[pod_id] -= 1
+
+    def _target(self, model_id: str, excluded: set[str], load_failures: dict[str, str]) -> tuple[str, str]:
+        """The pod to try next and how (``loaded`` or ``load``)."""
+        if self.pod_id not in excluded and (
+            self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
+        ):
+            return self.pod_id, LOADED if self._cache.loaded(model_id) is not None else LOAD
+        record = self._manager.record_any(model_id)
+        live = self._store.instances()
+        copies = {
+            pod: copy.state
+            for pod, copy in record.copies.items()
+            if pod not in excluded and (pod in live or pod == self.pod_id) and pod != self.pod_id
+        }
+        loaded = [pod for pod, state in copies.items() if state is ModelState.LOADED]
+        salt = f"{model_id}:{next(self._calls)}"
+        holder = choose_copy(loaded, self.in_flight, salt=salt)
+        if holder is not None:
+            return holder, LOADED
+        loading = [pod for pod, state in copies.items() if state is ModelState.LOADING]
+        holder = choose_copy(loading, self.in_flight, salt=salt)
+        if holder is not None:
+            return holder, LOAD
+        decision = choose_load_pod(self.view(excluded), self._model_view(record, load_failures))
+        self.last_decision[model_id] = decision
+        if decision.pod_id is None:
+            failures = self._recent_failures(record) | load_failures
+            if failures:
+                raise self._load_failed(model_id, failures)
+            raise Unavailable(f"no pod can load model {model_id!r}: {decision.reason}", model_id=model_id)
+        return decision.pod_id, LOAD
+
+    # snapshots for placement
+
+    def view(self, excluded: set[str] | frozenset[str] = frozenset()) -> ClusterView:
+        instances = self._store.instances()
+        instances[self.pod_id] = self._describe_self()
+        now = time.monotonic()
+        pods = []
+        for pod_id, instance in sorted(instances.items()):
+            sent = [t for t in self._sent_loads.get(pod_id, []) if now - t < _PENDING_S]
+            self._sent_loads[pod_id] = sent
+            pods.append(
+                PodView(
+                    pod_id=pod_id,
+                    capacity_bytes=instance.capacity_bytes,
+                    used_bytes=instance.used_bytes,
+                    oldest_used_ms=instance.oldest_used_ms,
+                    loads_in_flight=instance.loads_in_flight + (len(sent) if pod_id != self.pod_id else 0),
+                    requests_in_flight=max(instance.requests_in_flight, self.in_flight[pod_id]),
+                    request_rate=instance.request_rate,
+                    labels=frozenset(instance.labels),
+                    shutting_down=instance.shutting_down,
+                )
+            )
+        return ClusterView(tuple(pods), now_ms(), frozenset(excluded))
+
+    def _model_view(self, record: ModelRecord, load_failures: dict[str, str]) -> ModelView:
+        holders = frozenset(
+            pod
+            for pod, c in record.copies.items()
+            if c.state in (ModelState.LOADED, ModelState.LOADING) and pod != self.pod_id
+        )
+        failed = frozenset(self._recent_failures(record)) | frozenset(load_failures)
+        return ModelView(record.model_id, record.info.type, record.size_bytes, holders, failed)
+
+    def _recent_failures(self, record: ModelRecord) -> dict[str, str]:
+        recent = record.recent_failures(now_ms=now_ms(), failure_ttl_ms=self._failure_ttl_ms)
+        return {pod: failure.reason for pod, failure in recent.items()}
+
+    def _load_failed(self, model_id: str, failures: dict[str, str]) -> ModelLoadFailed:
+        if len(failures) == 1:
+            return ModelLoadFailed(model_id=model_id, reason=next(iter(failures.values())))
+        reason = "; ".join(f"{pod}: {why}" for pod, why in sorted(failures.items()))
+        return ModelLoadFailed(model_id=model_id, reason=reason)
