@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind")
     serve.add_argument("--port-file", default=None, help="write the bound gRPC port here once serving")
 
+    up = commands.add_parser("up", help="run a local fleet: an etcd and N pods on loopback")
+    up.add_argument("--pods", type=int, default=3, help="number of pods")
+    up.add_argument("--etcd", default=None, help="HOST:PORT of an etcd to use (default: start one)")
+    up.add_argument("--port", type=int, default=8033, help="pod i listens on PORT+i (0: free ports)")
+    up.add_argument("--capacity", default=None, help="model bytes per pod, e.g. 512MiB")
+
     def with_target(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
             "--target",
@@ -109,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
+    if args.command == "up":
+        return _up(args)
     if args.command == "demo":
         from mesh.demo import run_demo
 
@@ -134,6 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             if args.model_id:
                 _print_status(args.model_id, client.status(args.model_id))
             else:
+                _print_fleet(client.fleet_status())
                 _print_pod(client.pod_status())
         elif args.command == "list":
             _print_list(client.list_models(args.prefix))
@@ -257,6 +266,53 @@ def _print_pod(status: object) -> None:
     )
     for model in status.loaded:
         print(f"    {model.model_id:40s} {_mib(model.size_bytes):>12s} in flight {model.in_flight}")
+
+
+def _print_fleet(fleet: object) -> None:
+    from mesh_proto import mesh_admin_pb2 as admin
+
+    assert isinstance(fleet, admin.FleetStatusResponse)
+    print(
+        f"fleet: {len(fleet.pods)} pods, {fleet.models_registered} models registered, "
+        f"{fleet.models_loaded} loaded, {fleet.copies} copies"
+    )
+    print(f"  {'POD':16s} {'ENDPOINT':22s} {'CAPACITY':>12s} {'USED':>12s} {'MODELS':>7s} {'REQ/S':>7s}")
+    for pod in fleet.pods:
+        state = "  (shutting down)" if pod.shutting_down else ""
+        print(
+            f"  {pod.pod_id:16s} {pod.endpoint:22s} {_mib(pod.capacity_bytes):>12s} "
+            f"{_mib(pod.used_bytes):>12s} {pod.models_loaded:7d} {pod.request_rate:7.1f}{state}"
+        )
+
+
+def _up(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    from mesh.fleet import LocalFleet
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops the fleet as Ctrl-C does
+    with tempfile.TemporaryDirectory(prefix="mesh-up-") as workdir:
+        fleet = LocalFleet(
+            Path(workdir), pods=args.pods, capacity=args.capacity, etcd=args.etcd, base_port=args.port
+        )
+        fleet.start()
+        try:
+            print(f"etcd at {fleet.etcd_endpoint}")
+            for index, target in enumerate(fleet.targets):
+                print(f"{fleet.pod_id(index)} serving on {target}")
+            print("Ctrl-C stops the fleet", flush=True)
+            while all(p is not None and p.poll() is None for p in fleet.processes):
+                time.sleep(0.5)
+            print("a pod exited; stopping the fleet", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            fleet.stop()
 
 
 def _print_list(listing: object) -> None:

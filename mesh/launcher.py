@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
 
 def spawn_pod(
-    workdir: Path, *serve_args: str, log: IO[bytes] | int = subprocess.DEVNULL, timeout_s: float = 60.0
+    workdir: Path,
+    *serve_args: str,
+    log: IO[bytes] | int = subprocess.DEVNULL,
+    timeout_s: float = 60.0,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run ``mesh serve --port 0 ...`` and return the process and its ``127.0.0.1:PORT``.
 
@@ -31,6 +37,7 @@ def spawn_pod(
         ],
         stdout=subprocess.DEVNULL,
         stderr=log,
+        env=None if env is None else {**os.environ, **env},
     )
     deadline = time.monotonic() + timeout_s
     while not (port_file.exists() and port_file.read_text().strip()):

@@ -30,7 +30,15 @@ from mesh.errors import (
     NotFound,
     UnsupportedModelType,
 )
-from mesh.records import CopyRecord, FailureRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
+from mesh.records import (
+    CopyRecord,
+    FailureRecord,
+    InstanceRecord,
+    ModelInfo,
+    ModelRecord,
+    ModelState,
+    VModelRecord,
+)
 from mesh.registry import ModelStore
 from puller import FetcherTable
 
@@ -56,6 +64,14 @@ class ModelStatus:
 
 
 NOT_FOUND_STATUS = ModelStatus(ModelState.NOT_FOUND)
+
+
+@dataclass(frozen=True)
+class FleetView:
+    pods: list[InstanceRecord]
+    models_registered: int
+    models_loaded: int
+    copies: int
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,9 @@ class ModelManager:
         record = self._store.model(model_id)
         if record is None:
             return NOT_FOUND_STATUS
+        live = self._store.instances()
+        copies_live = {p: c for p, c in record.copies.items() if p in live or p == self.pod_id}
+        record = replace(record, copies=copies_live)
         now = self._clock_ms()
         state = record.state(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
         failures = record.recent_failures(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
@@ -159,6 +178,19 @@ class ModelManager:
             raise ModelNotFound(model_id=model_id)
         await self._load(model_id, sync=sync)
         return self.status(model_id)
+
+    def fleet(self) -> FleetView:
+        live = self._store.instances()
+        loaded = [
+            [p for p, c in r.copies.items() if c.state is ModelState.LOADED and p in live]
+            for r in self._store.models()
+        ]
+        return FleetView(
+            pods=[live[p] for p in sorted(live)],
+            models_registered=len(loaded),
+            models_loaded=sum(1 for pods in loaded if pods),
+            copies=sum(len(pods) for pods in loaded),
+        )
 
     def registered(self) -> list[ModelRecord]:
         return self._store.models()

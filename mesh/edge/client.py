@@ -62,6 +62,9 @@ class MeshClient:
     def pod_status(self) -> admin.PodStatusResponse:
         return self.admin.PodStatus(admin.PodStatusRequest(), timeout=self._timeout)
 
+    def fleet_status(self) -> admin.FleetStatusResponse:
+        return self.admin.FleetStatus(admin.FleetStatusRequest(), timeout=self._timeout)
+
     def set_vmodel(self, vmodel_id: str, target: str, **fields: Any) -> mm.VModelStatusInfo:
         return self.mm.setVModel(
             mm.SetVModelRequest(vModelId=vmodel_id, targetModelId=target, **fields), timeout=self._timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -141,9 +142,37 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
             unloads=counters["unloads"],
             version=__version__,
         )
+        now_s, now_wall_ms = time.monotonic(), time.time() * 1000
         for model in self._cache.models():
             if model.loaded:
                 response.loaded.add(
-                    model_id=model.model_id, size_bytes=model.size_bytes, in_flight=model.in_use
+                    model_id=model.model_id,
+                    size_bytes=model.size_bytes,
+                    in_flight=model.in_use,
+                    last_used_ms=int(now_wall_ms - (now_s - model.last_used) * 1000),
                 )
+        return response
+
+    @edge_method("FleetStatus")
+    async def FleetStatus(
+        self, request: admin.FleetStatusRequest, context: Context
+    ) -> admin.FleetStatusResponse:
+        fleet = self._manager.fleet()
+        response = admin.FleetStatusResponse(
+            models_registered=fleet.models_registered, models_loaded=fleet.models_loaded, copies=fleet.copies
+        )
+        for pod in fleet.pods:
+            response.pods.add(
+                pod_id=pod.pod_id,
+                endpoint=pod.endpoint,
+                capacity_bytes=pod.capacity_bytes,
+                used_bytes=pod.used_bytes,
+                models_loaded=pod.models_loaded,
+                loads_in_flight=pod.loads_in_flight,
+                requests_in_flight=pod.requests_in_flight,
+                request_rate=pod.request_rate,
+                shutting_down=pod.shutting_down,
+                version=pod.version,
+                started_ms=pod.started_ms,
+            )
         return response

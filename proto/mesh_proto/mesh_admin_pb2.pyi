@@ -85,3 +85,45 @@ class PodStatusResponse(_message.Message):
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     version: str
     def __init__(self, pod_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., loads: _Optional[int] = ..., load_failures: _Optional[int] = ..., evictions: _Optional[int] = ..., unloads: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+
+class FleetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PodSummary(_message.Message):
+    __slots__ = ("pod_id", "endpoint", "capacity_bytes", "used_bytes", "models_loaded", "loads_in_flight", "requests_in_flight", "request_rate", "shutting_down", "version", "started_ms")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    LOADS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_FIELD_NUMBER: _ClassVar[int]
+    SHUTTING_DOWN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    endpoint: str
+    capacity_bytes: int
+    used_bytes: int
+    models_loaded: int
+    loads_in_flight: int
+    requests_in_flight: int
+    request_rate: float
+    shutting_down: bool
+    version: str
+    started_ms: int
+    def __init__(self, pod_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models_loaded: _Optional[int] = ..., loads_in_flight: _Optional[int] = ..., requests_in_flight: _Optional[int] = ..., request_rate: _Optional[float] = ..., shutting_down: _Optional[bool] = ..., version: _Optional[str] = ..., started_ms: _Optional[int] = ...) -> None: ...
+
+class FleetStatusResponse(_message.Message):
+    __slots__ = ("pods", "models_registered", "models_loaded", "copies")
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    pods: _containers.RepeatedCompositeFieldContainer[PodSummary]
+    models_registered: int
+    models_loaded: int
+    copies: int
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodSummary, _Mapping]]] = ..., models_registered: _Optional[int] = ..., models_loaded: _Optional[int] = ..., copies: _Optional[int] = ...) -> None: ...

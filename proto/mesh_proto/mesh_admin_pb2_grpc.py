@@ -44,6 +44,11 @@ class MeshAdminStub:
                 request_serializer=mesh__proto_dot_mesh__admin__pb2.PodStatusRequest.SerializeToString,
                 response_deserializer=mesh__proto_dot_mesh__admin__pb2.PodStatusResponse.FromString,
                 _registered_method=True)
+        self.FleetStatus = channel.unary_unary(
+                '/mesh.v1.MeshAdmin/FleetStatus',
+                request_serializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusRequest.SerializeToString,
+                response_deserializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -63,6 +68,13 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FleetStatus(self, request, context):
+        """The fleet as this pod's registry mirror sees it: live pods and how models spread over them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.PodStatus,
                     request_deserializer=mesh__proto_dot_mesh__admin__pb2.PodStatusRequest.FromString,
                     response_serializer=mesh__proto_dot_mesh__admin__pb2.PodStatusResponse.SerializeToString,
+            ),
+            'FleetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.FleetStatus,
+                    request_deserializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusRequest.FromString,
+                    response_serializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class MeshAdmin:
             '/mesh.v1.MeshAdmin/PodStatus',
             mesh__proto_dot_mesh__admin__pb2.PodStatusRequest.SerializeToString,
             mesh__proto_dot_mesh__admin__pb2.PodStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FleetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdmin/FleetStatus',
+            mesh__proto_dot_mesh__admin__pb2.FleetStatusRequest.SerializeToString,
+            mesh__proto_dot_mesh__admin__pb2.FleetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,7 +32,12 @@ def served(tmp_path: Path):
     yield target, process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_cli_round_trip(models: ModelSet, served) -> None:
