@@ -144,6 +144,7 @@ class Pod:
             describe_self=self.describe,
             attempts=s.route_attempts,
             failure_ttl_s=s.failure_ttl_s,
+            suspect_s=s.lease_ttl_s,
         )
         self.manager.set_loader(self._load_in_fleet)
         # A pod restarted with the same id holds nothing: drop the copies its last life recorded.

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 LOADED = "loaded"
 LOAD = "load"
+EXCLUDE = "mesh-exclude"
+"""Metadata on a forwarded load: pods the sender found unreachable, whose claims the receiver ignores."""
 _PENDING_S = 2.0
 """How long a load this pod sent elsewhere counts against that pod (until its record shows it)."""
 
@@ -71,7 +73,9 @@ class Peers(Protocol):
         metadata: Metadata = (),
     ) -> bytes: ...
 
-    async def load(self, endpoint: str, *, model_id: str, timeout_s: float) -> None: ...
+    async def load(
+        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = ()
+    ) -> None: ...
 
 
 class Router:
@@ -86,6 +90,7 @@ class Router:
         describe_self: Callable[[], InstanceRecord],
         attempts: int,
         failure_ttl_s: float,
+        suspect_s: float,
     ) -> None:
         self.pod_id = pod_id
         self._store = store
@@ -95,6 +100,10 @@ class Router:
         self._describe_self = describe_self
         self._attempts = attempts
         self._failure_ttl_ms = int(failure_ttl_s * 1000)
+        self._suspect_s = suspect_s
+        self._suspects: dict[str, float] = {}
+        """Pods that did not answer, until when (monotonic) they are skipped; their lease may
+        not have expired yet."""
         self.in_flight: Counter[str] = Counter()
         """Calls this pod is serving or forwarding, by the pod serving them."""
         self.served = 0
@@ -128,7 +137,7 @@ class Router:
                 model_id=model_id,
                 route=route,
                 timeout_s=timeout_s,
-                metadata=metadata,
+                metadata=(*metadata, *self._exclusions(route)),
             )
 
         return await self._attempt(model_id, local, forward, deadline)
@@ -149,25 +158,31 @@ class Router:
 
         async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
             if route == LOAD:
-                await self._peers.load(endpoint, model_id=model_id, timeout_s=timeout_s)
+                extra = self._exclusions(route)
+                await self._peers.load(endpoint, model_id=model_id, timeout_s=timeout_s, metadata=extra)
             return b""
 
         await self._attempt(model_id, local, forward, deadline, excluded)
 
-    async def serve_forwarded(self, model_id: str, route: str, local: Local) -> bytes:
-        """Serve a call another pod forwarded here; never forwards it again."""
+    async def serve_forwarded(
+        self, model_id: str, route: str, local: Local, *, ignore: frozenset[str] = frozenset()
+    ) -> bytes:
+        """Serve a call another pod forwarded here; never forwards it again.
+
+        ``ignore``: pods the sender found unreachable; their claims on the model do not count.
+        """
         here = self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
         if route == LOADED and not here:
             raise NotHere(f"model {model_id!r} is not loaded on {self.pod_id}", pod_id=self.pod_id)
         if not here:
             self._manager.record(model_id)  # unknown model: NOT_FOUND, not "not here"
-            await self.claim(model_id)
+            await self.claim(model_id, ignore=ignore | self._suspected())
         return await self._serve_here(model_id, local)
 
-    async def claim(self, model_id: str) -> None:
+    async def claim(self, model_id: str, *, ignore: frozenset[str] = frozenset()) -> None:
         """Record this pod as loading ``model_id`` unless another live pod holds or loads it."""
         holder = ""
-        live = self._store.instances()
+        live = {pod for pod in self._store.instances() if pod not in ignore}
 
         def change(record: ModelRecord) -> ModelRecord:
             nonlocal holder
@@ -222,7 +237,7 @@ class Router:
             try:
                 if pod_id == self.pod_id:
                     if route == LOAD and not self._cache.loading(model_id):
-                        await self.claim(model_id)
+                        await self.claim(model_id, ignore=frozenset(excluded) | self._suspected())
                     async with asyncio.timeout(remaining):
                         return await self._serve_here(model_id, local)
                 return await self._forward(pod_id, route, forward, remaining)
@@ -235,9 +250,14 @@ class Router:
                 no_room = exc
                 reasons.append(f"{pod_id}: {exc.message}")
                 excluded.add(pod_id)
-            except (NotHere, Unavailable) as exc:
+            except NotHere as exc:
                 reasons.append(f"{pod_id}: {exc.message}")
                 excluded.add(pod_id)
+            except Unavailable as exc:
+                reasons.append(f"{pod_id}: {exc.message}")
+                excluded.add(pod_id)
+                if pod_id != self.pod_id:
+                    self._suspects[pod_id] = time.monotonic() + self._suspect_s
         if load_failures:
             raise self._load_failed(model_id, load_failures)
         if no_room is not None and len(reasons) == 1:
@@ -276,8 +296,18 @@ class Router:
         finally:
             self.in_flight[pod_id] -= 1
 
+    def _suspected(self) -> frozenset[str]:
+        now = time.monotonic()
+        self._suspects = {pod: until for pod, until in self._suspects.items() if until > now}
+        return frozenset(self._suspects)
+
+    def _exclusions(self, route: str) -> Metadata:
+        skipped = self._suspected()
+        return ((EXCLUDE, ",".join(sorted(skipped))),) if route == LOAD and skipped else ()
+
     def _target(self, model_id: str, excluded: set[str], load_failures: dict[str, str]) -> tuple[str, str]:
         """The pod to try next and how (``loaded`` or ``load``)."""
+        excluded = excluded | self._suspected()
         if self.pod_id not in excluded and (
             self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
         ):

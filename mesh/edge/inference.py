@@ -22,7 +22,7 @@ from mesh.edge.status import MalformedRequest, edge_method
 from mesh.edge.wire import embed, peek_string
 from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
-from mesh.router import Metadata, Router
+from mesh.router import EXCLUDE, Metadata, Router
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 
@@ -39,18 +39,21 @@ class Hop(NamedTuple):
 
     model_id: str
     route: str
+    ignore: frozenset[str]
+    """Pods the sender could not reach."""
 
 
 def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
     found: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if key in (HOP, ROUTE, MODEL_ID):
+        if key in (HOP, ROUTE, MODEL_ID, EXCLUDE):
             found[key] = _text(value)
     if HOP not in found:
         return None
     if not found.get(MODEL_ID) or not found.get(ROUTE):
         raise InvalidInput(f"a forwarded call needs {MODEL_ID} and {ROUTE} metadata")
-    return Hop(found[MODEL_ID], found[ROUTE])
+    ignore = frozenset(p for p in found.get(EXCLUDE, "").split(",") if p)
+    return Hop(found[MODEL_ID], found[ROUTE], ignore)
 
 
 def passthrough(context: grpc.aio.ServicerContext) -> Metadata:
@@ -160,7 +163,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
         hop = forwarded(context)
         if hop is not None:
-            return await self._router.serve_forwarded(hop.model_id, hop.route, local)
+            return await self._router.serve_forwarded(hop.model_id, hop.route, local, ignore=hop.ignore)
         name, vmodel = route(peek_string(raw, 1, message=message), context)
         return await self._router.call(
             name,
@@ -216,7 +219,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             raise Unimplemented("load parameters (config overrides) are not supported; register the model")
         hop = forwarded(context)
         if hop is not None:
-            await self._router.serve_forwarded(hop.model_id, hop.route, self._load_here)
+            await self._router.serve_forwarded(hop.model_id, hop.route, self._load_here, ignore=hop.ignore)
         else:
             name, vmodel = route(request.model_name, context)
             await self._router.load(name, vmodel=vmodel, deadline=self._deadline(context))

@@ -67,10 +67,23 @@ class PeerClient:
             raise _error(exc, endpoint, model_id) from None
         return response
 
-    async def load(self, endpoint: str, *, model_id: str, timeout_s: float) -> None:
+    async def load(
+        self,
+        endpoint: str,
+        *,
+        model_id: str,
+        timeout_s: float,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
         payload = v2.RepositoryModelLoadRequest(model_name=model_id).SerializeToString()
         await self.forward(
-            endpoint, "RepositoryModelLoad", payload, model_id=model_id, route="load", timeout_s=timeout_s
+            endpoint,
+            "RepositoryModelLoad",
+            payload,
+            model_id=model_id,
+            route="load",
+            timeout_s=timeout_s,
+            metadata=metadata,
         )
 
     async def forget(self, endpoint: str) -> None:
