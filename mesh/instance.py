@@ -66,6 +66,7 @@ class InstancePublisher:
     async def _run(self) -> None:
         keepalive_every = self._ttl_s / 3
         next_keepalive = time.monotonic() + keepalive_every
+        failing = False
         while True:
             timeout = max(next_keepalive - time.monotonic(), 0)
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -77,15 +78,21 @@ class InstancePublisher:
                 if time.monotonic() >= next_keepalive:
                     await self._keep_alive()
                     next_keepalive = time.monotonic() + keepalive_every
+                    if failing:
+                        log.info("this pod's registry lease is being kept alive again")
+                    failing = False
                 if self._changed.is_set():
                     self._changed.clear()
                     if self._describe() != self._published:
                         await self._publish()
                     await asyncio.sleep(self._min_interval_s)
             except Unavailable as exc:
-                log.warning("could not refresh this pod's registry record: %s", exc)
-                self._changed.set()
+                if not failing:
+                    log.warning("could not refresh this pod's registry record (retrying): %s", exc)
+                failing = True
                 next_keepalive = time.monotonic() + min(keepalive_every, 1.0)
+                self._changed.set()
+                await asyncio.sleep(min(keepalive_every, 1.0))
 
     async def _keep_alive(self) -> None:
         if await self._registry.keep_alive(self._lease):

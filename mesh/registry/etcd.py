@@ -54,18 +54,33 @@ class EtcdRegistry(Registry):
     def __init__(self, endpoint: str, *, timeout_s: float = 5.0) -> None:
         self.endpoint = endpoint
         self._timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2_000),
-            ],
-        )
-        self._kv = pb_grpc.KVStub(self._channel)
-        self._watch = pb_grpc.WatchStub(self._channel)
-        self._lease = pb_grpc.LeaseStub(self._channel)
+        self._channel: grpc.aio.Channel | None = None
+
+    def _connect(self) -> grpc.aio.Channel:
+        """The channel, made on first use so it belongs to the event loop that uses it."""
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(
+                self.endpoint,
+                options=[
+                    ("grpc.keepalive_time_ms", 10_000),
+                    ("grpc.keepalive_timeout_ms", 5_000),
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2_000),
+                ],
+            )
+        return self._channel
+
+    @property
+    def _kv(self) -> pb_grpc.KVStub:
+        return pb_grpc.KVStub(self._connect())
+
+    @property
+    def _watch(self) -> pb_grpc.WatchStub:
+        return pb_grpc.WatchStub(self._connect())
+
+    @property
+    def _lease(self) -> pb_grpc.LeaseStub:
+        return pb_grpc.LeaseStub(self._connect())
 
     async def get(self, key: str) -> Entry | None:
         request = pb.RangeRequest(key=key.encode())
@@ -113,6 +128,7 @@ class EtcdRegistry(Registry):
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         finally:
+            requests.put_nowait(None)  # ends the request stream's task
             call.cancel()
         raise Unavailable(f"etcd at {self.endpoint} ended the watch")
 
@@ -139,7 +155,9 @@ class EtcdRegistry(Registry):
             await self._lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease), timeout=self._timeout_s)
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     async def _write(self, key: str, op: pb.RequestOp, expected_revision: int | None) -> int:
         compare = []
