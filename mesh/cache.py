@@ -289,6 +289,7 @@ class ModelCache:
         entry.size_bytes = measured
         entry.model = model
         entry.last_used = self._clock()
+        self._idle.set()  # a new evictable model, and maybe fewer bytes than reserved: wake waiters
 
     def _candidates(self) -> list[EvictionCandidate]:
         return [

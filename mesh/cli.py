@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--output", action="append", default=[], help="output name (repeat)")
 
-    demo = commands.add_parser("demo", help="serve hundreds of real models on a small pod")
+    demo = commands.add_parser("demo", help="serve hundreds of real models on a small local fleet")
     demo.add_argument("--models", type=int, default=300)
-    demo.add_argument("--capacity", type=parse_size, default=parse_size("32MiB"))
+    demo.add_argument("--pods", type=int, default=3)
+    demo.add_argument("--capacity", type=parse_size, default=parse_size("16MiB"), help="per pod")
     demo.add_argument("--requests", type=int, default=3000)
     demo.add_argument("--concurrency", type=int, default=16)
     demo.add_argument("--seed", type=int, default=7)
@@ -126,6 +127,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             requests=args.requests,
             concurrency=args.concurrency,
             seed=args.seed,
+            pods=args.pods,
         )
     from mesh.edge.client import MeshClient
 

@@ -1,26 +1,26 @@
-"""``mesh demo``: hundreds of real models on one small pod, with traffic and a summary table.
+"""``mesh demo``: hundreds of real models on a small local fleet, with traffic and a summary.
 
 Builds sklearn, ONNX and TorchScript models into a temporary directory, starts a
-pod (``mesh serve``) whose capacity holds only a fraction of them, registers them
-all, sends Zipf-distributed traffic, and prints what happened.
+local fleet (an etcd and ``--pods`` pods, as ``mesh up`` does) whose capacity holds
+only a fraction of them, registers them all through one pod, sends Zipf-distributed
+traffic through every pod, and prints what each pod holds and what happened.
 """
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh import samples
 from mesh.edge.client import MeshClient, build_request
-from mesh.launcher import spawn_pod
+from mesh.fleet import LocalFleet
 
 
 @dataclass(frozen=True)
@@ -55,53 +55,45 @@ def build_models(root: Path, count: int, rng: np.random.Generator) -> list[DemoM
     return built
 
 
-def start_pod(capacity: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    process, target = spawn_pod(
-        workdir,
-        "--metrics-port",
-        "-1",
-        "--capacity",
-        str(capacity),
-        "--pod-id",
-        "demo-pod",
-        log=(workdir / "pod.log").open("wb"),
-    )
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    return process, target
-
-
-def run_demo(*, models: int, capacity: int, requests: int, concurrency: int, seed: int) -> int:
+def run_demo(*, models: int, capacity: int, requests: int, concurrency: int, seed: int, pods: int = 3) -> int:
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="mesh-demo-") as tmp:
         workdir = Path(tmp)
         print(f"[1/4] building {models} models (sklearn, ONNX, TorchScript) in {workdir}", flush=True)
         built = build_models(workdir / "models", models, rng)
         artifact_bytes = sum(m.path.stat().st_size for m in built)
-        print(f"[2/4] starting a pod with {capacity / 2**20:.0f} MiB capacity", flush=True)
-        process, target = start_pod(capacity, workdir)
-        try:
-            with MeshClient(target) as client:
-                print(f"[3/4] registering {len(built)} models on {target}", flush=True)
+        print(
+            f"[2/4] starting etcd and {pods} pods with {capacity / 2**20:.0f} MiB capacity each", flush=True
+        )
+        with LocalFleet(
+            workdir, pods=pods, capacity=str(capacity), log=(workdir / "fleet.log").open("wb")
+        ) as fleet:
+            clients = [MeshClient(target) for target in fleet.targets]
+            try:
+                print(f"[3/4] registering {len(built)} models through {fleet.targets[0]}", flush=True)
                 for model in built:
-                    client.register(model.model_id, model.model_type, str(model.path))
+                    clients[0].register(model.model_id, model.model_type, str(model.path))
                 print(
-                    f"[4/4] sending {requests} requests from {concurrency} clients (Zipf popularity)",
+                    f"[4/4] sending {requests} requests from {concurrency} clients through all {pods} pods "
+                    "(Zipf popularity)",
                     flush=True,
                 )
-                latencies, failures, seconds = _traffic(client, built, requests, concurrency, rng)
-                pod = client.pod_status()
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-    _print_summary(len(built), artifact_bytes, capacity, pod, latencies, failures, seconds)
+                latencies, failures, seconds = _traffic(clients, built, requests, concurrency, rng)
+                statuses = [client.pod_status() for client in clients]
+                summary = clients[0].fleet_status()
+            finally:
+                for client in clients:
+                    client.close()
+    _print_summary(len(built), artifact_bytes, capacity, statuses, summary, latencies, failures, seconds)
     return 0 if failures == 0 else 1
 
 
 def _traffic(
-    client: MeshClient, built: list[DemoModel], requests: int, concurrency: int, rng: np.random.Generator
+    clients: Sequence[MeshClient],
+    built: list[DemoModel],
+    requests: int,
+    concurrency: int,
+    rng: np.random.Generator,
 ) -> tuple[list[float], int, float]:
     weights = 1.0 / np.arange(1, len(built) + 1) ** 1.1
     order = rng.permutation(len(built))
@@ -117,10 +109,11 @@ def _traffic(
     failures = 0
     done = 0
 
-    def one(i: int) -> float | None:
+    def one(call: tuple[int, int]) -> float | None:
+        n, i = call
         started = time.perf_counter()
         try:
-            client.v2.ModelInfer(payloads[i], timeout=120)
+            clients[n % len(clients)].v2.ModelInfer(payloads[i], timeout=120)
         except grpc.RpcError as exc:
             print(f"  {built[i].model_id}: {exc.code().name}: {exc.details()}", flush=True)
             return None
@@ -128,7 +121,7 @@ def _traffic(
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as threads:
-        for latency in threads.map(one, picks.tolist()):
+        for latency in threads.map(one, enumerate(picks.tolist())):
             done += 1
             if latency is None:
                 failures += 1
@@ -143,22 +136,34 @@ def _print_summary(
     registered: int,
     artifact_bytes: int,
     capacity: int,
-    pod: object,
+    statuses: Sequence[object],
+    fleet: object,
     latencies: list[float],
     failures: int,
     seconds: float,
 ) -> None:
     from mesh_proto import mesh_admin_pb2 as admin
 
-    assert isinstance(pod, admin.PodStatusResponse)
+    pods = [s for s in statuses if isinstance(s, admin.PodStatusResponse)]
+    assert isinstance(fleet, admin.FleetStatusResponse)
     ms = np.array(latencies) * 1000 if latencies else np.array([0.0])
+    total = capacity * len(pods)
+    print()
+    print(f"{'pod':10s} {'capacity':>10s} {'used':>10s} {'models':>7s} {'loads':>6s} {'evictions':>9s}")
+    for pod in pods:
+        print(
+            f"{pod.pod_id:10s} {capacity / 2**20:>6.1f} MiB {pod.used_bytes / 2**20:>6.1f} MiB "
+            f"{len(pod.loaded):>7d} {pod.loads:>6d} {pod.evictions:>9d}"
+        )
     rows = [
         ("models registered", f"{registered}"),
-        ("artifact bytes", f"{artifact_bytes / 2**20:.1f} MiB ({artifact_bytes / capacity:.1f}x capacity)"),
-        ("pod capacity / used", f"{capacity / 2**20:.1f} MiB / {pod.used_bytes / 2**20:.1f} MiB"),
-        ("models loaded now", f"{len(pod.loaded)}"),
-        ("loads / failures", f"{pod.loads} / {pod.load_failures}"),
-        ("evictions", f"{pod.evictions}"),
+        (
+            "artifact bytes",
+            f"{artifact_bytes / 2**20:.1f} MiB ({artifact_bytes / total:.1f}x fleet capacity)",
+        ),
+        ("models loaded now", f"{fleet.models_loaded} ({fleet.copies} copies)"),
+        ("loads / failures", f"{sum(p.loads for p in pods)} / {sum(p.load_failures for p in pods)}"),
+        ("evictions", f"{sum(p.evictions for p in pods)}"),
         ("requests ok / failed", f"{len(latencies)} / {failures}"),
         ("throughput", f"{len(latencies) / seconds:.0f} req/s"),
         ("latency p50 / p99", f"{np.percentile(ms, 50):.2f} ms / {np.percentile(ms, 99):.2f} ms"),

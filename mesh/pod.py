@@ -248,16 +248,14 @@ class Pod:
     async def _hand_over(self, *, deadline: float) -> None:
         """Load the most recently used models that only this pod holds on other pods."""
         assert self.cache is not None and self.router is not None and self.manager is not None
-        others = {
-            p for p, i in self.store.instances().items() if p != self.settings.pod_id and not i.shutting_down
-        }
-        if not others:
-            return
         recent = sorted(
             (m for m in self.cache.models() if m.loaded), key=lambda m: m.last_used, reverse=True
         )[: self.settings.handoff_models]
         mine = frozenset({self.settings.pod_id})
         for model in recent:
+            if not self._staying_pods():
+                log.info("no pod stays in the fleet: nothing to hand over")
+                return
             if self.manager.held_elsewhere(model.model_id):
                 continue
             try:
@@ -267,6 +265,10 @@ class Pod:
                 log.warning("could not hand %s over before leaving: %s", model.model_id, exc)
             if time.monotonic() >= deadline:
                 return
+
+    def _staying_pods(self) -> list[str]:
+        instances = self.store.instances().items()
+        return [p for p, i in instances if p != self.settings.pod_id and not i.shutting_down]
 
     def _on_registry_change(self, kind: str, record_id: str, record: Any) -> None:
         if kind != "instances":
