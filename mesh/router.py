@@ -182,7 +182,11 @@ class Router:
     async def claim(self, model_id: str, *, ignore: frozenset[str] = frozenset()) -> None:
         """Record this pod as loading ``model_id`` unless another live pod holds or loads it."""
         holder = ""
-        live = {pod for pod in self._store.instances() if pod not in ignore}
+        live = {
+            pod
+            for pod, instance in self._store.instances().items()
+            if pod not in ignore and not instance.shutting_down  # a leaving pod's copy goes with it
+        }
 
         def change(record: ModelRecord) -> ModelRecord:
             nonlocal holder

@@ -232,3 +232,36 @@ def _holder(fleet: LocalFleet, model_id: str) -> str:
     with MeshClient(fleet.targets[0]) as api:
         copies = [c.location for c in api.status(model_id).modelCopyInfos]
     return copies[0] if copies else ""
+
+
+def test_graceful_stop_hands_recent_models_to_other_pods(fleet: LocalFleet, artifacts: list[Path]) -> None:
+    models = list(register_all(fleet, artifacts, 12))
+    with tc.InferenceServerClient(fleet.targets[0]) as client:
+        for n, model_id in enumerate(models):
+            infer(client, model_id, rows(n))
+    leaving = [m for m in models if _holder(fleet, m) == "pod-2"]
+    assert leaving
+    assert fleet.terminate(2) == 0
+    for model_id in leaving:  # already loaded elsewhere: no call had to wait for a load
+        assert _holder(fleet, model_id) in ("pod-0", "pod-1"), model_id
+    with MeshClient(fleet.targets[0]) as api:
+        assert [p.pod_id for p in api.fleet_status().pods] == ["pod-0", "pod-1"]
+
+
+def test_a_model_failing_everywhere_reports_each_pod(fleet: LocalFleet, tmp_path: Path) -> None:
+    broken = tmp_path / "broken" / "model.joblib"
+    broken.parent.mkdir()
+    broken.write_bytes(b"this is not a pickle")
+    with MeshClient(fleet.targets[0]) as api:
+        api.register("broken", "sklearn", str(broken))
+    with (
+        tc.InferenceServerClient(fleet.targets[1]) as client,
+        pytest.raises(InferenceServerException) as info,
+    ):
+        infer(client, "broken", rows(0))
+    assert "FAILED_PRECONDITION" in str(info.value.status())
+    with MeshClient(fleet.targets[2]) as api:
+        status = api.status("broken")
+    assert status.status == status.LOADING_FAILED
+    failed_on = {error.split(":")[0] for error in status.errors}
+    assert failed_on == {"pod-0", "pod-1", "pod-2"}, status.errors
