@@ -172,7 +172,7 @@ class DataPlane:
         return entries
 
     async def load_here(self, model_id: str) -> None:
-        await self._cache.ensure_loaded(self._manager.record(model_id))
+        await self._manager.load_here(model_id)
 
     async def unload(self, name: str) -> None:
         record = self._manager.resolve(name)

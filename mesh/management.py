@@ -118,13 +118,14 @@ class ModelManager:
         self._failure_ttl_ms = int(failure_ttl_s * 1000)
         self._clock_ms = clock_ms
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loader: Callable[[str], Awaitable[None]] = self._load_here
+        self._loader: Callable[[str], Awaitable[None]] = self.load_here
 
     def set_loader(self, loader: Callable[[str], Awaitable[None]]) -> None:
         """Where ``ensureLoaded``, ``loadNow`` and vmodel transitions load: the fleet's router."""
         self._loader = loader
 
-    async def _load_here(self, model_id: str) -> None:
+    async def load_here(self, model_id: str) -> None:
+        """Load the model on this pod (no routing)."""
         await self._cache.ensure_loaded(self.record(model_id))
 
     async def stop(self) -> None:

@@ -152,8 +152,7 @@ class Router:
         """Load ``model_id`` somewhere in the fleet (no-op if it is loaded anywhere live)."""
 
         async def local(model_id: str) -> bytes:
-            record = self._manager.record(model_id)
-            await self._cache.ensure_loaded(record)
+            await self._manager.load_here(model_id)
             return b""
 
         async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
@@ -321,7 +320,7 @@ class Router:
         copies = {
             pod: copy.state
             for pod, copy in record.copies.items()
-            if pod not in excluded and (pod in live or pod == self.pod_id) and pod != self.pod_id
+            if pod not in excluded and pod in live and pod != self.pod_id
         }
         loaded = [pod for pod, state in copies.items() if state is ModelState.LOADED]
         salt = f"{model_id}:{next(self._calls)}"
