@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,18 @@ class PodThread:
 async def _other_tasks() -> list[str]:
     current = asyncio.current_task()
     return [t.get_name() for t in asyncio.all_tasks() if t is not current and not t.done()]
+
+
+def wait_until(condition: Callable[[], bool], *, within_s: float, what: str) -> None:
+    """Wait for state that another process changes (a pod's mirror, a lease expiring in etcd).
+
+    There is no event to wait on across processes, so this polls the observable state and
+    fails with ``what`` once ``within_s`` has passed.
+    """
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {within_s:g}s"
+        time.sleep(0.05)
 
 
 def pod_settings(**overrides: Any) -> MeshSettings:

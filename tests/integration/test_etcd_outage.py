@@ -3,7 +3,6 @@ reconnects and resyncs when etcd returns."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import grpc
@@ -13,7 +12,7 @@ import tritonclient.grpc as tc
 
 from mesh.edge.client import MeshClient
 from mesh.etcd_process import EtcdProcess
-from tests.conftest import ModelSet, PodThread, pod_settings
+from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
 
 
 def test_pod_serves_through_an_etcd_outage(tmp_path: Path, models: ModelSet) -> None:
@@ -40,10 +39,10 @@ def test_pod_serves_through_an_etcd_outage(tmp_path: Path, models: ModelSet) -> 
             # A registration made straight into etcd reaches the pod's mirror once it reconnects.
             with PodThread(pod_settings(etcd=etcd.endpoint, pod_id="pod-b")) as other:
                 MeshClient(other.target).register("late", "sklearn", str(models.sklearn))
-            deadline = time.monotonic() + 20
-            while api.status("late").status != api.status("late").NOT_LOADED:
-                assert time.monotonic() < deadline, "the pod did not resync with etcd"
-                time.sleep(0.1)
+            not_loaded = api.status("late").NOT_LOADED
+            wait_until(
+                lambda: api.status("late").status == not_loaded, within_s=20, what="the resync with etcd"
+            )
             api.register("other", "sklearn", str(models.sklearn))
             assert client.infer("other", [tensor]).as_numpy("predict").tolist() == before
             client.close()

@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from mesh import samples
 from mesh.edge.client import MeshClient
 from mesh.fleet import LocalFleet
+from tests.conftest import wait_until
 
 LEASE_TTL_S = 3.0
 CAPACITY = 6 * 2**20
@@ -178,7 +179,7 @@ def test_killed_pod_calls_retry_elsewhere_and_its_models_come_back(
     workers = [threading.Thread(target=traffic, args=(w,)) for w in range(6)]
     for worker in workers:
         worker.start()
-    time.sleep(1.0)
+    wait_until(lambda: sum(served.values()) >= 50, within_s=30, what="steady traffic before the kill")
     killed_at = time.monotonic()
     fleet.kill(2)
     # Every call of the dead pod's models has a 10 s deadline: ample for a retry and a load.
@@ -191,7 +192,12 @@ def test_killed_pod_calls_retry_elsewhere_and_its_models_come_back(
                 predictors[n % len(artifacts)].predict(rows(n)).tolist()
             )
     recovered_s = time.monotonic() - killed_at
-    time.sleep(LEASE_TTL_S)  # traffic goes on past the lease expiry
+    with MeshClient(fleet.targets[0]) as api:  # traffic goes on until the dead pod's lease expires
+        wait_until(
+            lambda: [p.pod_id for p in api.fleet_status().pods] == ["pod-0", "pod-1"],
+            within_s=LEASE_TTL_S + 10,
+            what="the dead pod's lease expiry",
+        )
     stop.set()
     for worker in workers:
         worker.join()
