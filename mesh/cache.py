@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from adapters import LoadedModel, ModelAdapter, adapter_for
@@ -36,7 +37,7 @@ from mesh.errors import (
 )
 from mesh.records import ModelRecord
 from placement.eviction import EvictionCandidate, choose_victims
-from puller import FetcherTable
+from puller import Artifact, FetcherTable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class _Entry:
     last_used: float
     model: LoadedModel | None = None
     in_use: int = 0
+    artifact: Artifact | None = None
 
 
 @dataclass(frozen=True)
@@ -217,9 +219,18 @@ class ModelCache:
         return entry
 
     async def _fetch_and_load(self, record: ModelRecord, adapter: ModelAdapter) -> _Entry:
+        artifact = await self._fetchers.fetch(record.info.path, storage=_storage(record))
+        try:
+            entry = await self._load_artifact(record, adapter, artifact.path)
+        except BaseException:
+            artifact.release()
+            raise
+        artifact.loaded()
+        entry.artifact = artifact
+        return entry
+
+    async def _load_artifact(self, record: ModelRecord, adapter: ModelAdapter, path: Path) -> _Entry:
         model_id = record.model_id
-        uri = record.info.path
-        path = await self._fetchers.for_uri(uri).fetch(uri, storage=_storage(record))
         raw, predicted = await asyncio.get_running_loop().run_in_executor(
             self._executor, lambda: (artifact_bytes(path), adapter.predict_size(path))
         )
@@ -306,6 +317,9 @@ class ModelCache:
     async def _release(self, entry: _Entry, *, evicted: bool) -> None:
         model = entry.model
         entry.model = None
+        if entry.artifact is not None:
+            entry.artifact.release()
+            entry.artifact = None
         self._idle.set()
         if model is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)

@@ -20,6 +20,23 @@ from mesh.settings import MeshSettings, parse_size
 DEFAULT_TARGET = "127.0.0.1:8033"
 
 
+def _storage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-config",
+        default=None,
+        help="ModelMesh storage-config: a directory with one JSON file per storage key, or one JSON file",
+    )
+    p.add_argument(
+        "--cache-dir", default=None, help="artifact cache directory (default: <tmp>/mesh-artifacts/<pod>)"
+    )
+    p.add_argument(
+        "--cache-size", type=parse_size, default=None, help="artifact cache bytes on disk, e.g. 20GiB"
+    )
+    p.add_argument(
+        "--pvc-root", default=None, help="where claims are mounted (pvc://claim/path; default /pvc_mounts)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description="Multi-model serving mesh")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -32,12 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pod-id", default=None, help="this pod's id (default: pod-<pid>)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind")
     serve.add_argument("--port-file", default=None, help="write the bound gRPC port here once serving")
+    _storage_arguments(serve)
 
     up = commands.add_parser("up", help="run a local fleet: an etcd and N pods on loopback")
     up.add_argument("--pods", type=int, default=3, help="number of pods")
     up.add_argument("--etcd", default=None, help="HOST:PORT of an etcd to use (default: start one)")
     up.add_argument("--port", type=int, default=8033, help="pod i listens on PORT+i (0: free ports)")
     up.add_argument("--capacity", default=None, help="model bytes per pod, e.g. 512MiB")
+    up.add_argument(
+        "--storage-config", default=None, help="storage-config directory or JSON file, shared by every pod"
+    )
 
     def with_target(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -167,6 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if args.capacity is not None:
         overrides["capacity_bytes"] = args.capacity
+    for name in ("storage_config", "cache_dir", "cache_size", "pvc_root"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     if args.etcd:
         overrides["etcd"] = args.etcd
     if args.pod_id:
@@ -298,8 +322,16 @@ def _up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops the fleet as Ctrl-C does
     with tempfile.TemporaryDirectory(prefix="mesh-up-") as workdir:
+        storage = (
+            ("--storage-config", str(Path(args.storage_config).resolve())) if args.storage_config else ()
+        )
         fleet = LocalFleet(
-            Path(workdir), pods=args.pods, capacity=args.capacity, etcd=args.etcd, base_port=args.port
+            Path(workdir),
+            pods=args.pods,
+            capacity=args.capacity,
+            etcd=args.etcd,
+            base_port=args.port,
+            extra_args=storage,
         )
         fleet.start()
         try:

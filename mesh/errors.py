@@ -14,6 +14,10 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     ├── FailedPrecondition      FAILED_PRECONDITION
     │   ├── ModelLoadFailed                        the model's last load failed
     │   ├── ArtifactNotFound                       nothing at the model's path
+    │   ├── ArtifactAccessDenied                   storage refused our credentials
+    │   ├── ArtifactCorrupt                        a download failed its checksum
+    │   ├── ArtifactTooLarge                       larger than the whole artifact cache
+    │   ├── StorageConfigError                     no or a bad storage-config entry
     │   └── ModelInUse                             a vmodel still uses the model
     ├── CapacityExceeded        RESOURCE_EXHAUSTED model larger than the whole cache
     ├── Busy                    RESOURCE_EXHAUSTED no room now; retry later
@@ -100,6 +104,30 @@ class ModelLoadFailed(FailedPrecondition):
 
 class ArtifactNotFound(FailedPrecondition):
     """The artifact a registration points at is missing or unreadable."""
+
+    signal = "load-failed"
+
+
+class ArtifactAccessDenied(FailedPrecondition):
+    """The store refused the request (wrong or missing credentials, no permission)."""
+
+    signal = "load-failed"
+
+
+class ArtifactCorrupt(FailedPrecondition):
+    """A downloaded object did not match its size or the store's checksum."""
+
+    signal = "load-failed"
+
+
+class ArtifactTooLarge(FailedPrecondition):
+    """The artifact is larger than this pod's whole artifact cache."""
+
+    signal = "load-failed"
+
+
+class StorageConfigError(FailedPrecondition):
+    """The storage key a model names is missing from the storage config or is malformed."""
 
     signal = "load-failed"
 

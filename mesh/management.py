@@ -266,7 +266,7 @@ class ModelManager:
             raise UnsupportedModelType(model_type=info.type, supported=supported_types())
         if not info.path:
             raise InvalidInput(f"model {model_id!r}: modelInfo.path must name the artifact")
-        self._fetchers.for_uri(info.path)
+        key: dict[str, object] = {}
         if info.key:
             try:
                 key = json.loads(info.key)
@@ -274,6 +274,7 @@ class ModelManager:
                 raise InvalidInput(f"model {model_id!r}: modelInfo.key is not JSON: {exc}") from None
             if not isinstance(key, dict):
                 raise InvalidInput(f"model {model_id!r}: modelInfo.key must be a JSON object")
+        self._fetchers.check(info.path, storage=key)
 
     # vmodels
 

@@ -36,7 +36,7 @@ from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
 from mesh.router import Router
 from mesh.settings import MeshSettings
-from puller import FetcherTable, default_fetchers
+from puller import ArtifactCache, FetcherTable, storage_fetchers
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ class Pod:
             registry = EtcdRegistry(settings.etcd) if settings.etcd else MemoryRegistry()
         self._registry = registry
         self.metrics = MeshMetrics(metrics_registry or CollectorRegistry())
-        self._fetchers = fetchers or default_fetchers()
+        self._fetchers = fetchers
+        self._artifacts: ArtifactCache | None = None
         self._load_pool = ThreadPoolExecutor(settings.load_concurrency + 1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
         self.store = ModelStore(self._registry, namespace=settings.namespace)
@@ -116,6 +117,16 @@ class Pod:
 
     async def start(self) -> None:
         s = self.settings
+        if self._fetchers is None:
+            self._fetchers, self._artifacts = storage_fetchers(
+                cache_dir=s.artifact_dir(),
+                cache_bytes=s.artifact_bytes(),
+                storage_config=s.storage_config,
+                pvc_root=s.pvc_root,
+                metrics=self.metrics.registry,
+                concurrency=s.download_concurrency,
+            )
+            await self._artifacts.start()
         await self.store.start()
         events = _CacheEvents(self.metrics)
         self.cache = ModelCache(
@@ -207,6 +218,9 @@ class Pod:
             await self._publisher.stop()  # revokes the lease: peers stop sending calls here
         if self.cache is not None:
             await self.cache.close()
+        if self._artifacts is not None and self._fetchers is not None:
+            await self._artifacts.close()
+            self._fetchers.close()
         await self.store.stop()
         await self.peers.close()
         await self._registry.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
 import psutil
 from pydantic import Field, field_validator
@@ -110,7 +112,33 @@ class MeshSettings(BaseSettings):
     handoff_models: int = 20
     """On graceful stop, how many of the most recently used models are loaded elsewhere first."""
 
-    @field_validator("capacity_bytes", "max_message_bytes", mode="before")
+    storage_config: Path | None = None
+    """ModelMesh's storage-config: a directory with one JSON file per storage key (a mounted
+    Secret) or one JSON file of keys. Re-read when it changes."""
+
+    cache_dir: Path | None = None
+    """Directory of the on-disk artifact cache (default: ``<tmp>/mesh-artifacts/<pod_id>``)."""
+
+    cache_size: int | None = None
+    """Bytes of artifacts the cache keeps on disk (default: half the free space of its disk)."""
+
+    pvc_root: Path = Path("/pvc_mounts")
+    """Where PersistentVolumeClaims are mounted: ``pvc://<claim>/<path>`` is ``<pvc_root>/<claim>/<path>``."""
+
+    download_concurrency: int = 8
+    """Parallel requests (objects and byte ranges) per artifact download."""
+
+    @field_validator("capacity_bytes", "max_message_bytes", "cache_size", mode="before")
     @classmethod
-    def _sizes(cls, value: str | int) -> int:
-        return parse_size(value)
+    def _sizes(cls, value: str | int | None) -> int | None:
+        return None if value is None else parse_size(value)
+
+    def artifact_dir(self) -> Path:
+        return self.cache_dir or Path(tempfile.gettempdir()) / "mesh-artifacts" / self.pod_id
+
+    def artifact_bytes(self) -> int:
+        if self.cache_size is not None:
+            return self.cache_size
+        directory = self.artifact_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        return int(psutil.disk_usage(str(directory)).free * 0.5)

@@ -1,12 +1,74 @@
-"""Fetching model artifacts to local disk, one module per URI scheme, chosen by a table."""
+"""Fetching model artifacts to local disk, one module per URI scheme, chosen by a table.
 
-from puller.base import ArtifactFetcher, FetcherTable, UnsupportedScheme
+``s3://`` and ``gs://`` and ``http(s)://`` go through the on-disk artifact cache;
+``pvc://``, ``file://`` and plain paths are used where they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from puller.base import Artifact, ArtifactFetcher, FetcherTable, UnsupportedScheme
+from puller.cache import ArtifactCache
+from puller.config import StorageConfig
 from puller.local import LocalFetcher
+from puller.metrics import PullerMetrics
+from puller.pvc import PvcFetcher
 
-__all__ = ["ArtifactFetcher", "FetcherTable", "LocalFetcher", "UnsupportedScheme", "default_fetchers"]
+__all__ = [
+    "Artifact",
+    "ArtifactCache",
+    "ArtifactFetcher",
+    "FetcherTable",
+    "LocalFetcher",
+    "StorageConfig",
+    "UnsupportedScheme",
+    "default_fetchers",
+    "storage_fetchers",
+]
 
 
 def default_fetchers() -> FetcherTable:
-    """The fetchers a pod has: local paths and ``file://`` URIs (a mounted volume)."""
+    """Local paths and ``file://`` URIs only (no remote storage, no artifact cache)."""
     local = LocalFetcher()
     return FetcherTable({"": local, "file": local})
+
+
+def storage_fetchers(
+    *,
+    cache_dir: Path,
+    cache_bytes: int,
+    storage_config: Path | None,
+    pvc_root: Path,
+    metrics: CollectorRegistry,
+    concurrency: int = 8,
+) -> tuple[FetcherTable, ArtifactCache]:
+    """Every scheme, remote ones through one artifact cache (``start()`` it, ``close()`` it)."""
+    from puller.gcs import GcsStore
+    from puller.http import HttpStore
+    from puller.remote import RemoteFetcher
+    from puller.s3 import S3Store
+
+    config = StorageConfig(storage_config)
+    cache = ArtifactCache(cache_dir, cache_bytes, metrics=PullerMetrics(metrics), concurrency=concurrency)
+    certs = cache_dir / ".tmp" / "certs"
+    local = LocalFetcher()
+    s3 = RemoteFetcher(S3Store(certs_dir=certs, concurrency=concurrency), cache, config)
+    gcs = RemoteFetcher(GcsStore(concurrency=concurrency), cache, config)
+    http = RemoteFetcher(HttpStore(certs_dir=certs), cache, config)
+    table = FetcherTable(
+        {
+            "": local,
+            "file": local,
+            "pvc": PvcFetcher(pvc_root),
+            "s3": s3,
+            "gs": gcs,
+            "gcs": gcs,
+            "http": http,
+            "https": http,
+        },
+        config=config,
+    )
+    return table, cache

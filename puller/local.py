@@ -1,4 +1,4 @@
-"""Local paths and ``file://`` URIs (a mounted PVC): nothing is copied."""
+"""Local paths and ``file://`` URIs: nothing is copied."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from mesh.errors import ArtifactNotFound
-from puller.base import ArtifactFetcher
+from puller.base import Artifact, ArtifactFetcher
 
 
 class LocalFetcher(ArtifactFetcher):
-    async def fetch(self, uri: str, *, storage: Mapping[str, Any]) -> Path:
+    async def fetch(self, uri: str, *, storage: Mapping[str, Any]) -> Artifact:
         path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
         if not path.exists():
-            raise ArtifactNotFound(f"artifact not found: {uri}")
-        return path
+            raise ArtifactNotFound(f"artifact not found: {uri}", uri=uri)
+        return Artifact(path)
