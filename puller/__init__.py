@@ -44,6 +44,8 @@ def storage_fetchers(
     pvc_root: Path,
     metrics: CollectorRegistry,
     concurrency: int = 8,
+    attempts: int = 4,
+    backoff_s: float = 0.25,
 ) -> tuple[FetcherTable, ArtifactCache]:
     """Every scheme, remote ones through one artifact cache (``start()`` it, ``close()`` it)."""
     from puller.gcs import GcsStore
@@ -52,7 +54,14 @@ def storage_fetchers(
     from puller.s3 import S3Store
 
     config = StorageConfig(storage_config)
-    cache = ArtifactCache(cache_dir, cache_bytes, metrics=PullerMetrics(metrics), concurrency=concurrency)
+    cache = ArtifactCache(
+        cache_dir,
+        cache_bytes,
+        metrics=PullerMetrics(metrics),
+        concurrency=concurrency,
+        attempts=attempts,
+        backoff_s=backoff_s,
+    )
     certs = cache_dir / ".tmp" / "certs"
     local = LocalFetcher()
     s3 = RemoteFetcher(S3Store(certs_dir=certs, concurrency=concurrency), cache, config)

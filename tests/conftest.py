@@ -19,6 +19,7 @@ from mesh.pod import Pod
 from mesh.settings import MeshSettings
 from mesh_proto import model_mesh_pb2 as mm
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from tests.storage_servers import GcsServer, HttpFileServer, S3Server
 
 
 @dataclass(frozen=True)
@@ -140,3 +141,24 @@ def register(
     return api.registerModel(
         mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=load_now, sync=sync), timeout=60
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 in server mode on a loopback port, counting object GETs."""
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[GcsServer]:
+    """gcp-storage-emulator on a loopback port; ``STORAGE_EMULATOR_HOST`` points at it."""
+    with GcsServer() as server, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", server.endpoint)
+        yield server
+
+
+@pytest.fixture
+def http_files() -> Iterator[HttpFileServer]:
+    with HttpFileServer() as server:
+        yield server
