@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=3000)
     demo.add_argument("--concurrency", type=int, default=16)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--s3-endpoint",
+        default=None,
+        help="upload the models to this S3-compatible endpoint and serve them from there "
+        "(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+    )
+    demo.add_argument("--s3-bucket", default="mesh-demo", help="bucket for --s3-endpoint (created if absent)")
     return parser
 
 
@@ -149,6 +156,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             seed=args.seed,
             pods=args.pods,
+            s3_endpoint=args.s3_endpoint,
+            s3_bucket=args.s3_bucket,
         )
     from mesh.edge.client import MeshClient
 

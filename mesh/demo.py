@@ -55,24 +55,46 @@ def build_models(root: Path, count: int, rng: np.random.Generator) -> list[DemoM
     return built
 
 
-def run_demo(*, models: int, capacity: int, requests: int, concurrency: int, seed: int, pods: int = 3) -> int:
+def run_demo(
+    *,
+    models: int,
+    capacity: int,
+    requests: int,
+    concurrency: int,
+    seed: int,
+    pods: int = 3,
+    s3_endpoint: str | None = None,
+    s3_bucket: str = "mesh-demo",
+) -> int:
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="mesh-demo-") as tmp:
         workdir = Path(tmp)
         print(f"[1/4] building {models} models (sklearn, ONNX, TorchScript) in {workdir}", flush=True)
         built = build_models(workdir / "models", models, rng)
         artifact_bytes = sum(m.path.stat().st_size for m in built)
+        locations = {m.model_id: (str(m.path), "") for m in built}
+        extra_args: tuple[str, ...] = ()
+        if s3_endpoint:
+            print(f"      uploading them to s3://{s3_bucket} at {s3_endpoint}", flush=True)
+            config = upload_to_s3(built, workdir, s3_endpoint, s3_bucket)
+            locations = {m.model_id: (_s3_uri(s3_bucket, m), '{"storage_key": "demo"}') for m in built}
+            extra_args = ("--storage-config", str(config))
         print(
             f"[2/4] starting etcd and {pods} pods with {capacity / 2**20:.0f} MiB capacity each", flush=True
         )
         with LocalFleet(
-            workdir, pods=pods, capacity=str(capacity), log=(workdir / "fleet.log").open("wb")
+            workdir,
+            pods=pods,
+            capacity=str(capacity),
+            log=(workdir / "fleet.log").open("wb"),
+            extra_args=extra_args,
         ) as fleet:
             clients = [MeshClient(target) for target in fleet.targets]
             try:
                 print(f"[3/4] registering {len(built)} models through {fleet.targets[0]}", flush=True)
                 for model in built:
-                    clients[0].register(model.model_id, model.model_type, str(model.path))
+                    path, key = locations[model.model_id]
+                    clients[0].register(model.model_id, model.model_type, path, key=key)
                 print(
                     f"[4/4] sending {requests} requests from {concurrency} clients through all {pods} pods "
                     "(Zipf popularity)",
@@ -86,6 +108,45 @@ def run_demo(*, models: int, capacity: int, requests: int, concurrency: int, see
                     client.close()
     _print_summary(len(built), artifact_bytes, capacity, statuses, summary, latencies, failures, seconds)
     return 0 if failures == 0 else 1
+
+
+def _s3_uri(bucket: str, model: DemoModel) -> str:
+    return f"s3://{bucket}/{model.path.parent.name}/{model.path.name}"
+
+
+def upload_to_s3(built: Sequence[DemoModel], workdir: Path, endpoint: str, bucket: str) -> Path:
+    """Put every model into ``bucket``; the storage-config file the pods read to fetch them."""
+    import json
+    import os
+
+    import boto3
+    from botocore.config import Config
+
+    entry = {
+        "type": "s3",
+        "endpoint_url": endpoint,
+        "region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        "access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=entry["region"],
+        aws_access_key_id=entry["access_key_id"] or None,
+        aws_secret_access_key=entry["secret_access_key"] or None,
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
+    for model in built:
+        s3.upload_file(str(model.path), bucket, f"{model.path.parent.name}/{model.path.name}")
+    config = workdir / "storage-config.json"
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"demo": entry}, handle)
+    return config
 
 
 def _traffic(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
 
 import joblib
@@ -15,6 +16,7 @@ import pytest
 
 from mesh.launcher import spawn_pod
 from tests.conftest import ModelSet
+from tests.storage_servers import ACCESS_KEY, SECRET_KEY, S3Server
 
 
 def mesh(*args: str, target: str) -> subprocess.CompletedProcess[str]:
@@ -106,3 +108,28 @@ def test_metrics_endpoint_counts_calls(models: ModelSet, pod, triton) -> None:
     assert 'mesh_requests_total{code="NOT_FOUND",method="ModelInfer"} 1.0' in text
     assert 'mesh_model_loads_total{result="ok"} 1.0' in text
     assert "mesh_cache_capacity_bytes 2.68435456e+08" in text
+
+
+def test_demo_serves_its_models_from_an_s3_endpoint(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mesh.demo import run_demo
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    bucket = f"demo-{uuid.uuid4().hex[:10]}"
+    code = run_demo(
+        models=5,
+        capacity=64 * 2**20,
+        requests=30,
+        concurrency=3,
+        seed=3,
+        pods=2,
+        s3_endpoint=s3_server.endpoint,
+        s3_bucket=bucket,
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"uploading them to s3://{bucket}" in out
+    fetched = {name for name in s3_server.gets if name.startswith(f"{bucket}/")}
+    assert fetched, "no pod fetched a model from S3"
