@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -146,7 +147,7 @@ class GcsServer:
 class HttpFileServer:
     """Serves ``files[path] = bytes``; counts GETs per path; optional auth header and faults."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.files: dict[str, bytes] = {}
         self.content_md5: dict[str, str] = {}
         self.gets: Counter[str] = Counter()
@@ -154,7 +155,10 @@ class HttpFileServer:
         self.required_header: tuple[str, str] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-files", daemon=True)
 
     def __enter__(self) -> HttpFileServer:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound
+from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, Unavailable
 from tests.puller.test_s3 import Puller, make_puller
 from tests.storage_servers import GcsServer, HttpFileServer
 
@@ -91,3 +91,92 @@ async def test_http_cut_download_retries_and_corrupt_one_is_refused(
     with pytest.raises(ArtifactCorrupt, match="Content-MD5"):
         await puller.fetch(bad, storage_key="web")
     assert not puller.cache.cached(bad)
+
+
+def _certificates(tmp: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all PEM."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("mesh test CA"))
+        .issuer_name(name("mesh test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(common: str, serial: int, san: x509.SubjectAlternativeName | None) -> tuple[str, str]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+        )
+        if san is not None:
+            builder = builder.add_extension(san, critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+    server_cert, server_key = leaf(
+        "127.0.0.1", 2, x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    )
+    client_cert, client_key = leaf("mesh pod", 3, None)
+    return {
+        "ca": ca.public_bytes(serialization.Encoding.PEM).decode(),
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
+
+
+async def test_https_with_a_private_ca_and_a_client_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    pem = _certificates(tmp_path)
+    (tmp_path / "server.pem").write_text(pem["server_cert"])
+    (tmp_path / "server.key").write_text(pem["server_key"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    context.load_verify_locations(cadata=pem["ca"])
+    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: no client certificate, no answer
+    with HttpFileServer(tls=context) as server:
+        url = server.put("secure/m.joblib", b"over mutual TLS")
+        entry = {
+            "type": "http",
+            "certificate": pem["ca"],
+            "client_certificate": pem["client_cert"],
+            "client_key": pem["client_key"],
+        }
+        made = await make_puller(
+            tmp_path, {"tls": entry, "no-client": {"type": "http", "certificate": pem["ca"]}}
+        )
+        try:
+            assert url.startswith("https://")
+            assert (await made.fetch(url, storage_key="tls")).read_bytes() == b"over mutual TLS"
+            with pytest.raises(Unavailable, match="storage unreachable"):
+                await made.fetch(server.put("secure/other.joblib", b"x"), storage_key="no-client")
+        finally:
+            await made.cache.close()
