@@ -23,9 +23,17 @@ from google.cloud import storage
 from google.cloud.storage import transfer_manager
 from google.oauth2 import service_account
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, MeshError, StorageConfigError
+from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
 from puller.config import StorageLocation
-from puller.store import Listing, Progress, RemoteObject, RemoteStore, TransientStorageError, relative_name
+from puller.store import (
+    Listing,
+    Progress,
+    RemoteObject,
+    RemoteStore,
+    TransientStorageError,
+    relative_name,
+    translated,
+)
 
 try:
     from google.resumable_media.common import DataCorruption
@@ -53,7 +61,7 @@ class GcsStore(RemoteStore):
     def list(self, location: StorageLocation) -> Listing:
         bucket = self.client(location.params).bucket(location.bucket)
         path = location.path
-        with _translated(location):
+        with translated(location, _translate):
             if path and not path.endswith("/"):
                 blob = bucket.get_blob(path)
                 if blob is not None:
@@ -70,7 +78,7 @@ class GcsStore(RemoteStore):
 
     def download(self, location: StorageLocation, obj: RemoteObject, dest: Path, progress: Progress) -> None:
         bucket = self.client(location.params).bucket(location.bucket)
-        with _translated(location):
+        with translated(location, _translate):
             blob = bucket.get_blob(obj.name, generation=int(obj.version))
             if blob is None:
                 raise TransientStorageError(f"{location.uri}: {obj.relative} changed while downloading")
@@ -119,28 +127,17 @@ def _new_client(params: Any) -> storage.Client:
     return storage.Client(project=project or "-", credentials=credentials, client_options=options)
 
 
-class _translated:
-    def __init__(self, location: StorageLocation) -> None:
-        self._location = location
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or isinstance(exc, MeshError | TransientStorageError):
-            return
-        uri = self._location.uri
-        if isinstance(exc, api_errors.NotFound):
-            raise ArtifactNotFound(f"artifact not found: {uri}", uri=uri) from None
-        if isinstance(
-            exc, api_errors.Forbidden | api_errors.Unauthorized | google.auth.exceptions.RefreshError
-        ):
-            raise ArtifactAccessDenied(f"permission denied: {uri} ({type(exc).__name__})", uri=uri) from None
-        if isinstance(exc, api_errors.PreconditionFailed):
-            raise TransientStorageError(f"{uri}: changed while downloading") from None
-        if isinstance(exc, api_errors.ServerError | api_errors.TooManyRequests | api_errors.RetryError):
-            raise TransientStorageError(f"{uri}: {type(exc).__name__}") from None
-        if isinstance(exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
-            raise TransientStorageError(f"{uri}: {type(exc).__name__}") from None
-        if isinstance(exc, api_errors.ClientError):
-            raise StorageConfigError(f"the store refused {uri}: {type(exc).__name__}", uri=uri) from None
+def _translate(exc: BaseException, uri: str) -> None:
+    """boto3/google exceptions as the mesh's: not found, denied, corrupt, transient, misconfigured."""
+    if isinstance(exc, api_errors.NotFound):
+        raise ArtifactNotFound(f"artifact not found: {uri}", uri=uri) from None
+    if isinstance(exc, api_errors.Forbidden | api_errors.Unauthorized | google.auth.exceptions.RefreshError):
+        raise ArtifactAccessDenied(f"permission denied: {uri} ({type(exc).__name__})", uri=uri) from None
+    if isinstance(exc, api_errors.PreconditionFailed):
+        raise TransientStorageError(f"{uri}: changed while downloading") from None
+    if isinstance(exc, api_errors.ServerError | api_errors.TooManyRequests | api_errors.RetryError):
+        raise TransientStorageError(f"{uri}: {type(exc).__name__}") from None
+    if isinstance(exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+        raise TransientStorageError(f"{uri}: {type(exc).__name__}") from None
+    if isinstance(exc, api_errors.ClientError):
+        raise StorageConfigError(f"the store refused {uri}: {type(exc).__name__}", uri=uri) from None

@@ -24,9 +24,17 @@ import botocore.exceptions as boto_errors
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, MeshError, StorageConfigError
+from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
 from puller.config import StorageLocation, pem_file
-from puller.store import Listing, Progress, RemoteObject, RemoteStore, TransientStorageError, relative_name
+from puller.store import (
+    Listing,
+    Progress,
+    RemoteObject,
+    RemoteStore,
+    TransientStorageError,
+    relative_name,
+    translated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +128,7 @@ class S3Store(RemoteStore):
     def list(self, location: StorageLocation) -> Listing:
         client = self.client(location.params)
         bucket, key = location.bucket, location.path
-        with _translated(location):
+        with translated(location, _translate):
             if key and not key.endswith("/"):
                 try:
                     head = client.head_object(Bucket=bucket, Key=key)
@@ -146,7 +154,7 @@ class S3Store(RemoteStore):
 
     def download(self, location: StorageLocation, obj: RemoteObject, dest: Path, progress: Progress) -> None:
         client = self.client(location.params)
-        with _translated(location):
+        with translated(location, _translate):
             multipart = _MULTIPART.match(obj.version)
             if obj.size <= self._chunk:
                 self._whole(client, location, obj, dest, progress)
@@ -269,46 +277,33 @@ def _code(exc: boto_errors.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-class _translated:
-    """Map boto3's exceptions to the mesh's: not found, denied, transient, misconfigured."""
-
-    def __init__(self, location: StorageLocation) -> None:
-        self._location = location
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or isinstance(exc, MeshError | TransientStorageError):
-            return
-        uri = self._location.uri
-        if isinstance(exc, boto_errors.ClientError):
-            code = _code(exc)
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code in _NOT_FOUND or status == 404:
-                raise ArtifactNotFound(f"artifact not found: {uri} ({code})", uri=uri) from None
-            if code in _DENIED or status in {401, 403}:
-                raise ArtifactAccessDenied(f"permission denied: {uri} ({code})", uri=uri) from None
-            if code in _TRANSIENT or status >= 500 or status == 429:
-                raise TransientStorageError(f"{uri}: {code or status}") from None
-            raise StorageConfigError(f"the store refused {uri}: {code} (HTTP {status})", uri=uri) from None
-        if isinstance(exc, boto_errors.FlexibleChecksumError):
-            raise ArtifactCorrupt(
-                f"artifact {uri} does not match its checksum (the store's CRC); refused", uri=uri
-            ) from None
-        if isinstance(exc, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
-            raise ArtifactAccessDenied(
-                f"permission denied: {uri} (no S3 credentials found)", uri=uri
-            ) from None
-        transient = (
-            boto_errors.ConnectionError,
-            boto_errors.HTTPClientError,
-            boto_errors.ResponseStreamingError,
-            boto_errors.IncompleteReadError,
-            ConnectionError,
-            TimeoutError,
-        )
-        if isinstance(exc, transient):
-            raise TransientStorageError(f"{uri}: {type(exc).__name__}") from None
-        if isinstance(exc, boto_errors.BotoCoreError):
-            raise StorageConfigError(f"cannot reach {uri}: {type(exc).__name__}", uri=uri) from None
+def _translate(exc: BaseException, uri: str) -> None:
+    """boto3/google exceptions as the mesh's: not found, denied, corrupt, transient, misconfigured."""
+    if isinstance(exc, boto_errors.ClientError):
+        code = _code(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _NOT_FOUND or status == 404:
+            raise ArtifactNotFound(f"artifact not found: {uri} ({code})", uri=uri) from None
+        if code in _DENIED or status in {401, 403}:
+            raise ArtifactAccessDenied(f"permission denied: {uri} ({code})", uri=uri) from None
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            raise TransientStorageError(f"{uri}: {code or status}") from None
+        raise StorageConfigError(f"the store refused {uri}: {code} (HTTP {status})", uri=uri) from None
+    if isinstance(exc, boto_errors.FlexibleChecksumError):
+        raise ArtifactCorrupt(
+            f"artifact {uri} does not match its checksum (the store's CRC); refused", uri=uri
+        ) from None
+    if isinstance(exc, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
+        raise ArtifactAccessDenied(f"permission denied: {uri} (no S3 credentials found)", uri=uri) from None
+    transient = (
+        boto_errors.ConnectionError,
+        boto_errors.HTTPClientError,
+        boto_errors.ResponseStreamingError,
+        boto_errors.IncompleteReadError,
+        ConnectionError,
+        TimeoutError,
+    )
+    if isinstance(exc, transient):
+        raise TransientStorageError(f"{uri}: {type(exc).__name__}") from None
+    if isinstance(exc, boto_errors.BotoCoreError):
+        raise StorageConfigError(f"cannot reach {uri}: {type(exc).__name__}", uri=uri) from None

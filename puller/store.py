@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.errors import ArtifactCorrupt
+from mesh.errors import ArtifactCorrupt, MeshError
 from puller.config import StorageLocation
 
 Progress = Callable[[int], None]
@@ -67,6 +67,25 @@ class RemoteStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - stores without pools hold nothing
         """Release clients and pools."""
+
+
+class translated:
+    """``with translated(location, translate):`` maps a store library's exceptions to ours.
+
+    ``translate(exc, uri)`` raises the mesh error or ``TransientStorageError`` for ``exc``, or
+    returns to let it propagate. Exceptions that are already ours pass through untouched.
+    """
+
+    def __init__(self, location: StorageLocation, translate: Callable[[BaseException, str], None]) -> None:
+        self._location = location
+        self._translate = translate
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and not isinstance(exc, MeshError | TransientStorageError):
+            self._translate(exc, self._location.uri)
 
 
 def relative_name(name: str, prefix: str) -> str:
