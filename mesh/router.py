@@ -227,6 +227,7 @@ class Router:
         reasons: list[str] = []
         load_failures: dict[str, str] = {}
         no_room: MeshError | None = None
+        timed_out = False
         for _ in range(self._attempts):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -243,8 +244,13 @@ class Router:
                         await self.claim(model_id, ignore=frozenset(excluded) | self._suspected())
                     async with asyncio.timeout(remaining):
                         return await self._serve_here(model_id, local)
-                return await self._forward(pod_id, route, forward, remaining)
-            except TimeoutError:
+                # The peer call carries the deadline too; this bound holds whatever the transport does.
+                async with asyncio.timeout(remaining):
+                    return await self._forward(pod_id, route, forward, remaining)
+            except (TimeoutError, DeadlineExceeded) as exc:
+                # Out of time is not the peer's fault: it is not suspected, and no try is left.
+                reasons.append(f"{pod_id}: {getattr(exc, 'message', 'no answer in time')}")
+                timed_out = True
                 break
             except ModelLoadFailed as exc:
                 load_failures[pod_id] = exc.reason
@@ -265,7 +271,7 @@ class Router:
             raise self._load_failed(model_id, load_failures)
         if no_room is not None and len(reasons) == 1:
             raise no_room
-        if time.monotonic() >= deadline:
+        if timed_out or time.monotonic() >= deadline:
             tried = "; ".join(reasons) or "no pod answered in time"
             raise DeadlineExceeded(f"model {model_id!r}: the deadline passed ({tried})", model_id=model_id)
         raise Unavailable(

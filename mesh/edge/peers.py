@@ -19,7 +19,16 @@ from collections.abc import Sequence
 import grpc
 
 from mesh.edge.status import ERROR_TRAILER, GRPC_STATUS
-from mesh.errors import Busy, ErrorCode, MeshError, ModelLoadFailed, NotHere, RemoteError, Unavailable
+from mesh.errors import (
+    Busy,
+    DeadlineExceeded,
+    ErrorCode,
+    MeshError,
+    ModelLoadFailed,
+    NotHere,
+    RemoteError,
+    Unavailable,
+)
 from mesh_proto import grpc_service_pb2 as v2
 
 HOP = "mesh-hop"
@@ -30,7 +39,6 @@ SERVICE = "/inference.GRPCInferenceService/"
 _CODES = {status: code for code, status in GRPC_STATUS.items()}
 _RETRY_ELSEWHERE = {
     grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
@@ -47,6 +55,7 @@ class PeerClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
 
     async def forward(
         self,
@@ -59,7 +68,10 @@ class PeerClient:
         timeout_s: float,
         metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> bytes:
-        call = self._channel(endpoint).unary_unary(SERVICE + method)
+        call = self._calls.get((endpoint, method))
+        if call is None:
+            call = self._channel(endpoint).unary_unary(SERVICE + method)
+            self._calls[(endpoint, method)] = call
         headers = (*metadata, (HOP, self.pod_id), (ROUTE, route), (MODEL_ID, model_id))
         try:
             response: bytes = await call(payload, timeout=timeout_s, metadata=headers)
@@ -88,6 +100,7 @@ class PeerClient:
 
     async def forget(self, endpoint: str) -> None:
         channel = self._channels.pop(endpoint, None)
+        self._calls = {key: call for key, call in self._calls.items() if key[0] != endpoint}
         if channel is not None:
             await channel.close()
 
@@ -117,6 +130,9 @@ def _error(exc: grpc.aio.AioRpcError, endpoint: str, model_id: str) -> MeshError
         return ModelLoadFailed(model_id=model_id, reason=details.removeprefix(prefix))
     if signal == "no-room":
         return Busy(f"{endpoint}: {details}", model_id=model_id)
+    if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        # The caller's deadline ran out there: the peer is slow or busy, not unreachable.
+        return DeadlineExceeded(f"{endpoint} did not answer before the deadline", endpoint=endpoint)
     if exc.code() in _RETRY_ELSEWHERE:
         return Unavailable(f"{endpoint} did not answer: {exc.code().name}: {details}", endpoint=endpoint)
     return RemoteError(_CODES.get(exc.code(), ErrorCode.UNAVAILABLE), details)

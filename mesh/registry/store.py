@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -53,7 +55,9 @@ class ModelStore:
         self._instances: dict[str, InstanceRecord] = self._mirror["instances"]
         self._revisions: dict[str, int] = {}
         self._revision = 0
-        self._advanced = asyncio.Condition()
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        """Writers waiting for the mirror to reach a revision: a heap of (revision, seq, future)."""
+        self._seq = itertools.count()
         self._watch_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         self.connected = False
@@ -184,9 +188,15 @@ class ModelStore:
             self._apply(WatchEvent(key, entry.value, entry.mod_revision))
 
     async def _wait_for(self, revision: int, key: str) -> None:
+        if self._revision >= revision:
+            return
+        # One future per writer, released in revision order: a watch event wakes only the
+        # writers it satisfies (a Condition would wake every waiter on every event).
+        waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (revision, next(self._seq), waiter))
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_MIRROR_WAIT_S), self._advanced:
-                await self._advanced.wait_for(lambda: self._revision >= revision)
+            async with asyncio.timeout(_MIRROR_WAIT_S):
+                await waiter
                 return
         # The watch is behind (reconnecting): read the key itself so the caller sees its write.
         await self._sync_key(key)
@@ -199,7 +209,7 @@ class ModelStore:
                     self.connected = True
                     delay = 0.1
                     self._apply(event)
-                    await self._advance(event.revision)
+                    self._advance(event.revision)
             except RegistryCompacted as exc:
                 log.warning("%s; resyncing the registry mirror", exc)
                 await self._resync_quietly()
@@ -226,12 +236,14 @@ class ModelStore:
         for entry in entries:
             self._apply(WatchEvent(entry.key, entry.value, entry.mod_revision))
         self.connected = True
-        await self._advance(revision)
+        self._advance(revision)
 
-    async def _advance(self, revision: int) -> None:
-        async with self._advanced:
-            self._revision = max(self._revision, revision)
-            self._advanced.notify_all()
+    def _advance(self, revision: int) -> None:
+        self._revision = max(self._revision, revision)
+        while self._waiters and self._waiters[0][0] <= self._revision:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():  # a writer that timed out cancelled its future
+                waiter.set_result(None)
 
     def _apply(self, event: WatchEvent) -> None:
         kind, _, record_id = event.key[len(self.prefix) :].partition("/")

@@ -3,56 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from adapters.base import LoadedModel, ModelAdapter
-from adapters.signature import ModelSignature
 from mesh.cache import ModelCache
 from mesh.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
 from mesh.records import ModelInfo, ModelRecord
 from puller import default_fetchers
-
-
-class FakeModel(LoadedModel):
-    def __init__(self, size: int) -> None:
-        self.size_bytes = size
-        self.signature = ModelSignature("fake", (), ())
-        self.unloaded = False
-
-    def infer(self, inputs, outputs):
-        return {"y": np.zeros(1)}
-
-    def unload(self) -> None:
-        self.unloaded = True
-
-
-class FakeAdapter(ModelAdapter):
-    """Sizes come from the file's content (an integer); ``block`` holds loads until set."""
-
-    model_type = "fake"
-    suffixes = (".txt",)
-    size_factor = 1.0
-    size_overhead = 0
-
-    def __init__(self) -> None:
-        self.loads = 0
-        self.block = threading.Event()
-        self.block.set()
-
-    def predict_size(self, path: Path) -> int:
-        return int(path.read_text())
-
-    def load(self, path: Path) -> FakeModel:
-        self.loads += 1
-        self.block.wait(10)
-        if path.name.startswith("broken"):
-            raise RuntimeError("bad weights")
-        return FakeModel(int(path.read_text()) + (50 if path.name.startswith("grows") else 0))
+from tests.mesh.fakes import FakeAdapter, FakeModel
 
 
 class Events:

@@ -1,0 +1,128 @@
+"""The peer client against a real gRPC server on port 0: bytes pass unchanged, answers map to errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from mesh.edge.peers import HOP, MODEL_ID, ROUTE, PeerClient
+from mesh.edge.status import ERROR_TRAILER
+from mesh.errors import DeadlineExceeded, ModelLoadFailed, NotHere, Unavailable
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+class Behaviour:
+    def __init__(self) -> None:
+        self.mode = "echo"
+        self.seen: list[tuple[bytes, dict[str, str]]] = []
+        self.cancelled = asyncio.Event()
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        self.seen.append((request, metadata))
+        self.arrived.set()
+        if self.mode == "slow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        if self.mode == "not-here":
+            context.set_trailing_metadata(((ERROR_TRAILER, "not-here"),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "model 'm' is not loaded on pod-b")
+        if self.mode == "load-failed":
+            context.set_trailing_metadata(((ERROR_TRAILER, "load-failed"),))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "model 'm' failed to load: bad weights")
+        return b"echo:" + request
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[tuple[str, Behaviour]]:
+    behaviour = Behaviour()
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                behaviour.handle, request_deserializer=None, response_serializer=None
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}", behaviour
+    await server.stop(None)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[PeerClient]:
+    peers = PeerClient("pod-a", max_message_bytes=4 * 2**20)
+    yield peers
+    await peers.close()
+
+
+async def forward(client: PeerClient, endpoint: str, timeout_s: float = 5.0) -> bytes:
+    return await client.forward(
+        endpoint, "ModelInfer", b"\x00raw\xff", model_id="m", route="loaded", timeout_s=timeout_s
+    )
+
+
+async def test_bytes_and_hop_metadata_arrive_unchanged(
+    client: PeerClient, peer: tuple[str, Behaviour]
+) -> None:
+    endpoint, behaviour = peer
+    assert await forward(client, endpoint) == b"echo:\x00raw\xff"
+    request, metadata = behaviour.seen[0]
+    assert request == b"\x00raw\xff"
+    assert (metadata[HOP], metadata[ROUTE], metadata[MODEL_ID]) == ("pod-a", "loaded", "m")
+
+
+async def test_trailers_map_to_not_here_and_load_failed(
+    client: PeerClient, peer: tuple[str, Behaviour]
+) -> None:
+    endpoint, behaviour = peer
+    behaviour.mode = "not-here"
+    with pytest.raises(NotHere, match="not loaded on pod-b"):
+        await forward(client, endpoint)
+    behaviour.mode = "load-failed"
+    with pytest.raises(ModelLoadFailed) as caught:
+        await forward(client, endpoint)
+    assert caught.value.reason == "bad weights"
+
+
+async def test_a_slow_peer_is_a_deadline_not_an_unreachable_peer(
+    client: PeerClient, peer: tuple[str, Behaviour]
+) -> None:
+    endpoint, behaviour = peer
+    behaviour.mode = "slow"
+    with pytest.raises(DeadlineExceeded, match="before the deadline"):
+        await forward(client, endpoint, timeout_s=0.2)
+    await asyncio.wait_for(behaviour.cancelled.wait(), 5)  # the deadline reached the peer's handler
+
+
+async def test_cancelling_the_forward_cancels_the_peers_handler(
+    client: PeerClient, peer: tuple[str, Behaviour]
+) -> None:
+    endpoint, behaviour = peer
+    behaviour.mode = "slow"
+    call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
+    await asyncio.wait_for(behaviour.arrived.wait(), 5)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.wait_for(behaviour.cancelled.wait(), 5)
+
+
+async def test_a_closed_port_is_unavailable(client: PeerClient) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(Unavailable, match="did not answer"):
+        await forward(client, endpoint, timeout_s=2)

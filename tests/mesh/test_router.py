@@ -1,0 +1,412 @@
+"""The router against fake peers: a real registry mirror and cache, peers that answer as told.
+
+Covers what the fleet tests cannot pin down: which pod each try goes to and how, the
+raw bytes and metadata a forward carries, exclusions, bounded tries, the deadline and
+cancellation reaching the peer call, and that a forwarded call is never forwarded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mesh.cache import ModelCache
+from mesh.errors import (
+    Busy,
+    DeadlineExceeded,
+    MeshError,
+    ModelLoadFailed,
+    NotFound,
+    NotHere,
+    Unavailable,
+)
+from mesh.management import ModelManager, now_ms
+from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
+from mesh.registry import MemoryRegistry, ModelStore
+from mesh.router import EXCLUDE, LOAD, LOADED, Router
+from puller import default_fetchers
+from tests.mesh.fakes import FakeAdapter
+
+SELF = "pod-a"
+LABELS = ("type:fake",)
+Metadata = tuple[tuple[str, str | bytes], ...]
+PAYLOAD = b"\x0a\x05model\x12raw-tensor-bytes"
+
+
+@dataclass
+class Sent:
+    endpoint: str
+    method: str
+    payload: bytes
+    model_id: str
+    route: str
+    timeout_s: float
+    metadata: Metadata
+
+
+@dataclass
+class FakePeers:
+    """Answers per endpoint: bytes, an exception to raise, or ``hang`` (wait until cancelled)."""
+
+    answers: dict[str, bytes | BaseException | str] = field(default_factory=dict)
+    sent: list[Sent] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def forward(
+        self,
+        endpoint: str,
+        method: str,
+        payload: bytes,
+        *,
+        model_id: str,
+        route: str,
+        timeout_s: float,
+        metadata: Metadata = (),
+    ) -> bytes:
+        self.sent.append(Sent(endpoint, method, payload, model_id, route, timeout_s, tuple(metadata)))
+        self.started.set()
+        answer = self.answers.get(endpoint, b"answer from " + endpoint.encode())
+        if answer == "hang":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(endpoint)
+                raise
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, bytes)
+        return answer
+
+    async def load(
+        self,
+        endpoint: str,
+        *,
+        model_id: str,
+        timeout_s: float,
+        metadata: Metadata = (),
+    ) -> None:
+        await self.forward(
+            endpoint,
+            "RepositoryModelLoad",
+            b"",
+            model_id=model_id,
+            route=LOAD,
+            timeout_s=timeout_s,
+            metadata=metadata,
+        )
+
+    def routes(self) -> list[tuple[str, str]]:
+        return [(s.endpoint, s.route) for s in self.sent]
+
+
+class _Listener:
+    manager: ModelManager
+
+    async def loading(self, model_id: str) -> None:
+        await self.manager.loading(model_id)
+
+    async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
+        await self.manager.loaded(model_id, size_bytes, load_seconds)
+
+    async def failed(self, model_id: str, error: MeshError) -> None:
+        await self.manager.failed(model_id, error)
+
+    async def unloaded(self, model_id: str, *, evicted: bool) -> None:
+        await self.manager.unloaded(model_id, evicted=evicted)
+
+
+@dataclass
+class Harness:
+    router: Router
+    store: ModelStore
+    registry: MemoryRegistry
+    cache: ModelCache
+    peers: FakePeers
+    artifacts: Path
+    lease: int
+    self_used: int = 0
+    self_leaving: bool = False
+
+    async def pod(
+        self, pod_id: str, *, used: int = 0, in_flight: int = 0, shutting_down: bool = False
+    ) -> None:
+        record = InstanceRecord(
+            pod_id=pod_id,
+            endpoint=pod_id,  # endpoints are the pod ids, so FakePeers' answers read plainly
+            capacity_bytes=1000,
+            used_bytes=used,
+            requests_in_flight=in_flight,
+            labels=LABELS,
+            shutting_down=shutting_down,
+        )
+        await self.store.publish_instance(record, lease=self.lease)
+
+    async def model(self, model_id: str, size: int = 10, **copies: ModelState) -> None:
+        path = self.artifacts / f"{model_id}.txt"
+        path.write_text(str(size))
+        record = ModelRecord(
+            model_id,
+            ModelInfo("fake", str(path)),
+            size_bytes=size,
+            copies={pod.replace("_", "-"): CopyRecord(state, now_ms()) for pod, state in copies.items()},
+        )
+        assert await self.store.create_model(record) is None
+
+    async def call(self, model_id: str = "m", *, within_s: float = 5.0) -> bytes:
+        return await self.router.call(
+            model_id,
+            None,
+            method="ModelInfer",
+            payload=PAYLOAD,
+            local=self.local,
+            deadline=time.monotonic() + within_s,
+            metadata=(("x-trace", "t1"),),
+        )
+
+    async def local(self, model_id: str) -> bytes:
+        async with self.cache.use(self.store.model(model_id)):  # type: ignore[arg-type]
+            return b"served here"
+
+    def describe(self) -> InstanceRecord:
+        return InstanceRecord(
+            pod_id=SELF,
+            endpoint=SELF,
+            capacity_bytes=1000,
+            used_bytes=self.self_used or self.cache.used_bytes,
+            labels=LABELS,
+            shutting_down=self.self_leaving,
+        )
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    registry = MemoryRegistry()
+    store = ModelStore(registry)
+    await store.start()
+    pool = ThreadPoolExecutor(2)
+    listener = _Listener()
+    cache = ModelCache(
+        capacity_bytes=1000,
+        fetchers=default_fetchers(),
+        executor=pool,
+        listener=listener,
+        load_timeout_s=5,
+        adapters=lambda _: FakeAdapter(),
+    )
+    manager = ModelManager(
+        store=store, cache=cache, fetchers=default_fetchers(), pod_id=SELF, failure_ttl_s=30
+    )
+    listener.manager = manager
+    peers = FakePeers()
+    harness = Harness(
+        router=None,  # type: ignore[arg-type]
+        store=store,
+        registry=registry,
+        cache=cache,
+        peers=peers,
+        artifacts=tmp_path,
+        lease=await registry.grant_lease(60),
+    )
+    harness.router = Router(
+        pod_id=SELF,
+        store=store,
+        manager=manager,
+        cache=cache,
+        peers=peers,
+        describe_self=harness.describe,
+        attempts=3,
+        failure_ttl_s=30,
+        suspect_s=30,
+    )
+    await harness.pod(SELF)
+    yield harness
+    await manager.stop()
+    await cache.close()
+    await store.stop()
+    pool.shutdown()
+
+
+async def test_forwards_the_raw_bytes_to_the_holder_marked_serve_only_if_loaded(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.model("m", pod_b=ModelState.LOADED)
+    assert await harness.call() == b"answer from pod-b"
+    (sent,) = harness.peers.sent
+    assert (sent.endpoint, sent.method, sent.route, sent.model_id) == ("pod-b", "ModelInfer", LOADED, "m")
+    assert sent.payload is PAYLOAD  # the very bytes: never decoded and re-encoded
+    assert ("x-trace", "t1") in sent.metadata
+    assert harness.cache.loaded("m") is None
+
+
+async def test_the_holder_with_fewest_calls_in_flight_gets_the_next_call(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.pod("pod-c")
+    await harness.model("m", pod_b=ModelState.LOADED, pod_c=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = "hang"
+    harness.peers.answers["pod-c"] = "hang"
+    first = asyncio.create_task(harness.call())
+    await harness.peers.started.wait()
+    busy = harness.peers.sent[0].endpoint
+    harness.peers.answers[busy] = b"late"
+    idle = "pod-c" if busy == "pod-b" else "pod-b"
+    harness.peers.answers[idle] = b"from the idle copy"
+    assert await harness.call() == b"from the idle copy"
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_not_here_excludes_that_pod_and_tries_the_next(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.pod("pod-c")
+    await harness.model("m", pod_b=ModelState.LOADED, pod_c=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = NotHere("pod-b: evicted", pod_id="pod-b")
+    harness.peers.answers["pod-c"] = NotHere("pod-c: evicted", pod_id="pod-c")
+    # Both copies are stale; the third try is placement's: this pod has the most room.
+    harness.self_used = 0
+    await harness.pod("pod-b", used=900)
+    await harness.pod("pod-c", used=900)
+    assert await harness.call() == b"served here"
+    assert sorted(harness.peers.routes()) == [("pod-b", LOADED), ("pod-c", LOADED)]
+    record = harness.store.model("m")
+    assert record is not None and record.copies[SELF].state is ModelState.LOADED
+
+
+async def test_tries_are_bounded_and_end_unavailable_with_every_reason(harness: Harness) -> None:
+    for pod in ("pod-b", "pod-c", "pod-d", "pod-e"):
+        await harness.pod(pod)
+        harness.peers.answers[pod] = NotHere(f"{pod}: not loaded", pod_id=pod)
+    loaded = ModelState.LOADED
+    await harness.model("m", pod_b=loaded, pod_c=loaded, pod_d=loaded, pod_e=loaded)
+    with pytest.raises(Unavailable) as caught:
+        await harness.call()
+    assert type(caught.value) is Unavailable  # not a bare NotHere, never INTERNAL
+    assert len(harness.peers.sent) == 3
+    assert "after 3 attempt(s)" in caught.value.message
+    for sent in harness.peers.sent:
+        assert f"{sent.endpoint}: {sent.endpoint}: not loaded" in caught.value.message
+
+
+async def test_an_unreachable_peer_is_suspected_and_named_in_later_loads(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.pod("pod-c", used=990)
+    await harness.model("m", pod_b=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = Unavailable("pod-b did not answer: UNAVAILABLE")
+    harness.self_used = 995  # this pod is full: placement must pick pod-c
+    assert await harness.call() == b"answer from pod-c"
+    assert harness.peers.routes() == [("pod-b", LOADED), ("pod-c", LOAD)]
+    assert (EXCLUDE, "pod-b") in harness.peers.sent[1].metadata
+    # The next call skips pod-b at once, though its copy is still on record.
+    await harness.model("n", pod_b=ModelState.LOADED, pod_c=ModelState.LOADED)
+    harness.peers.sent.clear()
+    assert await harness.call("n") == b"answer from pod-c"
+    assert harness.peers.routes() == [("pod-c", LOADED)]
+
+
+async def test_the_deadline_is_propagated_and_ends_the_call(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.model("m", pod_b=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = "hang"
+    started = time.monotonic()
+    with pytest.raises((DeadlineExceeded, Unavailable)) as caught:
+        await asyncio.wait_for(harness.call(within_s=0.3), 5)
+    assert time.monotonic() - started < 2
+    assert 0 < harness.peers.sent[0].timeout_s <= 0.3
+    assert "deadline" in caught.value.message or "did not answer" in caught.value.message
+
+
+async def test_cancelling_the_call_cancels_the_peer_call(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.model("m", pod_b=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = "hang"
+    call = asyncio.create_task(harness.call(within_s=30))
+    await harness.peers.started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert harness.peers.cancelled == ["pod-b"]
+    assert harness.router.in_flight["pod-b"] == 0
+
+
+async def test_a_model_loaded_nowhere_is_claimed_before_this_pod_loads_it(harness: Harness) -> None:
+    await harness.pod("pod-b", used=990)
+    await harness.model("m")
+    assert await harness.call() == b"served here"
+    assert harness.peers.sent == []
+    record = harness.store.model("m")
+    assert record is not None and set(record.copies) == {SELF}
+
+
+async def test_a_load_placed_on_a_peer_goes_there_as_a_load(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.model("m")
+    harness.self_used = 995
+    assert await harness.call() == b"answer from pod-b"
+    assert harness.peers.routes() == [("pod-b", LOAD)]
+    decision = harness.router.last_decision["m"]
+    assert decision.pod_id == "pod-b" and decision.runner_up is not None
+
+
+async def test_load_failures_on_several_pods_report_each(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.pod("pod-c")
+    await harness.model("broken")  # FakeAdapter fails it here too
+    harness.self_used = 995  # the peers have room: they are tried first
+    harness.peers.answers["pod-b"] = ModelLoadFailed(model_id="broken", reason="bad weights on b")
+    harness.peers.answers["pod-c"] = ModelLoadFailed(model_id="broken", reason="bad weights on c")
+    with pytest.raises(ModelLoadFailed) as caught:
+        await harness.call("broken")
+    assert harness.peers.routes() == [("pod-b", LOAD), ("pod-c", LOAD)] or harness.peers.routes() == [
+        ("pod-c", LOAD),
+        ("pod-b", LOAD),
+    ]
+    for pod, reason in (
+        ("pod-b", "bad weights on b"),
+        ("pod-c", "bad weights on c"),
+        (SELF, "RuntimeError: bad weights"),
+    ):
+        assert f"{pod}: {reason}" in caught.value.reason
+
+
+async def test_no_room_anywhere_is_resource_exhausted(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.model("m")
+    harness.self_used = 995
+    harness.peers.answers["pod-b"] = Busy("pod-b: every loaded model is serving", model_id="m")
+    harness.self_leaving = True  # this pod cannot take it either
+    with pytest.raises(Busy):
+        await harness.call()
+
+
+async def test_a_forwarded_call_is_served_here_or_refused_never_forwarded(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.model("m", pod_b=ModelState.LOADED)
+    with pytest.raises(NotHere):
+        await harness.router.serve_forwarded("m", LOADED, harness.local)
+    # "load" here while a live peer holds it: the claim loses, the sender is told where it is.
+    with pytest.raises(NotHere) as caught:
+        await harness.router.serve_forwarded("m", LOAD, harness.local)
+    assert caught.value.holder == "pod-b"
+    # Unless the sender could not reach that peer: then this pod claims and serves.
+    assert await harness.router.serve_forwarded("m", LOAD, harness.local, ignore=frozenset({"pod-b"})) == (
+        b"served here"
+    )
+    assert harness.peers.sent == []
+    with pytest.raises(NotFound):
+        await harness.router.serve_forwarded("unknown", LOAD, harness.local)
+
+
+async def test_a_dead_pods_copy_is_not_used_and_a_leaving_pod_serves_until_it_goes(harness: Harness) -> None:
+    await harness.model("m", pod_gone=ModelState.LOADED)  # no instance record: its lease expired
+    assert await harness.call("m") == b"served here"
+    assert harness.peers.sent == []
+    await harness.pod("pod-b", shutting_down=True)
+    await harness.model("n", pod_b=ModelState.LOADED)
+    assert await harness.call("n") == b"answer from pod-b"
+    assert harness.peers.routes() == [("pod-b", LOADED)]
