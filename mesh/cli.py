@@ -318,6 +318,11 @@ def _print_fleet(fleet: object) -> None:
             f"  {pod.pod_id:16s} {pod.endpoint:22s} {_mib(pod.capacity_bytes):>12s} "
             f"{_mib(pod.used_bytes):>12s} {pod.models_loaded:7d} {pod.request_rate:7.1f}{state}"
         )
+        for device in pod.devices:
+            if device.name != "host":
+                label = f"{device.name} {device.model}"
+                capacity, used = _mib(device.capacity_bytes), _mib(device.used_bytes)
+                print(f"  {'':16s} {label:22.22s} {capacity:>12s} {used:>12s}")
 
 
 def _up(args: argparse.Namespace) -> int:

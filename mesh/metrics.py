@@ -38,6 +38,12 @@ class MeshMetrics:
             "mesh_cache_used_bytes", "Bytes of loaded models and reservations", registry=registry
         )
         self.models_loaded = Gauge("mesh_models_loaded", "Models loaded on this pod", registry=registry)
+        self.device_capacity_bytes = Gauge(
+            "mesh_device_capacity_bytes", "Memory the pod may use per device", ["device"], registry=registry
+        )
+        self.device_used_bytes = Gauge(
+            "mesh_device_used_bytes", "Memory in use per device", ["device"], registry=registry
+        )
 
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 

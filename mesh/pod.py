@@ -23,6 +23,7 @@ from adapters import supported_types
 from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.dataplane import DataPlane
+from mesh.devices import HOST, DeviceMemory, GpuProbe, NvmlProbe, gpu_devices
 from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
@@ -87,6 +88,7 @@ class Pod:
         registry: Registry | None = None,
         fetchers: FetcherTable | None = None,
         metrics_registry: CollectorRegistry | None = None,
+        gpu_probe: GpuProbe | None = None,
     ) -> None:
         self.settings = settings
         if registry is None:
@@ -94,6 +96,8 @@ class Pod:
         self._registry = registry
         self.metrics = MeshMetrics(metrics_registry or CollectorRegistry())
         self._fetchers = fetchers
+        self._gpu_probe = gpu_probe
+        self._gpus: tuple[DeviceMemory, ...] = ()
         self._artifacts: ArtifactCache | None = None
         self._load_pool = ThreadPoolExecutor(settings.load_concurrency + 1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
@@ -117,6 +121,9 @@ class Pod:
 
     async def start(self) -> None:
         s = self.settings
+        if self._gpu_probe is None:
+            self._gpu_probe = await asyncio.to_thread(NvmlProbe)
+        await self._read_gpus()
         if self._fetchers is None:
             self._fetchers, self._artifacts = storage_fetchers(
                 cache_dir=s.artifact_dir(),
@@ -224,6 +231,8 @@ class Pod:
         await self.store.stop()
         await self.peers.close()
         await self._registry.close()
+        if self._gpu_probe is not None:
+            self._gpu_probe.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -253,6 +262,7 @@ class Pod:
             version=__version__,
             started_ms=self._started_ms,
             shutting_down=self.shutting_down,
+            devices=self._devices(),
         )
 
     async def _load_in_fleet(self, model_id: str) -> None:
@@ -319,5 +329,22 @@ class Pod:
             served = total
             self.metrics.used_bytes.set(self.cache.used_bytes)
             self.metrics.models_loaded.set(sum(1 for m in self.cache.models() if m.loaded))
+            await self._read_gpus()
             self._publisher.changed()
             await asyncio.sleep(1.0)
+
+    def _devices(self) -> tuple[DeviceMemory, ...]:
+        used = self.cache.used_bytes if self.cache is not None else 0
+        return (DeviceMemory(HOST, self.settings.capacity_bytes, used), *self._gpus)
+
+    async def _read_gpus(self) -> None:
+        """Refresh GPU memory (NVML calls block briefly: off the loop) and its gauges."""
+        assert self._gpu_probe is not None
+        readings = await asyncio.to_thread(self._gpu_probe.read)
+        self._gpus = gpu_devices(readings, fraction=self.settings.gpu_fraction)
+        devices = (
+            DeviceMemory(HOST, self.settings.capacity_bytes, self.cache.used_bytes if self.cache else 0),
+        )
+        for device in (*devices, *self._gpus):
+            self.metrics.device_capacity_bytes.labels(device.name).set(device.capacity_bytes)
+            self.metrics.device_used_bytes.labels(device.name).set(device.used_bytes)

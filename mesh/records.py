@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mesh.devices import DeviceMemory
+
 
 class ModelState(enum.Enum):
     """A model's or a copy's state; names match ModelMesh's ``ModelStatus``."""
@@ -132,6 +134,8 @@ class InstanceRecord:
     version: str = ""
     started_ms: int = 0
     shutting_down: bool = False
+    devices: tuple[DeviceMemory, ...] = ()
+    """Memory per device: ``host`` (the cache: ``capacity_bytes``/``used_bytes``) and each GPU."""
 
     def supports(self, model_type: str) -> bool:
         return f"type:{model_type}" in self.labels
@@ -143,4 +147,5 @@ class InstanceRecord:
     def from_json(cls, raw: bytes) -> InstanceRecord:
         data: dict[str, Any] = json.loads(raw)
         data["labels"] = tuple(data.get("labels", ()))
+        data["devices"] = tuple(DeviceMemory(**d) for d in data.get("devices", ()))
         return cls(**data)

@@ -63,6 +63,9 @@ class MeshSettings(BaseSettings):
     capacity_bytes: int = Field(default_factory=default_capacity)
     """Bytes of loaded models this pod may hold; loads evict idle models to stay within it."""
 
+    gpu_fraction: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of each GPU's memory (found through NVML) this pod may use; no GPU: host only."""
+
     etcd: str | None = None
     """``HOST:PORT`` of etcd; absent: an in-memory registry for a single pod."""
 

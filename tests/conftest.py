@@ -52,9 +52,9 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
 class PodThread:
     """A real pod serving on 127.0.0.1:<free port> from an event loop in a background thread."""
 
-    def __init__(self, settings: MeshSettings) -> None:
+    def __init__(self, settings: MeshSettings, **parts: Any) -> None:
         self.loop = asyncio.new_event_loop()
-        self.pod = Pod(settings)
+        self.pod = Pod(settings, **parts)
         self._thread = threading.Thread(target=self.loop.run_forever, name="pod-loop", daemon=True)
 
     def __enter__(self) -> PodThread:

@@ -174,5 +174,11 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
                 shutting_down=pod.shutting_down,
                 version=pod.version,
                 started_ms=pod.started_ms,
+                devices=[
+                    admin.DeviceSummary(
+                        name=d.name, capacity_bytes=d.capacity_bytes, used_bytes=d.used_bytes, model=d.model
+                    )
+                    for d in pod.devices
+                ],
             )
         return response

@@ -91,7 +91,7 @@ class FleetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PodSummary(_message.Message):
-    __slots__ = ("pod_id", "endpoint", "capacity_bytes", "used_bytes", "models_loaded", "loads_in_flight", "requests_in_flight", "request_rate", "shutting_down", "version", "started_ms")
+    __slots__ = ("pod_id", "endpoint", "capacity_bytes", "used_bytes", "models_loaded", "loads_in_flight", "requests_in_flight", "request_rate", "shutting_down", "version", "started_ms", "devices")
     POD_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class PodSummary(_message.Message):
     SHUTTING_DOWN_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     pod_id: str
     endpoint: str
     capacity_bytes: int
@@ -114,7 +115,20 @@ class PodSummary(_message.Message):
     shutting_down: bool
     version: str
     started_ms: int
-    def __init__(self, pod_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models_loaded: _Optional[int] = ..., loads_in_flight: _Optional[int] = ..., requests_in_flight: _Optional[int] = ..., request_rate: _Optional[float] = ..., shutting_down: _Optional[bool] = ..., version: _Optional[str] = ..., started_ms: _Optional[int] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceSummary]
+    def __init__(self, pod_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., models_loaded: _Optional[int] = ..., loads_in_flight: _Optional[int] = ..., requests_in_flight: _Optional[int] = ..., request_rate: _Optional[float] = ..., shutting_down: _Optional[bool] = ..., version: _Optional[str] = ..., started_ms: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceSummary, _Mapping]]] = ...) -> None: ...
+
+class DeviceSummary(_message.Message):
+    __slots__ = ("name", "capacity_bytes", "used_bytes", "model")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    capacity_bytes: int
+    used_bytes: int
+    model: str
+    def __init__(self, name: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class FleetStatusResponse(_message.Message):
     __slots__ = ("pods", "models_registered", "models_loaded", "copies")
