@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 import uuid
 from pathlib import Path
@@ -133,3 +137,68 @@ def test_demo_serves_its_models_from_an_s3_endpoint(
     assert f"uploading them to s3://{bucket}" in out
     fetched = {name for name in s3_server.gets if name.startswith(f"{bucket}/")}
     assert fetched, "no pod fetched a model from S3"
+
+
+def free_port_block(count: int) -> int:
+    """A base port with ``count`` free consecutive ports after it (``mesh up`` uses BASE+i)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count >= 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for offset in range(count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports")
+
+
+def test_mesh_up_runs_a_fleet_and_ctrl_c_stops_every_process(models: ModelSet, tmp_path: Path) -> None:
+    import psutil
+    import tritonclient.grpc as tc
+
+    base = free_port_block(2)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "up", "--pods", "2", "--port", str(base), "--capacity", "32MiB"],
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "up.log").open("wb"),
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in up.stdout or ()], daemon=True).start()
+    try:
+        printed = []
+        while not printed or "Ctrl-C stops the fleet" not in printed[-1]:
+            printed.append(lines.get(timeout=120))
+        targets = [line.split(" serving on ")[1].strip() for line in printed if " serving on " in line]
+        assert targets == [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) == 3  # etcd and two pods
+
+        registered = mesh(
+            "register", "iris", "--type", "sklearn", "--path", str(models.sklearn), target=targets[0]
+        )
+        assert registered.returncode == 0, registered.stderr
+        client = tc.InferenceServerClient(targets[1])
+        row = np.array([[5.1, 3.5, 1.4, 0.2]])
+        tensor = tc.InferInput("input-0", [1, 4], "FP64")
+        tensor.set_data_from_numpy(row)
+        answer = client.infer("iris", [tensor]).as_numpy("predict").tolist()
+        client.close()
+        assert answer == joblib.load(models.sklearn).predict(row).tolist()
+        status = mesh("status", target=targets[1])
+        assert "fleet: 2 pods, 1 models registered, 1 loaded, 1 copies" in status.stdout, status.stdout
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"left running after Ctrl-C: {alive}"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
