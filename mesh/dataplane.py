@@ -174,9 +174,9 @@ class DataPlane:
     async def load_here(self, model_id: str) -> None:
         await self._manager.load_here(model_id)
 
-    async def unload(self, name: str) -> None:
-        record = self._manager.resolve(name)
-        await self._cache.unload(record.model_id)
+    async def unload_here(self, model_id: str) -> None:
+        """Unload a model from this pod only (a no-op when it is not loaded here)."""
+        await self._cache.unload(model_id)
 
 
 def _call(model: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:

@@ -77,6 +77,8 @@ class Peers(Protocol):
         self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = ()
     ) -> None: ...
 
+    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float) -> None: ...
+
 
 class Router:
     def __init__(
@@ -162,6 +164,35 @@ class Router:
             return b""
 
         await self._attempt(model_id, local, forward, deadline, excluded)
+
+    async def unload(self, name: str, *, vmodel: bool | None, deadline: float) -> None:
+        """Unload the model a name resolves to on every pod that holds it (this one included).
+
+        Peers are asked at once; ``Unavailable`` names the pods that could not be reached
+        (their copies stay until they answer or their lease expires; retrying is safe).
+        """
+        model_id = self._manager.lookup(name, vmodel=vmodel).model_id
+        record = self._manager.record_any(model_id)
+        live = self._store.instances()
+        holders = sorted(pod for pod in record.copies if pod in live and pod != self.pod_id)
+        timeout_s = max(deadline - time.monotonic(), 0.001)
+
+        async def unload_on(pod_id: str) -> None:
+            await self._peers.unload(live[pod_id].endpoint, model_id=model_id, timeout_s=timeout_s)
+
+        results = await asyncio.gather(
+            self._cache.unload(model_id), *(unload_on(pod) for pod in holders), return_exceptions=True
+        )
+        failed = []
+        for pod_id, result in zip((self.pod_id, *holders), results, strict=True):
+            if isinstance(result, MeshError):
+                failed.append(f"{pod_id}: {result.message}")
+            elif isinstance(result, BaseException):
+                raise result
+        if failed:
+            raise Unavailable(
+                f"model {model_id!r} could not be unloaded everywhere: {'; '.join(failed)}", model_id=model_id
+            )
 
     async def serve_forwarded(
         self, model_id: str, route: str, local: Local, *, ignore: frozenset[str] = frozenset()

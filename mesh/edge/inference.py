@@ -229,7 +229,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> v2.RepositoryModelUnloadResponse:
-        await self._dataplane.unload(request.model_name)
+        hop = forwarded(context)
+        if hop is not None:  # another pod is unloading it everywhere: just here
+            await self._dataplane.unload_here(hop.model_id)
+        else:
+            name, vmodel = route(request.model_name, context)
+            await self._router.unload(name, vmodel=vmodel, deadline=self._deadline(context))
         return v2.RepositoryModelUnloadResponse()
 
     async def _load_here(self, model_id: str) -> bytes:

@@ -98,6 +98,12 @@ class PeerClient:
             metadata=metadata,
         )
 
+    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float) -> None:
+        payload = v2.RepositoryModelUnloadRequest(model_name=model_id).SerializeToString()
+        await self.forward(
+            endpoint, "RepositoryModelUnload", payload, model_id=model_id, route="unload", timeout_s=timeout_s
+        )
+
     async def forget(self, endpoint: str) -> None:
         channel = self._channels.pop(endpoint, None)
         self._calls = {key: call for key, call in self._calls.items() if key[0] != endpoint}

@@ -254,6 +254,26 @@ def test_graceful_stop_hands_recent_models_to_other_pods(fleet: LocalFleet, arti
         assert [p.pod_id for p in api.fleet_status().pods] == ["pod-0", "pod-1"]
 
 
+def test_repository_unload_through_any_pod_unloads_every_copy(
+    fleet: LocalFleet, artifacts: list[Path]
+) -> None:
+    (model_id,) = register_all(fleet, artifacts, 1)
+    with tc.InferenceServerClient(fleet.targets[0]) as client:
+        expected = infer(client, model_id, rows(1))
+    holder = _holder(fleet, model_id)
+    entry = next(i for i in range(fleet.size) if fleet.pod_id(i) != holder)
+    with tc.InferenceServerClient(fleet.targets[entry]) as client:
+        client.unload_model(model_id)
+    holder_index = int(holder.removeprefix("pod-"))
+    with MeshClient(fleet.targets[holder_index]) as api:
+        assert model_id not in [m.model_id for m in api.pod_status().loaded]
+    wait_until(lambda: _holder(fleet, model_id) == "", within_s=5, what="the copy leaving the registry")
+    with tc.InferenceServerClient(fleet.targets[entry]) as client:
+        assert infer(client, model_id, rows(1)) == expected  # loads again on demand
+        with pytest.raises(InferenceServerException, match=r"no-such-model"):
+            client.unload_model("no-such-model")
+
+
 def test_a_model_failing_everywhere_reports_each_pod(fleet: LocalFleet, tmp_path: Path) -> None:
     broken = tmp_path / "broken" / "model.joblib"
     broken.parent.mkdir()

@@ -102,6 +102,11 @@ class FakePeers:
             metadata=metadata,
         )
 
+    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float) -> None:
+        await self.forward(
+            endpoint, "RepositoryModelUnload", b"", model_id=model_id, route="unload", timeout_s=timeout_s
+        )
+
     def routes(self) -> list[tuple[str, str]]:
         return [(s.endpoint, s.route) for s in self.sent]
 
@@ -410,3 +415,24 @@ async def test_a_dead_pods_copy_is_not_used_and_a_leaving_pod_serves_until_it_go
     await harness.model("n", pod_b=ModelState.LOADED)
     assert await harness.call("n") == b"answer from pod-b"
     assert harness.peers.routes() == [("pod-b", LOADED)]
+
+
+async def test_unload_reaches_every_holder_and_names_the_unreachable(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.pod("pod-c")
+    await harness.model("m", pod_b=ModelState.LOADED, pod_c=ModelState.LOADED, pod_gone=ModelState.LOADED)
+    await harness.cache.ensure_loaded(harness.store.model("m"))  # type: ignore[arg-type]
+    harness.peers.answers["pod-c"] = Unavailable("pod-c did not answer: UNAVAILABLE")
+    with pytest.raises(Unavailable, match="could not be unloaded everywhere: pod-c: pod-c did not answer"):
+        await harness.router.unload("m", vmodel=None, deadline=time.monotonic() + 5)
+    assert harness.cache.loaded("m") is None  # this pod and the reachable peer unloaded regardless
+    assert sorted((s.endpoint, s.method, s.route) for s in harness.peers.sent) == [
+        ("pod-b", "RepositoryModelUnload", "unload"),
+        ("pod-c", "RepositoryModelUnload", "unload"),
+    ]
+    harness.peers.answers.pop("pod-c")
+    harness.peers.sent.clear()
+    await harness.router.unload("m", vmodel=None, deadline=time.monotonic() + 5)  # retrying is safe
+    assert len(harness.peers.sent) == 2
+    with pytest.raises(NotFound):
+        await harness.router.unload("nope", vmodel=None, deadline=time.monotonic() + 5)
