@@ -59,6 +59,23 @@ class ModelStats:
     average_s: float | None = field(default=None, repr=False)
 
 
+def merge_statistics(*parts: list[tuple[str, ModelStats]]) -> list[tuple[str, ModelStats]]:
+    """Several pods' statistics as one server's: counts and times add up, the last inference wins."""
+    merged: dict[str, ModelStats] = {}
+    for part in parts:
+        for name, stats in part:
+            total = merged.setdefault(name, ModelStats())
+            total.success_count += stats.success_count
+            total.success_ns += stats.success_ns
+            total.fail_count += stats.fail_count
+            total.fail_ns += stats.fail_ns
+            total.compute_ns += stats.compute_ns
+            total.inference_count += stats.inference_count
+            total.execution_count += stats.execution_count
+            total.last_inference_ms = max(total.last_inference_ms, stats.last_inference_ms)
+    return sorted(merged.items())
+
+
 @dataclass(frozen=True)
 class ModelIndexEntry:
     model_id: str
@@ -158,7 +175,7 @@ class DataPlane:
 
     def statistics(self, name: str) -> list[tuple[str, ModelStats]]:
         if name:
-            record = self._manager.resolve(name)
+            record = self._manager.lookup(name)
             return [(name, self._stats.get(record.model_id, ModelStats()))]
         return sorted(self._stats.items())
 

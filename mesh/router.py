@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 LOADED = "loaded"
 LOAD = "load"
+LOCAL = "local"
+"""A fleet-wide read: answer from this pod alone."""
 EXCLUDE = "mesh-exclude"
 """Metadata on a forwarded load: pods the sender found unreachable, whose claims the receiver ignores."""
 _PENDING_S = 2.0
@@ -193,6 +195,30 @@ class Router:
             raise Unavailable(
                 f"model {model_id!r} could not be unloaded everywhere: {'; '.join(failed)}", model_id=model_id
             )
+
+    async def ask_every_pod(
+        self, method: str, payload: bytes, *, key: str, deadline: float
+    ) -> list[tuple[str, bytes | MeshError]]:
+        """Send one call to every other live pod at once (fleet-wide reads such as statistics).
+
+        Returns each pod's answer or error; ``key`` travels as the hop's model id.
+        """
+        peers = {pod: i.endpoint for pod, i in self._store.instances().items() if pod != self.pod_id}
+        timeout_s = max(deadline - time.monotonic(), 0.001)
+
+        async def ask(endpoint: str) -> bytes:
+            return await self._peers.forward(
+                endpoint, method, payload, model_id=key, route=LOCAL, timeout_s=timeout_s
+            )
+
+        results = await asyncio.gather(*(ask(e) for e in peers.values()), return_exceptions=True)
+        answers: list[tuple[str, bytes | MeshError]] = []
+        for pod_id, result in zip(peers, results, strict=True):
+            if isinstance(result, (bytes, MeshError)):
+                answers.append((pod_id, result))
+            else:
+                raise result
+        return answers
 
     async def serve_forwarded(
         self, model_id: str, route: str, local: Local, *, ignore: frozenset[str] = frozenset()

@@ -161,6 +161,20 @@ def statistics_to_proto(name: str, stats: ModelStats) -> v2.ModelStatistics:
     )
 
 
+def statistics_from_proto(message: v2.ModelStatistics) -> tuple[str, ModelStats]:
+    infer = message.inference_stats
+    return message.name, ModelStats(
+        success_count=infer.success.count,
+        success_ns=infer.success.ns,
+        fail_count=infer.fail.count,
+        fail_ns=infer.fail.ns,
+        compute_ns=infer.compute_infer.ns,
+        inference_count=message.inference_count,
+        execution_count=message.execution_count,
+        last_inference_ms=message.last_inference,
+    )
+
+
 # management
 
 

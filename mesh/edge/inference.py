@@ -7,6 +7,7 @@ bytes forwarded unchanged to the pod that serves it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
@@ -15,7 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mesh import __version__
-from mesh.dataplane import DataPlane
+from mesh.dataplane import DataPlane, ModelStats, merge_statistics
 from mesh.edge import converters
 from mesh.edge.peers import HOP, MODEL_ID, ROUTE
 from mesh.edge.status import MalformedRequest, edge_method
@@ -25,6 +26,8 @@ from mesh.metrics import MeshMetrics
 from mesh.router import EXCLUDE, Metadata, Router
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = ["model_repository", "statistics", "mm-model-id", "mm-vmodel-id"]
 RAW_METHODS = frozenset({"ModelInfer", "ModelStreamInfer", "ModelMetadata"})
@@ -195,8 +198,28 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: v2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelStatisticsResponse:
+        if forwarded(context) is not None:  # a fleet-wide read another pod started: this pod's part
+            return self._statistics(self._dataplane.statistics(request.name))
         name, _ = route(request.name, context)
         stats = self._dataplane.statistics(name)
+        # The fleet answers as one server: add every pod's counts (a pod that does not answer is left out).
+        parts = [stats]
+        payload = v2.ModelStatisticsRequest(name=name).SerializeToString()
+        key = name or "*"
+        answers = await self._router.ask_every_pod(
+            "ModelStatistics", payload, key=key, deadline=self._deadline(context)
+        )
+        for pod_id, answer in answers:
+            if isinstance(answer, MeshError):
+                log.info("statistics of %s leave out %s: %s", key, pod_id, answer.message)
+                continue
+            message = v2.ModelStatisticsResponse.FromString(answer)
+            parts.append([converters.statistics_from_proto(m) for m in message.model_stats])
+        stats = merge_statistics(*parts)
+        return self._statistics(stats)
+
+    @staticmethod
+    def _statistics(stats: list[tuple[str, ModelStats]]) -> v2.ModelStatisticsResponse:
         return v2.ModelStatisticsResponse(
             model_stats=[converters.statistics_to_proto(n, s) for n, s in stats]
         )

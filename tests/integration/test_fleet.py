@@ -254,15 +254,21 @@ def test_graceful_stop_hands_recent_models_to_other_pods(fleet: LocalFleet, arti
         assert [p.pod_id for p in api.fleet_status().pods] == ["pod-0", "pod-1"]
 
 
-def test_repository_unload_through_any_pod_unloads_every_copy(
+def test_statistics_and_unload_through_any_pod_cover_the_whole_fleet(
     fleet: LocalFleet, artifacts: list[Path]
 ) -> None:
     (model_id,) = register_all(fleet, artifacts, 1)
-    with tc.InferenceServerClient(fleet.targets[0]) as client:
-        expected = infer(client, model_id, rows(1))
+    for target in fleet.targets:  # calls enter at every pod; one pod serves them all
+        with tc.InferenceServerClient(target) as client:
+            expected = infer(client, model_id, rows(1))
     holder = _holder(fleet, model_id)
     entry = next(i for i in range(fleet.size) if fleet.pod_id(i) != holder)
     with tc.InferenceServerClient(fleet.targets[entry]) as client:
+        (stats,) = client.get_inference_statistics(model_id).model_stats
+        # Triton's terms: one success per call, one inference per row (2 rows a call).
+        assert (stats.inference_stats.success.count, stats.inference_count) == (fleet.size, 2 * fleet.size)
+        everything = client.get_inference_statistics().model_stats
+        assert [(s.name, s.execution_count) for s in everything] == [(model_id, fleet.size)]
         client.unload_model(model_id)
     holder_index = int(holder.removeprefix("pod-"))
     with MeshClient(fleet.targets[holder_index]) as api:

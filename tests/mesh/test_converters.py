@@ -60,3 +60,24 @@ def test_sizes_parse() -> None:
     assert parse_size("1000") == 1000
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+def test_statistics_round_trip_and_merge_as_one_server() -> None:
+    from mesh.dataplane import ModelStats, merge_statistics
+    from mesh.edge.converters import statistics_from_proto, statistics_to_proto
+
+    a = ModelStats(success_count=2, success_ns=20, inference_count=4, execution_count=2, last_inference_ms=5)
+    b = ModelStats(success_count=1, success_ns=7, fail_count=1, fail_ns=3, compute_ns=9, last_inference_ms=9)
+    assert statistics_from_proto(statistics_to_proto("m", a)) == ("m", a)
+    merged = dict(merge_statistics([("m", a)], [("m", b), ("n", a)]))
+    assert merged["m"] == ModelStats(
+        success_count=3,
+        success_ns=27,
+        fail_count=1,
+        fail_ns=3,
+        compute_ns=9,
+        inference_count=4,
+        execution_count=2,
+        last_inference_ms=9,
+    )
+    assert merged["n"] == a and a.success_count == 2  # the parts are not changed
