@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from placement.cluster import ClusterView, ModelView, PodView
 
@@ -46,8 +47,7 @@ SPREAD = 0.05
 """Scores within this of each other are treated as equal and spread by hashing."""
 
 
-@dataclass(frozen=True)
-class PodScore:
+class PodScore(NamedTuple):
     pod_id: str
     score: float
     fits: bool
@@ -68,7 +68,8 @@ class LoadDecision:
 
 
 def choose_load_pod(cluster: ClusterView, model: ModelView) -> LoadDecision:
-    eligible = [pod for pod in cluster.pods if _eligible(pod, model, cluster)]
+    label = f"type:{model.model_type}"
+    eligible = [pod for pod in cluster.pods if _eligible(pod, model, cluster, label)]
     if not eligible:
         return LoadDecision(None, (), _why_none(cluster, model))
     scores = [_score(pod, model, cluster.now_ms) for pod in eligible]
@@ -87,10 +88,10 @@ def choose_copy(holders: Sequence[str], in_flight: Mapping[str, int], *, salt: s
     return min(holders, key=lambda pod: (in_flight.get(pod, 0), -_rendezvous(salt, pod)))
 
 
-def _eligible(pod: PodView, model: ModelView, cluster: ClusterView) -> bool:
+def _eligible(pod: PodView, model: ModelView, cluster: ClusterView, label: str) -> bool:
     return (
         not pod.shutting_down
-        and pod.supports(model.model_type)
+        and label in pod.labels
         and pod.pod_id not in cluster.excluded
         and pod.pod_id not in model.failed_on
         and pod.pod_id not in model.holders
@@ -99,13 +100,18 @@ def _eligible(pod: PodView, model: ModelView, cluster: ClusterView) -> bool:
 
 
 def _score(pod: PodView, model: ModelView, now_ms: int) -> PodScore:
-    fits = pod.free_bytes >= model.size_bytes
-    capacity = max(pod.capacity_bytes, 1)
-    headroom = max(min((pod.free_bytes - model.size_bytes) / capacity, 1.0), -1.0)
+    # Runs for every pod on every load decision: plain arithmetic, no helper calls.
+    capacity = pod.capacity_bytes or 1
+    free = pod.capacity_bytes - pod.used_bytes
+    free = free if free > 0 else 0
+    fits = free >= model.size_bytes
+    headroom = (free - model.size_bytes) / capacity
+    headroom = 1.0 if headroom > 1.0 else -1.0 if headroom < -1.0 else headroom
     if fits:
         coldness = 1.0
     elif pod.oldest_used_ms:
-        coldness = min(max(now_ms - pod.oldest_used_ms, 0) / COLD_HORIZON_MS, 1.0)
+        age = (now_ms - pod.oldest_used_ms) / COLD_HORIZON_MS
+        coldness = 1.0 if age > 1.0 else 0.0 if age < 0.0 else age
     else:
         coldness = 0.0
     busy = (
@@ -113,8 +119,7 @@ def _score(pod: PodView, model: ModelView, now_ms: int) -> PodScore:
         + REQUEST_WEIGHT * pod.requests_in_flight
         + RATE_WEIGHT * pod.request_rate
     )
-    score = (FIT if fits else 0.0) + headroom + coldness - busy
-    return PodScore(pod.pod_id, round(score, 6), fits)
+    return PodScore(pod.pod_id, (FIT if fits else 0.0) + headroom + coldness - busy, fits)
 
 
 def _why_none(cluster: ClusterView, model: ModelView) -> str:
