@@ -36,7 +36,7 @@ from mesh.errors import (
     UnsupportedModelType,
 )
 from mesh.records import ModelRecord
-from placement.eviction import EvictionCandidate, choose_victims
+from placement.eviction import EvictionCandidate, EvictionPolicy, choose_victims, gdsf_priority
 from puller import Artifact, FetcherTable
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ class _Entry:
     model: LoadedModel | None = None
     in_use: int = 0
     artifact: Artifact | None = None
+    hits: int = 0
+    load_ms: float = 0.0
+    """Fetch plus load time measured when it was loaded: what evicting it would cost."""
+    priority: float = 0.0
+    """GDSF's H, refreshed on every use (see ``placement.eviction``)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class ModelCache:
         load_timeout_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         adapters: Callable[[str], ModelAdapter] = adapter_for,
+        eviction_policy: EvictionPolicy = EvictionPolicy.GDSF,
     ) -> None:
         self.capacity_bytes = capacity_bytes
         self._fetchers = fetchers
@@ -94,6 +100,9 @@ class ModelCache:
         self._entries: dict[str, _Entry] = {}
         self._loads: dict[str, asyncio.Task[_Entry]] = {}
         self._idle = asyncio.Event()
+        self._policy = eviction_policy
+        self._inflation = 0.0
+        """GDSF's L: the highest priority evicted so far."""
 
     # queries
 
@@ -132,6 +141,7 @@ class ModelCache:
         assert entry.model is not None
         entry.in_use += 1
         entry.last_used = self._clock()
+        self._touch(entry)
         try:
             yield entry.model
         finally:
@@ -219,7 +229,9 @@ class ModelCache:
         return entry
 
     async def _fetch_and_load(self, record: ModelRecord, adapter: ModelAdapter) -> _Entry:
+        started = self._clock()
         artifact = await self._fetchers.fetch(record.info.path, storage=_storage(record))
+        fetched_ms = (self._clock() - started) * 1000
         try:
             entry = await self._load_artifact(record, adapter, artifact.path)
         except BaseException:
@@ -227,6 +239,8 @@ class ModelCache:
             raise
         artifact.loaded()
         entry.artifact = artifact
+        entry.load_ms += fetched_ms
+        self._touch(entry, hits=0)
         return entry
 
     async def _load_artifact(self, record: ModelRecord, adapter: ModelAdapter, path: Path) -> _Entry:
@@ -241,8 +255,10 @@ class ModelCache:
         deadline = self._clock() + self._load_timeout_s
         entry = await self._reserve(model_id, predicted, deadline)
         try:
+            started = self._clock()
             async with asyncio.timeout(max(deadline - self._clock(), 0.001)):
                 model = await asyncio.get_running_loop().run_in_executor(self._executor, adapter.load, path)
+            entry.load_ms = (self._clock() - started) * 1000
         except TimeoutError:
             self._drop(entry)
             raise Unavailable(
@@ -262,9 +278,11 @@ class ModelCache:
     async def _reserve(self, model_id: str, size: int, deadline: float) -> _Entry:
         """Evict idle models until ``size`` fits, then hold the space; waits for busy models."""
         while True:
-            victims = choose_victims(self._candidates(), self.used_bytes + size - self.capacity_bytes)
+            victims = choose_victims(
+                self._candidates(), self.used_bytes + size - self.capacity_bytes, self._policy
+            )
             if victims is not None:
-                evicted = [self._entries.pop(v) for v in victims]
+                evicted = self._evict(victims)
                 entry = _Entry(model_id, size, self._clock())
                 self._entries[model_id] = entry
                 for victim in evicted:
@@ -286,7 +304,9 @@ class ModelCache:
             )
         if measured > entry.size_bytes:
             victims = choose_victims(
-                self._candidates(), self.used_bytes - entry.size_bytes + measured - self.capacity_bytes
+                self._candidates(),
+                self.used_bytes - entry.size_bytes + measured - self.capacity_bytes,
+                self._policy,
             )
             if victims is None:
                 raise Busy(
@@ -294,8 +314,7 @@ class ModelCache:
                     f"{entry.size_bytes} predicted, and no idle model can make room; retry later",
                     model_id=entry.model_id,
                 )
-            evicted = [self._entries.pop(v) for v in victims]
-            for victim in evicted:
+            for victim in self._evict(victims):
                 await self._release(victim, evicted=True)
         entry.size_bytes = measured
         entry.model = model
@@ -304,10 +323,23 @@ class ModelCache:
 
     def _candidates(self) -> list[EvictionCandidate]:
         return [
-            EvictionCandidate(e.model_id, e.size_bytes, e.last_used, e.in_use)
+            EvictionCandidate(e.model_id, e.size_bytes, e.last_used, e.in_use, e.priority)
             for e in self._entries.values()
             if e.model is not None
         ]
+
+    def _evict(self, victims: list[str]) -> list[_Entry]:
+        """Take the victims out of the cache (the caller releases them) and raise GDSF's L."""
+        evicted = [self._entries.pop(v) for v in victims]
+        for entry in evicted:
+            self._inflation = max(self._inflation, entry.priority)
+        return evicted
+
+    def _touch(self, entry: _Entry, *, hits: int = 1) -> None:
+        entry.hits += hits
+        entry.priority = gdsf_priority(
+            self._inflation, hits=max(entry.hits, 1), load_ms=entry.load_ms, size_bytes=entry.size_bytes
+        )
 
     def _drop(self, entry: _Entry) -> None:
         if self._entries.get(entry.model_id) is entry:

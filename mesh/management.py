@@ -458,7 +458,8 @@ class ModelManager:
         def change(r: ModelRecord) -> ModelRecord:
             copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, self._clock_ms())}
             failures = {pod: f for pod, f in r.failures.items() if pod != self.pod_id}
-            return replace(r, copies=copies, failures=failures, size_bytes=size_bytes)
+            load_ms = int(load_seconds * 1000)
+            return replace(r, copies=copies, failures=failures, size_bytes=size_bytes, load_ms=load_ms)
 
         await self._update_quietly(model_id, change)
         vmodels = [v for v in self._store.vmodels() if v.target_model_id == model_id]

@@ -37,6 +37,7 @@ from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
 from mesh.router import Router
 from mesh.settings import MeshSettings
+from placement.eviction import EvictionPolicy
 from puller import ArtifactCache, FetcherTable, storage_fetchers
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class Pod:
             listener=events,
             load_concurrency=s.load_concurrency,
             load_timeout_s=s.load_timeout_s,
+            eviction_policy=EvictionPolicy(s.eviction_policy),
         )
         self.manager = ModelManager(
             store=self.store,

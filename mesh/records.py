@@ -52,6 +52,8 @@ class ModelRecord:
     tenant: str = "default"
     size_bytes: int = 0
     """Last measured loaded size (0 until a load measured it)."""
+    load_ms: int = 0
+    """Last measured time to fetch and load it (0 until a load measured it)."""
     copies: dict[str, CopyRecord] = field(default_factory=dict)
     """Pod id -> the copy's state on that pod."""
     failures: dict[str, FailureRecord] = field(default_factory=dict)

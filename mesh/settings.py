@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import psutil
 from pydantic import Field, field_validator
@@ -62,6 +63,11 @@ class MeshSettings(BaseSettings):
 
     capacity_bytes: int = Field(default_factory=default_capacity)
     """Bytes of loaded models this pod may hold; loads evict idle models to stay within it."""
+
+    eviction_policy: Literal["gdsf", "lru"] = "gdsf"
+    """Which idle models make room for a load: ``gdsf`` weighs use, load time and size
+    (GreedyDual-Size-Frequency; it beats LRU in ``python -m placement.simulate``), ``lru``
+    the least recently used."""
 
     gpu_fraction: float = Field(default=0.9, gt=0, le=1)
     """Fraction of each GPU's memory (found through NVML) this pod may use; no GPU: host only."""

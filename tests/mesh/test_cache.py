@@ -119,3 +119,32 @@ async def test_measured_size_larger_than_predicted_evicts_more(cache, tmp_path) 
     await cache.ensure_loaded(record(tmp_path, "grows", 40))  # measures 90
     assert cache.loaded("a") is None
     assert cache.used_bytes == 90
+
+
+async def test_gdsf_keeps_a_hot_model_through_a_scan_that_lru_lets_push_it_out(tmp_path) -> None:
+    """A model used many times survives a burst of one-off loads under GDSF, not under LRU."""
+    from placement.eviction import EvictionPolicy
+
+    survived = {}
+    for policy in (EvictionPolicy.GDSF, EvictionPolicy.LRU):
+        pool = ThreadPoolExecutor(2)
+        cache = ModelCache(
+            capacity_bytes=100,
+            fetchers=default_fetchers(),
+            executor=pool,
+            listener=Events(),
+            adapters=lambda _: FakeAdapter(),
+            eviction_policy=policy,
+        )
+        hot = record(tmp_path, "hot", 30)
+        for _ in range(5):
+            async with cache.use(hot):
+                pass
+        for i in range(4):  # a scan: each model once, each needing room
+            async with cache.use(record(tmp_path, f"scan{i}", 30)):
+                pass
+        survived[policy] = cache.loaded("hot") is not None
+        assert cache.used_bytes <= 100
+        await cache.close()
+        pool.shutdown()
+    assert survived == {EvictionPolicy.GDSF: True, EvictionPolicy.LRU: False}
