@@ -48,6 +48,11 @@ class InstancePublisher:
         await self._publish()
         self._task = asyncio.create_task(self._run(), name="instance-publisher")
 
+    @property
+    def lease(self) -> int:
+        """The lease this pod's records live under (0 while it has none)."""
+        return self._lease
+
     def changed(self) -> None:
         """Something in the record may have changed: republish soon."""
         self._changed.set()

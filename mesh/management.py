@@ -480,7 +480,15 @@ class ModelManager:
         await self._update_quietly(model_id, change)
 
     async def unloaded(self, model_id: str, *, evicted: bool) -> None:
-        await self._update_quietly(model_id, _without_copy(self.pod_id))
+        drop = _without_copy(self.pod_id)
+        # An evicted model was in use until room was needed: the janitor may pre-load it again
+        # when room appears (most recent first). One unloaded on request stays unloaded.
+        last_used_ms = self._clock_ms() if evicted else 0
+
+        def change(r: ModelRecord) -> ModelRecord:
+            return replace(drop(r), last_used_ms=last_used_ms)
+
+        await self._update_quietly(model_id, change)
 
     async def _set_copy(self, model_id: str, state: ModelState) -> None:
         def change(r: ModelRecord) -> ModelRecord:

@@ -30,6 +30,7 @@ from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server
 from mesh.errors import MeshError
 from mesh.instance import InstancePublisher
+from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
 from mesh.metrics import MeshMetrics
 from mesh.records import InstanceRecord
@@ -109,6 +110,7 @@ class Pod:
         self.manager: ModelManager | None = None
         self.router: Router | None = None
         self._publisher: InstancePublisher | None = None
+        self.janitor: Janitor | None = None
         self._server: Any = None
         self._health = health.aio.HealthServicer()
         self._metrics_server: Any = None
@@ -205,7 +207,19 @@ class Pod:
             self.metrics_port = self._metrics_server.server_port
         self.metrics.capacity_bytes.set(s.capacity_bytes)
         self._spawn(self._update_gauges(), "gauges")
-        self._spawn(self._forget_dead_pods(), "forget-dead-pods")
+        self.janitor = Janitor(
+            pod_id=s.pod_id,
+            store=self.store,
+            manager=self.manager,
+            lease=lambda: self._publisher.lease if self._publisher else 0,
+            view=self.router.view,
+            load=self._preload,
+            interval_s=s.janitor_interval_s,
+            failure_ttl_s=s.failure_ttl_s,
+            preloads_per_round=s.preloads_per_round,
+            load_timeout_s=s.load_timeout_s,
+        )
+        self.janitor.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("pod %s serving on %s:%d (capacity %d bytes)", s.pod_id, s.host, self.port, s.capacity_bytes)
 
@@ -221,6 +235,8 @@ class Pod:
             await self._server.stop(grace)
         for task in list(self._background):
             task.cancel()
+        if self.janitor is not None:
+            await self.janitor.stop()  # resigns: another pod takes the role at its next round
         if self.manager is not None:
             await self.manager.stop()
         if self._publisher is not None:
@@ -305,17 +321,12 @@ class Pod:
         endpoint = self._endpoints.pop(record_id, None)
         if endpoint is not None:
             self._spawn(self.peers.forget(endpoint), f"forget-peer:{record_id}")
-        self._spawn(self._forget_dead_pods(), f"forget-pod:{record_id}")
+        if self.janitor is not None:
+            self.janitor.wake()  # its copies are cleaned (and its janitor role taken) at once
 
-    async def _forget_dead_pods(self) -> None:
-        """Clean records naming pods whose lease is gone; the live pod with the lowest id does it."""
-        assert self.manager is not None
-        live = sorted(self.store.instances())
-        if live and live[0] != self.settings.pod_id:
-            return
-        cleaned = await self.manager.forget_dead_pods()
-        if cleaned:
-            log.info("removed %d copies recorded for pods that left the fleet", cleaned)
+    async def _preload(self, model_id: str, deadline: float) -> None:
+        assert self.router is not None
+        await self.router.ensure_loaded(model_id, deadline=deadline)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

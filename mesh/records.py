@@ -60,6 +60,7 @@ class ModelRecord:
     """Pod id -> the last load failure there (expired by readers after a TTL)."""
     registered_ms: int = 0
     last_used_ms: int = 0
+    """When a pod last evicted it while it was in use (0: never, or unloaded on request)."""
     auto_delete: bool = False
     """Delete once no vmodel refers to it (ModelMesh's autoDeleteTargetModel)."""
 
@@ -151,3 +152,18 @@ class InstanceRecord:
         data["labels"] = tuple(data.get("labels", ()))
         data["devices"] = tuple(DeviceMemory(**d) for d in data.get("devices", ()))
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class LeaderRecord:
+    """The pod that runs the janitor; bound to that pod's lease, so it goes when the pod does."""
+
+    pod_id: str
+    since_ms: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LeaderRecord:
+        return cls(**json.loads(raw))

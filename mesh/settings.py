@@ -87,6 +87,12 @@ class MeshSettings(BaseSettings):
     failure_ttl_s: float = 60.0
     """How long a failed load is remembered before a request may retry it."""
 
+    janitor_interval_s: float = 3.0
+    """Seconds between janitor rounds (one pod, elected through the registry, runs them)."""
+
+    preloads_per_round: int = 2
+    """Registered models the janitor loads ahead of demand per round, into free room only (0: off)."""
+
     infer_threads: int = 4
     """Threads that run inference too heavy for the event loop."""
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mesh.errors import Unavailable
-from mesh.records import InstanceRecord, ModelRecord, VModelRecord
+from mesh.records import InstanceRecord, LeaderRecord, ModelRecord, VModelRecord
 from mesh.registry.base import (
     MUST_NOT_EXIST,
     Registry,
@@ -39,7 +39,10 @@ _KINDS: dict[str, Callable[[bytes], Any]] = {
     "models": ModelRecord.from_json,
     "vmodels": VModelRecord.from_json,
     "instances": InstanceRecord.from_json,
+    "leader": LeaderRecord.from_json,
 }
+LEADER = "leader"
+"""The janitor's election key (one record, id ``""``)."""
 
 Listener = Callable[[str, str, Any], None]
 """Called with (kind, id, record or None) after the mirror changes."""
@@ -99,6 +102,11 @@ class ModelStore:
         """Live pods by id (their lease-bound records)."""
         return dict(self._instances)
 
+    def leader(self) -> LeaderRecord | None:
+        """The pod running the janitor now, if any."""
+        record: LeaderRecord | None = self._mirror[LEADER].get("")
+        return record
+
     def vmodels_using(self, model_id: str) -> list[str]:
         return sorted(
             v.vmodel_id for v in self._vmodels.values() if model_id in (v.active_model_id, v.target_model_id)
@@ -137,6 +145,27 @@ class ModelStore:
         revision = await self._registry.put(key, record.to_json(), lease=lease)
         await self._wait_for(revision, key)
 
+    async def campaign(self, record: LeaderRecord, *, lease: int) -> bool:
+        """Become the leader unless a live one exists; the key lives as long as ``lease``."""
+        key = self.prefix + LEADER
+        try:
+            revision = await self._registry.put(
+                key, record.to_json(), expected_revision=MUST_NOT_EXIST, lease=lease
+            )
+        except RegistryConflict:
+            await self._sync_key(key)
+            return False
+        await self._wait_for(revision, key)
+        return True
+
+    async def resign(self, pod_id: str) -> None:
+        """Give up leadership (only if ``pod_id`` holds it)."""
+        key = self.prefix + LEADER
+        current = self.leader()
+        if current is not None and current.pod_id == pod_id:
+            with contextlib.suppress(RegistryConflict):
+                await self._registry.delete(key, expected_revision=self._revisions[key])
+
     async def remove_instance(self, pod_id: str) -> None:
         key = self._key("instances", pod_id)
         await self._wait_for(await self._registry.delete(key), key)
@@ -144,7 +173,7 @@ class ModelStore:
     # internals
 
     def _key(self, kind: str, record_id: str) -> str:
-        return f"{self.prefix}{kind}/{record_id}"
+        return self.prefix + LEADER if kind == LEADER else f"{self.prefix}{kind}/{record_id}"
 
     async def _create(self, key: str, record: R, mirror: dict[str, R], record_id: str) -> R | None:
         try:

@@ -1,0 +1,156 @@
+"""Cluster-wide housekeeping, run by one pod at a time.
+
+Election: every pod campaigns for the registry's ``leader`` key, created only if absent
+and bound to the campaigning pod's lease. The key vanishes with its pod (lease expiry
+after a crash, revocation on a graceful stop), and the next round of another pod takes
+it: a hand-over within one lease TTL plus one round.
+
+Each round the leader:
+
+1. removes copies recorded for pods whose instance record (lease) is gone;
+2. removes load-failure records older than the failure TTL, so those models read as
+   not loaded again and load on the next call or pre-load;
+3. pre-loads models that were evicted while in use and have no copy now into idle
+   space (free room, no eviction), most recently evicted first (``placement.preload``),
+   a few per round. Models never loaded (``loadNow`` false) or unloaded on request stay
+   unloaded.
+
+Every decision is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from mesh.errors import MeshError
+from mesh.management import ModelManager, now_ms
+from mesh.records import LeaderRecord, ModelRecord, ModelState
+from mesh.registry import ModelStore
+from placement.cluster import ClusterView
+from placement.preload import PreloadCandidate, choose_preloads
+
+log = logging.getLogger(__name__)
+
+
+class Janitor:
+    def __init__(
+        self,
+        *,
+        pod_id: str,
+        store: ModelStore,
+        manager: ModelManager,
+        lease: Callable[[], int],
+        view: Callable[[], ClusterView],
+        load: Callable[[str, float], Awaitable[None]],
+        interval_s: float,
+        failure_ttl_s: float,
+        preloads_per_round: int,
+        load_timeout_s: float,
+    ) -> None:
+        self.pod_id = pod_id
+        self._store = store
+        self._manager = manager
+        self._lease = lease
+        self._view = view
+        self._load = load
+        self._interval_s = interval_s
+        self._failure_ttl_ms = int(failure_ttl_s * 1000)
+        self._preloads = preloads_per_round
+        self._load_timeout_s = load_timeout_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+        """Rounds run as leader (for tests and status)."""
+
+    @property
+    def leading(self) -> bool:
+        leader = self._store.leader()
+        return leader is not None and leader.pod_id == self.pod_id
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="janitor")
+
+    def wake(self) -> None:
+        """Something changed (a pod left): run a round now rather than at the next tick."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(MeshError):
+            await self._store.resign(self.pod_id)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except MeshError as exc:  # the registry is down: try again next round
+                log.warning("janitor round failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def round(self) -> None:
+        """Campaign if nobody leads; if this pod leads, do one round of housekeeping."""
+        if self._store.leader() is None:
+            lease = self._lease()
+            if lease and await self._store.campaign(LeaderRecord(self.pod_id, now_ms()), lease=lease):
+                log.info("%s runs the janitor now", self.pod_id)
+        if not self.leading:
+            return
+        self.rounds += 1
+        cleaned = await self._manager.forget_dead_pods()
+        if cleaned:
+            log.info("janitor: removed %d copies recorded for pods whose lease is gone", cleaned)
+        await self._expire_failures()
+        await self._preload()
+
+    async def _expire_failures(self) -> None:
+        now = now_ms()
+        for record in self._store.models():
+            stale = [p for p, f in record.failures.items() if now - f.time_ms >= self._failure_ttl_ms]
+            if not stale:
+                continue
+
+            def change(r: ModelRecord, stale: list[str] = stale) -> ModelRecord:
+                return replace(r, failures={p: f for p, f in r.failures.items() if p not in stale})
+
+            await self._store.update_model(record.model_id, change)
+            log.info(
+                "janitor: %s may load again: its load failures on %s expired",
+                record.model_id,
+                ", ".join(stale),
+            )
+
+    async def _preload(self) -> None:
+        if self._preloads <= 0:
+            return
+        live = self._store.instances()
+        candidates = [
+            PreloadCandidate(r.model_id, r.info.type, r.size_bytes, r.last_used_ms, r.registered_ms)
+            for r in self._store.models()
+            if not any(
+                c.state in (ModelState.LOADED, ModelState.LOADING) and p in live for p, c in r.copies.items()
+            )
+            and not r.failures
+            and r.last_used_ms  # evicted while in use; never one unloaded on request or never loaded
+        ]
+        for model_id, pod_id in choose_preloads(self._view(), candidates, limit=self._preloads):
+            log.info(
+                "janitor: pre-loading %s into idle space on %s (used most recently of the unloaded)",
+                model_id,
+                pod_id,
+            )
+            try:
+                await self._load(model_id, time.monotonic() + self._load_timeout_s)
+            except MeshError as exc:
+                log.info("janitor: pre-loading %s failed: %s", model_id, exc.message)
