@@ -309,7 +309,7 @@ def _print_fleet(fleet: object) -> None:
     assert isinstance(fleet, admin.FleetStatusResponse)
     print(
         f"fleet: {len(fleet.pods)} pods, {fleet.models_registered} models registered, "
-        f"{fleet.models_loaded} loaded, {fleet.copies} copies"
+        f"{fleet.models_loaded} loaded, {fleet.copies} copies; janitor: {fleet.janitor or 'none'}"
     )
     print(f"  {'POD':16s} {'ENDPOINT':22s} {'CAPACITY':>12s} {'USED':>12s} {'MODELS':>7s} {'REQ/S':>7s}")
     for pod in fleet.pods:

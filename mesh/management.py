@@ -72,6 +72,7 @@ class FleetView:
     models_registered: int
     models_loaded: int
     copies: int
+    janitor: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class ModelManager:
             models_registered=len(loaded),
             models_loaded=sum(1 for pods in loaded if pods),
             copies=sum(len(pods) for pods in loaded),
+            janitor=leader.pod_id if (leader := self._store.leader()) is not None else "",
         )
 
     def registered(self) -> list[ModelRecord]:

@@ -159,7 +159,10 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
     ) -> admin.FleetStatusResponse:
         fleet = self._manager.fleet()
         response = admin.FleetStatusResponse(
-            models_registered=fleet.models_registered, models_loaded=fleet.models_loaded, copies=fleet.copies
+            models_registered=fleet.models_registered,
+            models_loaded=fleet.models_loaded,
+            copies=fleet.copies,
+            janitor=fleet.janitor,
         )
         for pod in fleet.pods:
             response.pods.add(

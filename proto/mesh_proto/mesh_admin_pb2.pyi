@@ -131,13 +131,15 @@ class DeviceSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class FleetStatusResponse(_message.Message):
-    __slots__ = ("pods", "models_registered", "models_loaded", "copies")
+    __slots__ = ("pods", "models_registered", "models_loaded", "copies", "janitor")
     PODS_FIELD_NUMBER: _ClassVar[int]
     MODELS_REGISTERED_FIELD_NUMBER: _ClassVar[int]
     MODELS_LOADED_FIELD_NUMBER: _ClassVar[int]
     COPIES_FIELD_NUMBER: _ClassVar[int]
+    JANITOR_FIELD_NUMBER: _ClassVar[int]
     pods: _containers.RepeatedCompositeFieldContainer[PodSummary]
     models_registered: int
     models_loaded: int
     copies: int
-    def __init__(self, pods: _Optional[_Iterable[_Union[PodSummary, _Mapping]]] = ..., models_registered: _Optional[int] = ..., models_loaded: _Optional[int] = ..., copies: _Optional[int] = ...) -> None: ...
+    janitor: str
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodSummary, _Mapping]]] = ..., models_registered: _Optional[int] = ..., models_loaded: _Optional[int] = ..., copies: _Optional[int] = ..., janitor: _Optional[str] = ...) -> None: ...

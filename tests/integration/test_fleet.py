@@ -23,8 +23,13 @@ from mesh.fleet import LocalFleet
 from tests.conftest import wait_until
 
 LEASE_TTL_S = 3.0
+JANITOR_INTERVAL_S = 0.5
 CAPACITY = 6 * 2**20
-ENV = {"MESH_LEASE_TTL_S": str(LEASE_TTL_S), "MESH_PUBLISH_INTERVAL_S": "0.2"}
+ENV = {
+    "MESH_LEASE_TTL_S": str(LEASE_TTL_S),
+    "MESH_PUBLISH_INTERVAL_S": "0.2",
+    "MESH_JANITOR_INTERVAL_S": str(JANITOR_INTERVAL_S),
+}
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +302,22 @@ def test_a_model_failing_everywhere_reports_each_pod(fleet: LocalFleet, tmp_path
     assert status.status == status.LOADING_FAILED
     failed_on = {error.split(":")[0] for error in status.errors}
     assert failed_on == {"pod-0", "pod-1", "pod-2"}, status.errors
+
+
+def test_killing_the_janitor_pod_hands_the_role_to_another_within_the_lease(fleet: LocalFleet) -> None:
+    def janitor(via: int) -> str:
+        with MeshClient(fleet.targets[via]) as api:
+            return api.fleet_status().janitor
+
+    wait_until(lambda: janitor(0) != "", within_s=10, what="a janitor being elected")
+    leader = janitor(0)
+    index = int(leader.removeprefix("pod-"))
+    survivor = (index + 1) % fleet.size
+    killed_at = time.monotonic()
+    fleet.kill(index)
+    bound = LEASE_TTL_S + JANITOR_INTERVAL_S + 1.0
+    wait_until(
+        lambda: janitor(survivor) not in ("", leader), within_s=bound, what="another pod taking the janitor"
+    )
+    assert time.monotonic() - killed_at <= bound
+    assert janitor(survivor) in {fleet.pod_id(i) for i in range(fleet.size) if i != index}

@@ -1,0 +1,154 @@
+"""The janitor's election and rounds: two pods' stores on one registry, rounds run by hand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+
+from mesh.cache import ModelCache
+from mesh.janitor import Janitor
+from mesh.management import ModelManager, now_ms
+from mesh.records import CopyRecord, FailureRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
+from mesh.registry import MemoryRegistry, ModelStore
+from placement.cluster import ClusterView, PodView
+from puller import default_fetchers
+from tests.mesh.fakes import FakeAdapter
+from tests.mesh.test_cache import Events
+
+FAILURE_TTL_S = 30.0
+
+
+async def until(store: ModelStore, condition: Callable[[], bool]) -> None:
+    """Wait until ``store``'s mirror (its watch runs on this loop) makes ``condition`` true."""
+    changed = asyncio.Event()
+    store.subscribe(lambda *_: changed.set())
+    async with asyncio.timeout(5):
+        while not condition():
+            await changed.wait()
+            changed.clear()
+
+
+@dataclass
+class Member:
+    janitor: Janitor
+    store: ModelStore
+    lease: int
+    loads: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[tuple[MemoryRegistry, list[Member]]]:
+    registry = MemoryRegistry()
+    pool = ThreadPoolExecutor(1)
+    members: list[Member] = []
+    caches = []
+    for pod_id in ("pod-a", "pod-b"):
+        store = ModelStore(registry)
+        await store.start()
+        lease = await registry.grant_lease(60)
+        await store.publish_instance(
+            InstanceRecord(pod_id, pod_id, capacity_bytes=1000, labels=("type:fake",)), lease=lease
+        )
+        cache = ModelCache(
+            capacity_bytes=1000,
+            fetchers=default_fetchers(),
+            executor=pool,
+            listener=Events(),
+            adapters=lambda _: FakeAdapter(),
+        )
+        caches.append(cache)
+        manager = ModelManager(
+            store=store, cache=cache, fetchers=default_fetchers(), pod_id=pod_id, failure_ttl_s=FAILURE_TTL_S
+        )
+        loads: list[str] = []
+
+        async def load(model_id: str, deadline: float, loads: list[str] = loads) -> None:
+            loads.append(model_id)
+
+        def view(store: ModelStore = store) -> ClusterView:
+            pods = tuple(
+                PodView(p, i.capacity_bytes, i.used_bytes, labels=frozenset(i.labels))
+                for p, i in sorted(store.instances().items())
+            )
+            return ClusterView(pods, now_ms())
+
+        janitor = Janitor(
+            pod_id=pod_id,
+            store=store,
+            manager=manager,
+            lease=lambda lease=lease: lease,
+            view=view,
+            load=load,
+            interval_s=60,
+            failure_ttl_s=FAILURE_TTL_S,
+            preloads_per_round=2,
+            load_timeout_s=5,
+        )
+        members.append(Member(janitor, store, lease, loads))
+    for member in members:
+        await until(member.store, lambda m=member: len(m.store.instances()) == 2)
+    yield registry, members
+    for member in members:
+        await member.store.stop()
+    for cache in caches:
+        await cache.close()
+    pool.shutdown()
+
+
+async def test_one_pod_leads_and_another_takes_over_when_its_lease_goes(fleet) -> None:
+    registry, (a, b) = fleet
+    await a.janitor.round()
+    await until(b.store, lambda: b.store.leader() is not None)
+    await b.janitor.round()
+    assert a.janitor.leading and not b.janitor.leading
+    assert (a.janitor.rounds, b.janitor.rounds) == (1, 0)
+    await registry.revoke_lease(a.lease)  # pod-a dies: its lease (and the leader key) go
+    await until(b.store, lambda: b.store.leader() is None)
+    await b.janitor.round()
+    assert b.janitor.leading and b.store.leader().pod_id == "pod-b"  # type: ignore[union-attr]
+    assert b.janitor.rounds == 1
+
+
+async def test_a_graceful_stop_resigns_at_once(fleet) -> None:
+    _, (a, b) = fleet
+    await a.janitor.round()
+    await a.janitor.stop()
+    await until(b.store, lambda: b.store.leader() is None)
+    await b.janitor.round()
+    assert b.janitor.leading
+
+
+async def test_the_leader_cleans_dead_copies_expires_failures_and_preloads(fleet) -> None:
+    _, (a, b) = fleet
+    old = now_ms() - int(FAILURE_TTL_S * 1000) - 1
+    records = [
+        ModelRecord(
+            "dead-copy", ModelInfo("fake", "/m"), copies={"pod-gone": CopyRecord(ModelState.LOADED, 1)}
+        ),
+        ModelRecord(
+            "failed-long-ago", ModelInfo("fake", "/m"), failures={"pod-a": FailureRecord(old, "oom")}
+        ),
+        ModelRecord(
+            "failed-now", ModelInfo("fake", "/m"), failures={"pod-a": FailureRecord(now_ms(), "oom")}
+        ),
+        ModelRecord("evicted-early", ModelInfo("fake", "/m"), size_bytes=100, last_used_ms=1_000),
+        ModelRecord("evicted-late", ModelInfo("fake", "/m"), size_bytes=100, last_used_ms=2_000),
+        ModelRecord("evicted-latest", ModelInfo("fake", "/m"), size_bytes=100, last_used_ms=3_000),
+        ModelRecord("never-loaded", ModelInfo("fake", "/m")),
+        ModelRecord("too-big", ModelInfo("fake", "/m"), size_bytes=5000, last_used_ms=9_000),
+    ]
+    for record in records:
+        await a.store.create_model(record)
+    await b.janitor.round()  # b leads; a's round must then do nothing
+    await a.janitor.round()
+    assert b.janitor.leading and a.janitor.rounds == 0
+    model = b.store.model
+    assert model("dead-copy").copies == {}  # type: ignore[union-attr]
+    assert model("failed-long-ago").failures == {}  # type: ignore[union-attr]
+    assert set(model("failed-now").failures) == {"pod-a"}  # type: ignore[union-attr]
+    # Two per round, most recently evicted first; never-loaded and too-big stay unloaded.
+    assert b.loads == ["evicted-latest", "evicted-late"] and a.loads == []
