@@ -94,6 +94,8 @@ class Janitor:
                 await self.round()
             except MeshError as exc:  # the registry is down: try again next round
                 log.warning("janitor round failed: %s", exc)
+            except Exception:  # a bug must not end housekeeping for the whole fleet
+                log.exception("janitor round failed unexpectedly")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval_s):
                     await self._wake.wait()
