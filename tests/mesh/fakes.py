@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.signature import ModelSignature
+from mesh.cache import CacheListener, ModelCache
+from puller import default_fetchers
 
 
 class FakeModel(LoadedModel):
@@ -46,3 +50,17 @@ class FakeAdapter(ModelAdapter):
         if path.name.startswith("broken"):
             raise RuntimeError("bad weights")
         return FakeModel(int(path.read_text()) + (50 if path.name.startswith("grows") else 0))
+
+
+def fake_cache(
+    *, capacity_bytes: int, executor: Executor, listener: CacheListener, **options: Any
+) -> ModelCache:
+    """A real cache over local files whose every model loads through a fresh ``FakeAdapter``."""
+    return ModelCache(
+        capacity_bytes=capacity_bytes,
+        fetchers=default_fetchers(),
+        executor=executor,
+        listener=listener,
+        adapters=lambda _: FakeAdapter(),
+        **options,
+    )

@@ -12,7 +12,7 @@ from mesh.cache import ModelCache
 from mesh.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
 from mesh.records import ModelInfo, ModelRecord
 from puller import default_fetchers
-from tests.mesh.fakes import FakeAdapter, FakeModel
+from tests.mesh.fakes import FakeAdapter, FakeModel, fake_cache
 
 
 class Events:
@@ -128,14 +128,7 @@ async def test_gdsf_keeps_a_hot_model_through_a_scan_that_lru_lets_push_it_out(t
     survived = {}
     for policy in (EvictionPolicy.GDSF, EvictionPolicy.LRU):
         pool = ThreadPoolExecutor(2)
-        cache = ModelCache(
-            capacity_bytes=100,
-            fetchers=default_fetchers(),
-            executor=pool,
-            listener=Events(),
-            adapters=lambda _: FakeAdapter(),
-            eviction_policy=policy,
-        )
+        cache = fake_cache(capacity_bytes=100, executor=pool, listener=Events(), eviction_policy=policy)
         hot = record(tmp_path, "hot", 30)
         for _ in range(5):
             async with cache.use(hot):

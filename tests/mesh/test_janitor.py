@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mesh.cache import ModelCache
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
 from mesh.records import CopyRecord, FailureRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
 from mesh.registry import MemoryRegistry, ModelStore
 from placement.cluster import ClusterView, PodView
 from puller import default_fetchers
-from tests.mesh.fakes import FakeAdapter
+from tests.mesh.fakes import fake_cache
 from tests.mesh.test_cache import Events
 
 FAILURE_TTL_S = 30.0
@@ -53,13 +52,7 @@ async def fleet() -> AsyncIterator[tuple[MemoryRegistry, list[Member]]]:
         await store.publish_instance(
             InstanceRecord(pod_id, pod_id, capacity_bytes=1000, labels=("type:fake",)), lease=lease
         )
-        cache = ModelCache(
-            capacity_bytes=1000,
-            fetchers=default_fetchers(),
-            executor=pool,
-            listener=Events(),
-            adapters=lambda _: FakeAdapter(),
-        )
+        cache = fake_cache(capacity_bytes=1000, executor=pool, listener=Events())
         caches.append(cache)
         manager = ModelManager(
             store=store, cache=cache, fetchers=default_fetchers(), pod_id=pod_id, failure_ttl_s=FAILURE_TTL_S

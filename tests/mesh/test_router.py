@@ -31,7 +31,7 @@ from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, Mod
 from mesh.registry import MemoryRegistry, ModelStore
 from mesh.router import EXCLUDE, LOAD, LOADED, Router
 from puller import default_fetchers
-from tests.mesh.fakes import FakeAdapter
+from tests.mesh.fakes import fake_cache
 
 SELF = "pod-a"
 LABELS = ("type:fake",)
@@ -197,14 +197,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await store.start()
     pool = ThreadPoolExecutor(2)
     listener = _Listener()
-    cache = ModelCache(
-        capacity_bytes=1000,
-        fetchers=default_fetchers(),
-        executor=pool,
-        listener=listener,
-        load_timeout_s=5,
-        adapters=lambda _: FakeAdapter(),
-    )
+    cache = fake_cache(capacity_bytes=1000, executor=pool, listener=listener, load_timeout_s=5)
     manager = ModelManager(
         store=store, cache=cache, fetchers=default_fetchers(), pod_id=SELF, failure_ttl_s=30
     )
