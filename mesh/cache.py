@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from mesh.errors import (
     CapacityExceeded,
     MeshError,
     ModelLoadFailed,
+    QuotaExceeded,
     Unavailable,
     UnsupportedModelType,
 )
@@ -43,11 +44,16 @@ log = logging.getLogger(__name__)
 
 _RELOADS = 3
 
+Admit = Callable[[ModelRecord, int], Awaitable[None]]
+"""Called before a load reserves room, with the record and predicted size; may make room elsewhere
+(a tenant over its cap unloads its own models) or refuse with ``QuotaExceeded``."""
+
 
 class CacheListener(Protocol):
     async def loading(self, model_id: str) -> None: ...
     async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None: ...
     async def failed(self, model_id: str, error: MeshError) -> None: ...
+    async def refused(self, model_id: str, error: MeshError) -> None: ...
     async def unloaded(self, model_id: str, *, evicted: bool) -> None: ...
 
 
@@ -88,6 +94,7 @@ class ModelCache:
         clock: Callable[[], float] = time.monotonic,
         adapters: Callable[[str], ModelAdapter] = adapter_for,
         eviction_policy: EvictionPolicy = EvictionPolicy.GDSF,
+        admit: Admit | None = None,
     ) -> None:
         self.capacity_bytes = capacity_bytes
         self._fetchers = fetchers
@@ -101,6 +108,7 @@ class ModelCache:
         self._loads: dict[str, asyncio.Task[_Entry]] = {}
         self._idle = asyncio.Event()
         self._policy = eviction_policy
+        self._admit = admit
         self._inflation = 0.0
         """GDSF's L: the highest priority evicted so far."""
 
@@ -216,6 +224,9 @@ class ModelCache:
             started = self._clock()
             try:
                 entry = await self._fetch_and_load(record, adapter)
+            except QuotaExceeded as exc:  # refused, not failed: no failure record
+                await self._listener.refused(model_id, exc)
+                raise
             except MeshError as exc:
                 await self._listener.failed(model_id, exc)
                 raise
@@ -252,6 +263,8 @@ class ModelCache:
             size = max(raw, record.size_bytes)
             raise CapacityExceeded(model_id=model_id, size_bytes=size, capacity_bytes=self.capacity_bytes)
         predicted = min(max(predicted, record.size_bytes), self.capacity_bytes)
+        if self._admit is not None:
+            await self._admit(record, predicted)
         deadline = self._clock() + self._load_timeout_s
         entry = await self._reserve(model_id, predicted, deadline)
         try:

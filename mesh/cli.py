@@ -73,14 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--type", required=True, help="sklearn, onnx or pytorch")
     register.add_argument("--path", required=True, help="local path or URI of the artifact")
     register.add_argument("--key", default="", help='storage key JSON, e.g. {"storage_key": "s3"}')
+    register.add_argument("--tenant", help="the tenant the model belongs to (default: default)")
+    register.add_argument("--min-copies", type=int, help="copies kept loaded while the model is loaded")
+    register.add_argument("--max-copies", type=int, help="most copies the janitor adds under load")
     register.add_argument("--load-now", action="store_true")
     register.add_argument("--sync", action="store_true", help="with --load-now: wait for the load")
 
     unregister = with_target(commands.add_parser("unregister", help="unregister a model"))
     unregister.add_argument("model_id")
 
-    status = with_target(commands.add_parser("status", help="a model's status, or the pod's"))
+    status = with_target(
+        commands.add_parser("status", help="a model's copies, placement and history; or the fleet's")
+    )
     status.add_argument("model_id", nargs="?")
+
+    tenant = commands.add_parser("tenant", help="tenant caps").add_subparsers(dest="action", required=True)
+    tset = with_target(tenant.add_parser("set", help="set a tenant's caps (0: no cap)"))
+    tset.add_argument("tenant")
+    tset.add_argument("--max-models", type=int, default=0, help="registered models")
+    tset.add_argument(
+        "--max-loaded", type=parse_size, default=0, help="bytes loaded across the fleet, e.g. 2GiB"
+    )
+    with_target(tenant.add_parser("list", help="tenants with their caps and use"))
 
     listing = with_target(commands.add_parser("list", help="list registered models and vmodels"))
     listing.add_argument("--prefix", default="")
@@ -163,8 +177,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     with MeshClient(args.target) as client:
         if args.command == "register":
+            key = _model_key(
+                args.key, tenant=args.tenant, min_copies=args.min_copies, max_copies=args.max_copies
+            )
             status = client.register(
-                args.model_id, args.type, args.path, key=args.key, load_now=args.load_now, sync=args.sync
+                args.model_id, args.type, args.path, key=key, load_now=args.load_now, sync=args.sync
             )
             _print_status(args.model_id, status)
         elif args.command == "unregister":
@@ -172,7 +189,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"unregistered {args.model_id}")
         elif args.command == "status":
             if args.model_id:
-                _print_status(args.model_id, client.status(args.model_id))
+                _print_detail(client.describe(args.model_id))
             else:
                 _print_fleet(client.fleet_status())
                 _print_pod(client.pod_status())
@@ -180,6 +197,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             _print_list(client.list_models(args.prefix))
         elif args.command == "vmodel":
             return _vmodel(client, args)
+        elif args.command == "tenant":
+            if args.action == "set":
+                _print_tenants(
+                    [
+                        client.set_tenant(
+                            args.tenant, max_models=args.max_models, max_loaded_bytes=args.max_loaded
+                        )
+                    ]
+                )
+            else:
+                _print_tenants(client.tenants().tenants)
         elif args.command == "infer":
             inputs = dict(parse_input(spec) for spec in args.input)
             for name, value in client.infer(args.model, inputs, args.output).items():
@@ -284,6 +312,60 @@ def _print_status(model_id: str, status: object) -> None:
         print(f"  {copy.location}: {mm.ModelStatusInfo.ModelStatus.Name(copy.copyStatus)}")
     for error in status.errors:
         print(f"  error: {error}")
+
+
+def _model_key(key: str, **options: object) -> str:
+    """The model key JSON with the mesh's registration options added (those given)."""
+    given = {name: value for name, value in options.items() if value is not None}
+    if not given:
+        return key
+    try:
+        parsed = json.loads(key) if key else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--key is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("--key must be a JSON object")
+    return json.dumps({**parsed, **given})
+
+
+def _print_detail(detail: object) -> None:
+    from mesh_proto import mesh_admin_pb2 as admin
+
+    assert isinstance(detail, admin.ModelDetail)
+    copies = f"copies {detail.min_copies}..{detail.max_copies or 'default'}"
+    print(f"{detail.model_id}: {detail.status}  ({detail.type}, tenant {detail.tenant}, {copies})")
+    print(f"  path {detail.path}")
+    if detail.size_bytes:
+        print(f"  size {_mib(detail.size_bytes)}, last load {detail.load_ms} ms")
+    for copy in detail.copies:
+        served = f"{copy.request_rate:.1f} req/s, queue {copy.queue_ms:.1f} ms"
+        print(f"  copy on {copy.pod_id}: {copy.state} since {_when(copy.since_ms)}; {served}")
+        if copy.why:
+            print(f"    why: {copy.why}")
+    for error in detail.errors:
+        print(f"  error: {error}")
+    if detail.history:
+        print("  recent:")
+    for event in detail.history:
+        print(f"    {_when(event.time_ms)} {event.pod_id}: {event.what}")
+
+
+def _when(time_ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(time_ms / 1000).strftime("%H:%M:%S")
+
+
+def _print_tenants(tenants: Sequence[object]) -> None:
+    from mesh_proto import mesh_admin_pb2 as admin
+
+    print(f"{'TENANT':24s} {'MODELS':>7s} {'CAP':>7s} {'LOADED':>12s} {'CAP':>12s}")
+    for t in tenants:
+        assert isinstance(t, admin.TenantStatus)
+        model_cap = str(t.max_models) if t.max_models else "-"
+        bytes_cap = _mib(t.max_loaded_bytes) if t.max_loaded_bytes else "-"
+        loaded = _mib(t.loaded_bytes)
+        print(f"{t.tenant:24s} {t.models_registered:7d} {model_cap:>7s} {loaded:>12s} {bytes_cap:>12s}")
 
 
 def _print_pod(status: object) -> None:

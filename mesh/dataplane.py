@@ -24,9 +24,12 @@ from mesh.batching import Batcher
 from mesh.cache import ModelCache
 from mesh.errors import InvalidInput, MeshError
 from mesh.management import ModelManager, now_ms
-from mesh.records import ModelState
+from mesh.records import HOT_MODELS, ModelState, ModelTraffic
 
 _EWMA = 0.2
+_TRAFFIC_EWMA = 0.3
+_COLD_RATE = 0.05
+"""Requests/s below which a model drops out of the traffic meter."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,45 @@ def merge_statistics(*parts: list[tuple[str, ModelStats]]) -> list[tuple[str, Mo
     return sorted(merged.items())
 
 
+class TrafficMeter:
+    """Requests/s and queueing delay per model served on this pod, as recent averages.
+
+    Queueing delay is a call's time from holding the loaded model to its answer, less
+    the model's average execution time: the wait for a batch, a thread or the loop.
+    ``tick`` folds the calls seen since the last tick into the averages (once a second).
+    """
+
+    def __init__(self, *, keep: int = HOT_MODELS) -> None:
+        self._keep = keep
+        self._calls: dict[str, int] = {}
+        self._queue_s: dict[str, float] = {}
+        self._traffic: dict[str, ModelTraffic] = {}
+
+    def observe(self, model_id: str, queue_s: float) -> None:
+        self._calls[model_id] = self._calls.get(model_id, 0) + 1
+        self._queue_s[model_id] = self._queue_s.get(model_id, 0.0) + queue_s
+
+    def tick(self, elapsed_s: float) -> None:
+        a = _TRAFFIC_EWMA
+        traffic = {}
+        for model_id in self._traffic.keys() | self._calls.keys():
+            old = self._traffic.get(model_id, ModelTraffic(0.0, 0.0))
+            calls = self._calls.get(model_id, 0)
+            rate = (1 - a) * old.rate + a * calls / max(elapsed_s, 1e-3)
+            queue_ms = 1000 * self._queue_s[model_id] / calls if calls else 0.0
+            queue_ms = (1 - a) * old.queue_ms + a * queue_ms
+            if rate >= _COLD_RATE:
+                traffic[model_id] = ModelTraffic(rate, queue_ms)
+        self._traffic = traffic
+        self._calls.clear()
+        self._queue_s.clear()
+
+    def hot(self) -> dict[str, ModelTraffic]:
+        """The busiest models (at most ``keep``), rounded for publication."""
+        top = sorted(self._traffic.items(), key=lambda item: item[1].rate, reverse=True)[: self._keep]
+        return {m: ModelTraffic(round(t.rate, 2), round(t.queue_ms, 2)) for m, t in top}
+
+
 @dataclass(frozen=True)
 class ModelIndexEntry:
     model_id: str
@@ -99,6 +141,7 @@ class DataPlane:
         self._inline_infer_s = inline_infer_s
         self._max_batch_rows = max_batch_rows
         self._stats: dict[str, ModelStats] = {}
+        self.traffic = TrafficMeter()
         # One batcher per loaded model object: a reload after eviction starts afresh.
         self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = weakref.WeakKeyDictionary()
 
@@ -110,7 +153,10 @@ class DataPlane:
         started = time.perf_counter_ns()
         try:
             async with self._cache.use(record) as model:
+                holding = time.perf_counter()
                 outputs = await self._run(model, request, stats)
+                waited = time.perf_counter() - holding - (stats.average_s or 0.0)
+                self.traffic.observe(record.model_id, max(waited, 0.0))
         except MeshError:
             stats.fail_count += 1
             stats.fail_ns += time.perf_counter_ns() - started

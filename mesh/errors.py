@@ -156,6 +156,18 @@ class CapacityExceeded(MeshError):
         )
 
 
+class QuotaExceeded(MeshError):
+    """A tenant's cap (registered models or loaded bytes across the fleet) refuses the request.
+
+    No signal: a forwarding pod relays it as is, since no other pod could do better.
+    """
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, tenant: str, cap: str) -> None:
+        super().__init__(message, tenant=tenant, cap=cap)
+
+
 class Busy(MeshError):
     """No room right now (every loaded model is serving); retrying later can succeed."""
 

@@ -13,7 +13,10 @@ Each round the leader:
 3. pre-loads models that were evicted while in use and have no copy now into idle
    space (free room, no eviction), most recently evicted first (``placement.preload``),
    a few per round. Models never loaded (``loadNow`` false) or unloaded on request stay
-   unloaded.
+   unloaded;
+4. scales copies (``placement.copies``): from the requests/s and queueing delay each
+   pod publishes for its busiest models, adds a copy of a model whose copies are too
+   busy and drops an extra one that went cold, within the model's min/max copies.
 
 Every decision is logged with its reason.
 """
@@ -26,15 +29,24 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Protocol
 
 from mesh.errors import MeshError
 from mesh.management import ModelManager, now_ms
 from mesh.records import LeaderRecord, ModelRecord, ModelState
 from mesh.registry import ModelStore
 from placement.cluster import ClusterView
+from placement.copies import CopyChange, CopyPolicy, ModelDemand, plan_copies
 from placement.preload import PreloadCandidate, choose_preloads
 
 log = logging.getLogger(__name__)
+
+
+class Copies(Protocol):
+    """Carries out copy changes (the pod's router)."""
+
+    async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None: ...
+    async def drop_copy(self, model_id: str, pod_id: str, *, deadline: float) -> None: ...
 
 
 class Janitor:
@@ -51,6 +63,9 @@ class Janitor:
         failure_ttl_s: float,
         preloads_per_round: int,
         load_timeout_s: float,
+        copies: Copies | None = None,
+        copy_policy: CopyPolicy | None = None,
+        copies_per_round: int = 0,
     ) -> None:
         self.pod_id = pod_id
         self._store = store
@@ -62,6 +77,9 @@ class Janitor:
         self._failure_ttl_ms = int(failure_ttl_s * 1000)
         self._preloads = preloads_per_round
         self._load_timeout_s = load_timeout_s
+        self._copies = copies
+        self._copy_policy = copy_policy or CopyPolicy()
+        self._copies_per_round = copies_per_round
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0
@@ -115,6 +133,7 @@ class Janitor:
             log.info("janitor: removed %d copies recorded for pods whose lease is gone", cleaned)
         await self._expire_failures()
         await self._preload()
+        await self._scale()
 
     async def _expire_failures(self) -> None:
         now = now_ms()
@@ -156,3 +175,55 @@ class Janitor:
                 await self._load(model_id, time.monotonic() + self._load_timeout_s)
             except MeshError as exc:
                 log.info("janitor: pre-loading %s failed: %s", model_id, exc.message)
+
+    async def _scale(self) -> None:
+        if self._copies is None or self._copies_per_round <= 0:
+            return
+        live = self._store.instances()
+        rates: dict[str, dict[str, float]] = {}
+        queue_ms: dict[str, float] = {}
+        for pod_id, instance in live.items():
+            for model_id, traffic in instance.hot.items():
+                rates.setdefault(model_id, {})[pod_id] = traffic.rate
+                queue_ms[model_id] = max(queue_ms.get(model_id, 0.0), traffic.queue_ms)
+        now = now_ms()
+        demands = []
+        for r in self._store.models():
+            loaded = {
+                p: c.since_ms for p, c in r.copies.items() if c.state is ModelState.LOADED and p in live
+            }
+            if not loaded or (len(loaded) == 1 and r.model_id not in rates and r.min_copies <= 1):
+                continue  # not loaded, or one idle copy of a model that wants no more: nothing to decide
+            demands.append(
+                ModelDemand(
+                    model_id=r.model_id,
+                    model_type=r.info.type,
+                    size_bytes=r.size_bytes,
+                    loaded=loaded,
+                    loading=frozenset(
+                        p for p, c in r.copies.items() if c.state is ModelState.LOADING and p in live
+                    ),
+                    failed_on=frozenset(r.recent_failures(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)),
+                    rates=rates.get(r.model_id, {}),
+                    queue_ms=queue_ms.get(r.model_id, 0.0),
+                    min_copies=r.min_copies,
+                    max_copies=r.max_copies,
+                )
+            )
+        changes = plan_copies(self._view(), demands, self._copy_policy, limit=self._copies_per_round)
+        await asyncio.gather(*(self._change_copy(change) for change in changes))
+
+    async def _change_copy(self, change: CopyChange) -> None:
+        assert self._copies is not None
+        deadline = time.monotonic() + self._load_timeout_s
+        verb = "adding a copy of" if change.add else "dropping the copy of"
+        log.info("janitor: %s %s on %s: %s", verb, change.model_id, change.pod_id, change.reason)
+        try:
+            if change.add:
+                why = f"added by the janitor: {change.reason}"
+                await self._copies.add_copy(change.model_id, change.pod_id, why=why, deadline=deadline)
+            else:
+                await self._copies.drop_copy(change.model_id, change.pod_id, deadline=deadline)
+                await self._manager.note(change.model_id, change.pod_id, f"copy dropped: {change.reason}")
+        except MeshError as exc:
+            log.info("janitor: %s %s on %s failed: %s", verb, change.model_id, change.pod_id, exc.message)

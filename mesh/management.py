@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from mesh.errors import (
     ModelLoadFailed,
     ModelNotFound,
     NotFound,
+    QuotaExceeded,
     UnsupportedModelType,
 )
 from mesh.records import (
@@ -37,12 +39,17 @@ from mesh.records import (
     ModelInfo,
     ModelRecord,
     ModelState,
+    ModelTraffic,
+    TenantRecord,
     VModelRecord,
 )
 from mesh.registry import ModelStore
+from placement.quotas import registration_refusal
 from puller import FetcherTable
 
 log = logging.getLogger(__name__)
+
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def now_ms() -> int:
@@ -73,6 +80,16 @@ class FleetView:
     models_loaded: int
     copies: int
     janitor: str = ""
+
+
+@dataclass(frozen=True)
+class TenantUse:
+    tenant: str
+    max_models: int
+    max_loaded_bytes: int
+    models_registered: int
+    loaded_bytes: int
+    """Bytes of its models loaded or loading on live pods, every copy counted."""
 
 
 @dataclass(frozen=True)
@@ -139,8 +156,8 @@ class ModelManager:
     # models
 
     async def register(self, model_id: str, info: ModelInfo, *, load_now: bool, sync: bool) -> ModelStatus:
-        self._validate(model_id, info)
-        record = ModelRecord(model_id=model_id, info=info, registered_ms=self._clock_ms())
+        options = self._validate(model_id, info)
+        record = ModelRecord(model_id=model_id, info=info, registered_ms=self._clock_ms(), **options)
         await self._create(record)
         if load_now:
             await self._load(model_id, sync=sync)
@@ -194,6 +211,50 @@ class ModelManager:
             copies=sum(len(pods) for pods in loaded),
             janitor=leader.pod_id if (leader := self._store.leader()) is not None else "",
         )
+
+    def traffic(self, model_id: str) -> dict[str, ModelTraffic]:
+        """What each live pod's copy of the model serves now (pods where it is busy enough to be listed)."""
+        return {
+            pod: instance.hot[model_id]
+            for pod, instance in self._store.instances().items()
+            if model_id in instance.hot
+        }
+
+    # tenants
+
+    def tenants(self) -> list[TenantUse]:
+        """Every tenant with caps or registered models, with its use."""
+        live = self._store.instances()
+        registered: dict[str, int] = {}
+        loaded: dict[str, int] = {}
+        for r in self._store.models():
+            registered[r.tenant] = registered.get(r.tenant, 0) + 1
+            copies = sum(
+                1
+                for pod, c in r.copies.items()
+                if pod in live and c.state in (ModelState.LOADED, ModelState.LOADING)
+            )
+            loaded[r.tenant] = loaded.get(r.tenant, 0) + copies * r.size_bytes
+        caps = {t.tenant: t for t in self._store.tenants()}
+        return [
+            TenantUse(
+                name,
+                caps[name].max_models if name in caps else 0,
+                caps[name].max_loaded_bytes if name in caps else 0,
+                registered.get(name, 0),
+                loaded.get(name, 0),
+            )
+            for name in sorted(registered.keys() | caps.keys())
+        ]
+
+    async def set_tenant(self, tenant: str, *, max_models: int, max_loaded_bytes: int) -> TenantUse:
+        check_tenant(tenant)
+        if max_models < 0 or max_loaded_bytes < 0:
+            raise InvalidInput("tenant caps must not be negative (0: no cap)")
+        await self._store.set_tenant(TenantRecord(tenant, max_models, max_loaded_bytes))
+        log.info("tenant %s caps: %d models, %d loaded bytes (0: none)", tenant, max_models, max_loaded_bytes)
+        use = {t.tenant: t for t in self.tenants()}
+        return use.get(tenant, TenantUse(tenant, 0, 0, 0, 0))
 
     def registered(self) -> list[ModelRecord]:
         return self._store.models()
@@ -249,6 +310,13 @@ class ModelManager:
             await self._loader(model_id)
 
     async def _create(self, record: ModelRecord) -> None:
+        quota = self._store.tenant(record.tenant)
+        if quota is not None and self._store.model(record.model_id) is None:
+            refusal = registration_refusal(
+                record.tenant, registered=self._store.tenant_models(record.tenant), cap=quota.max_models
+            )
+            if refusal is not None:
+                raise QuotaExceeded(refusal, tenant=record.tenant, cap="max_models")
         existing = await self._store.create_model(record)
         if existing is not None and (
             existing.info != record.info or existing.auto_delete != record.auto_delete
@@ -259,7 +327,8 @@ class ModelManager:
                 model_id=record.model_id,
             )
 
-    def _validate(self, model_id: str, info: ModelInfo) -> None:
+    def _validate(self, model_id: str, info: ModelInfo) -> dict[str, Any]:
+        """Checks a registration; returns the mesh's options from the model key JSON."""
         if not model_id:
             raise InvalidInput("modelId must not be empty")
         if "/" in model_id or len(model_id) > 512:
@@ -277,6 +346,7 @@ class ModelManager:
             if not isinstance(key, dict):
                 raise InvalidInput(f"model {model_id!r}: modelInfo.key must be a JSON object")
         self._fetchers.check(info.path, storage=key)
+        return model_options(model_id, key)
 
     # vmodels
 
@@ -284,13 +354,14 @@ class ModelManager:
         if not request.vmodel_id or not request.target_model_id:
             raise InvalidInput("vModelId and targetModelId must not be empty")
         if request.model_info is not None:
-            self._validate(request.target_model_id, request.model_info)
+            options = self._validate(request.target_model_id, request.model_info)
             await self._create(
                 ModelRecord(
                     model_id=request.target_model_id,
                     info=request.model_info,
                     registered_ms=self._clock_ms(),
                     auto_delete=request.auto_delete_target,
+                    **options,
                 )
             )
         elif self._store.model(request.target_model_id) is None:
@@ -458,10 +529,13 @@ class ModelManager:
 
     async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
         def change(r: ModelRecord) -> ModelRecord:
-            copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, self._clock_ms())}
+            now = self._clock_ms()
+            why = c.why if (c := r.copies.get(self.pod_id)) is not None else ""
+            copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, now, why)}
             failures = {pod: f for pod, f in r.failures.items() if pod != self.pod_id}
             load_ms = int(load_seconds * 1000)
-            return replace(r, copies=copies, failures=failures, size_bytes=size_bytes, load_ms=load_ms)
+            r = replace(r, copies=copies, failures=failures, size_bytes=size_bytes, load_ms=load_ms)
+            return r.with_event(now, self.pod_id, f"loaded in {load_ms} ms ({size_bytes} bytes)")
 
         await self._update_quietly(model_id, change)
         vmodels = [v for v in self._store.vmodels() if v.target_model_id == model_id]
@@ -475,11 +549,18 @@ class ModelManager:
         log.warning("load of %s failed: %s", model_id, reason)
 
         def change(r: ModelRecord) -> ModelRecord:
+            now = self._clock_ms()
             copies = {pod: c for pod, c in r.copies.items() if pod != self.pod_id}
-            failures = {**r.failures, self.pod_id: FailureRecord(self._clock_ms(), str(reason))}
-            return replace(r, copies=copies, failures=failures)
+            failures = {**r.failures, self.pod_id: FailureRecord(now, str(reason))}
+            r = replace(r, copies=copies, failures=failures)
+            return r.with_event(now, self.pod_id, f"load failed: {str(reason)[:300]}")
 
         await self._update_quietly(model_id, change)
+
+    async def refused(self, model_id: str, error: MeshError) -> None:
+        """A load this pod claimed was refused before it started (a tenant cap): drop the claim."""
+        log.info("load of %s refused: %s", model_id, error.message)
+        await self._update_quietly(model_id, _without_copy(self.pod_id))
 
     async def unloaded(self, model_id: str, *, evicted: bool) -> None:
         drop = _without_copy(self.pod_id)
@@ -488,7 +569,8 @@ class ModelManager:
         last_used_ms = self._clock_ms() if evicted else 0
 
         def change(r: ModelRecord) -> ModelRecord:
-            return replace(drop(r), last_used_ms=last_used_ms)
+            what = "evicted to make room for another model" if evicted else "unloaded"
+            return replace(drop(r), last_used_ms=last_used_ms).with_event(self._clock_ms(), self.pod_id, what)
 
         await self._update_quietly(model_id, change)
 
@@ -497,15 +579,50 @@ class ModelManager:
             current = r.copies.get(self.pod_id)
             if current is not None and current.state is state:
                 return r
-            return replace(r, copies={**r.copies, self.pod_id: CopyRecord(state, self._clock_ms())})
+            why = current.why if current is not None else ""
+            return replace(r, copies={**r.copies, self.pod_id: CopyRecord(state, self._clock_ms(), why)})
 
         await self._update_quietly(model_id, change)
+
+    async def note(self, model_id: str, pod_id: str, what: str) -> None:
+        """Add an event to the model's history (a decision taken elsewhere than the cache)."""
+        await self._update_quietly(model_id, lambda r: r.with_event(self._clock_ms(), pod_id, what))
 
     async def _update_quietly(self, model_id: str, change: Callable[[ModelRecord], ModelRecord]) -> None:
         try:
             await self._store.update_model(model_id, change)
         except MeshError as exc:
             log.warning("could not record the state of %s in the registry: %s", model_id, exc)
+
+
+def check_tenant(tenant: object, *, model_id: str = "") -> None:
+    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+        prefix = f"model {model_id!r}: " if model_id else ""
+        raise InvalidInput(
+            f"{prefix}tenant {tenant!r} must be 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def model_options(model_id: str, key: dict[str, Any]) -> dict[str, Any]:
+    """The mesh's registration options carried in the model key JSON (ModelMesh's messages stay as they
+    are): ``tenant`` (default ``default``), ``min_copies`` and ``max_copies``."""
+    options: dict[str, Any] = {}
+    tenant = key.get("tenant", "default")
+    check_tenant(tenant, model_id=model_id)
+    options["tenant"] = tenant
+    for name, least in (("min_copies", 1), ("max_copies", 1)):
+        value = key.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise InvalidInput(f"model {model_id!r}: {name} must be an integer >= {least}, not {value!r}")
+        options[name] = value
+    if options.get("max_copies") and options.get("min_copies", 1) > options["max_copies"]:
+        raise InvalidInput(
+            f"model {model_id!r}: min_copies {options['min_copies']} > max_copies {options['max_copies']}"
+        )
+    return options
 
 
 def _without_copy(pod_id: str) -> Callable[[ModelRecord], ModelRecord]:

@@ -33,11 +33,12 @@ from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
 from mesh.metrics import MeshMetrics
-from mesh.records import InstanceRecord
+from mesh.records import InstanceRecord, ModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
 from mesh.router import Router
 from mesh.settings import MeshSettings
+from placement.copies import CopyPolicy
 from placement.eviction import EvictionPolicy
 from puller import ArtifactCache, FetcherTable, storage_fetchers
 
@@ -70,6 +71,10 @@ class _CacheEvents:
         self.counts["load_failures"] += 1
         self.metrics.loads.labels("failed").inc()
         await self.manager.failed(model_id, error)
+        self.on_change()
+
+    async def refused(self, model_id: str, error: MeshError) -> None:
+        await self.manager.refused(model_id, error)
         self.on_change()
 
     async def unloaded(self, model_id: str, *, evicted: bool) -> None:
@@ -106,6 +111,7 @@ class Pod:
         self.store = ModelStore(self._registry, namespace=settings.namespace)
         self.peers = PeerClient(settings.pod_id, max_message_bytes=settings.max_message_bytes)
         self._events: _CacheEvents | None = None
+        self._dataplane: DataPlane | None = None
         self.cache: ModelCache | None = None
         self.manager: ModelManager | None = None
         self.router: Router | None = None
@@ -147,6 +153,7 @@ class Pod:
             load_concurrency=s.load_concurrency,
             load_timeout_s=s.load_timeout_s,
             eviction_policy=EvictionPolicy(s.eviction_policy),
+            admit=self._admit,
         )
         self.manager = ModelManager(
             store=self.store,
@@ -171,7 +178,7 @@ class Pod:
         self.manager.set_loader(self._load_in_fleet)
         # A pod restarted with the same id holds nothing: drop the copies its last life recorded.
         await self.manager.forget_pod(s.pod_id)
-        dataplane = DataPlane(
+        self._dataplane = dataplane = DataPlane(
             manager=self.manager,
             cache=self.cache,
             executor=self._infer_pool,
@@ -218,6 +225,15 @@ class Pod:
             failure_ttl_s=s.failure_ttl_s,
             preloads_per_round=s.preloads_per_round,
             load_timeout_s=s.load_timeout_s,
+            copies=self.router,
+            copy_policy=CopyPolicy(
+                up_rate=s.copy_up_rate,
+                up_queue_ms=s.copy_up_queue_ms,
+                down_rate=s.copy_down_rate,
+                cooldown_ms=int(s.copy_cooldown_s * 1000),
+                default_max=s.max_copies,
+            ),
+            copies_per_round=s.copies_per_round,
         )
         self.janitor.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -281,7 +297,13 @@ class Pod:
             started_ms=self._started_ms,
             shutting_down=self.shutting_down,
             devices=self._devices(),
+            hot=self._dataplane.traffic.hot() if self._dataplane is not None else {},
         )
+
+    async def _admit(self, record: ModelRecord, size_bytes: int) -> None:
+        assert self.router is not None
+        deadline = time.monotonic() + self.settings.load_timeout_s
+        await self.router.make_tenant_room(record, size_bytes, deadline=deadline)
 
     async def _load_in_fleet(self, model_id: str) -> None:
         assert self.router is not None
@@ -336,7 +358,12 @@ class Pod:
     async def _update_gauges(self) -> None:
         assert self.cache is not None and self.router is not None and self._publisher is not None
         served = 0
+        ticked = time.monotonic()
         while True:
+            if self._dataplane is not None:
+                now = time.monotonic()
+                self._dataplane.traffic.tick(now - ticked)
+                ticked = now
             total = self.router.served
             self._request_rate = 0.7 * self._request_rate + 0.3 * (total - served)
             served = total

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, NamedTuple
 
 from mesh.devices import DeviceMemory
 
@@ -37,12 +37,27 @@ class ModelInfo:
 class CopyRecord:
     state: ModelState
     since_ms: int
+    why: str = ""
+    """Why the copy is on this pod: the placement decision (score and runner-up) or the janitor's reason."""
 
 
 @dataclass(frozen=True)
 class FailureRecord:
     time_ms: int
     reason: str
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """One line of a model's recent history (loads, evictions, unloads, failures), for ``mesh status``."""
+
+    time_ms: int
+    pod_id: str
+    what: str
+
+
+HISTORY = 12
+"""Events a model record keeps (the newest)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,15 @@ class ModelRecord:
     """When a pod last evicted it while it was in use (0: never, or unloaded on request)."""
     auto_delete: bool = False
     """Delete once no vmodel refers to it (ModelMesh's autoDeleteTargetModel)."""
+    min_copies: int = 1
+    """Copies the janitor keeps loaded while the model has any (registration option)."""
+    max_copies: int = 0
+    """Most copies the janitor adds under load (0: the fleet's default)."""
+    history: tuple[ModelEvent, ...] = ()
+    """Recent loads, evictions, unloads and failures, oldest first (at most ``HISTORY``)."""
+
+    def with_event(self, time_ms: int, pod_id: str, what: str) -> ModelRecord:
+        return replace(self, history=(*self.history, ModelEvent(time_ms, pod_id, what))[-HISTORY:])
 
     def state(self, *, now_ms: int, failure_ttl_ms: int) -> ModelState:
         states = {copy.state for copy in self.copies.values()}
@@ -80,7 +104,8 @@ class ModelRecord:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["copies"] = {
-            pod: {"state": c.state.value, "since_ms": c.since_ms} for pod, c in self.copies.items()
+            pod: {"state": c.state.value, "since_ms": c.since_ms, "why": c.why}
+            for pod, c in self.copies.items()
         }
         return json.dumps(data, sort_keys=True).encode()
 
@@ -89,9 +114,11 @@ class ModelRecord:
         data: dict[str, Any] = json.loads(raw)
         data["info"] = ModelInfo(**data["info"])
         data["copies"] = {
-            pod: CopyRecord(ModelState(c["state"]), c["since_ms"]) for pod, c in data["copies"].items()
+            pod: CopyRecord(ModelState(c["state"]), c["since_ms"], c.get("why", ""))
+            for pod, c in data["copies"].items()
         }
         data["failures"] = {pod: FailureRecord(**f) for pod, f in data["failures"].items()}
+        data["history"] = tuple(ModelEvent(**e) for e in data.get("history", ()))
         return cls(**data)
 
 
@@ -110,6 +137,17 @@ class VModelRecord:
     @classmethod
     def from_json(cls, raw: bytes) -> VModelRecord:
         return cls(**json.loads(raw))
+
+
+class ModelTraffic(NamedTuple):
+    """What one copy of a model serves: requests/s and queueing delay (ms), recent averages."""
+
+    rate: float
+    queue_ms: float
+
+
+HOT_MODELS = 64
+"""Models an instance record lists in ``hot`` (the busiest)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +177,8 @@ class InstanceRecord:
     shutting_down: bool = False
     devices: tuple[DeviceMemory, ...] = ()
     """Memory per device: ``host`` (the cache: ``capacity_bytes``/``used_bytes``) and each GPU."""
+    hot: dict[str, ModelTraffic] = field(default_factory=dict)
+    """The models this pod serves most (at most ``HOT_MODELS``): their recent rate and queueing delay."""
 
     def supports(self, model_type: str) -> bool:
         return f"type:{model_type}" in self.labels
@@ -151,6 +191,7 @@ class InstanceRecord:
         data: dict[str, Any] = json.loads(raw)
         data["labels"] = tuple(data.get("labels", ()))
         data["devices"] = tuple(DeviceMemory(**d) for d in data.get("devices", ()))
+        data["hot"] = {m: ModelTraffic(*t) for m, t in data.get("hot", {}).items()}
         return cls(**data)
 
 
@@ -166,4 +207,22 @@ class LeaderRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> LeaderRecord:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """A tenant's caps across the fleet (0: no cap). Tenants without a record have none."""
+
+    tenant: str
+    max_models: int = 0
+    """Registered models."""
+    max_loaded_bytes: int = 0
+    """Bytes of its models loaded on all pods together (every copy counts)."""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TenantRecord:
         return cls(**json.loads(raw))

@@ -38,6 +38,7 @@ from mesh.errors import (
     MeshError,
     ModelLoadFailed,
     NotHere,
+    QuotaExceeded,
     Unavailable,
 )
 from mesh.management import ModelManager, now_ms
@@ -45,6 +46,7 @@ from mesh.records import CopyRecord, InstanceRecord, ModelRecord, ModelState
 from mesh.registry import ModelStore
 from placement.cluster import ClusterView, ModelView, PodView
 from placement.loading import LoadDecision, choose_copy, choose_load_pod
+from placement.quotas import TenantCopy, tenant_victims
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,12 @@ LOADED = "loaded"
 LOAD = "load"
 LOCAL = "local"
 """A fleet-wide read: answer from this pod alone."""
+COPY = "copy"
+"""Load one more copy here even though other pods hold the model (the janitor scaling it)."""
 EXCLUDE = "mesh-exclude"
 """Metadata on a forwarded load: pods the sender found unreachable, whose claims the receiver ignores."""
+WHY = "mesh-why"
+"""Metadata on a forwarded load: why placement chose the receiver (kept in its copy record)."""
 _PENDING_S = 2.0
 """How long a load this pod sent elsewhere counts against that pod (until its record shows it)."""
 
@@ -141,7 +147,7 @@ class Router:
                 model_id=model_id,
                 route=route,
                 timeout_s=timeout_s,
-                metadata=(*metadata, *self._exclusions(route)),
+                metadata=(*metadata, *self._load_metadata(model_id, route)),
             )
 
         return await self._attempt(model_id, local, forward, deadline)
@@ -161,7 +167,7 @@ class Router:
 
         async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
             if route == LOAD:
-                extra = self._exclusions(route)
+                extra = self._load_metadata(model_id, route)
                 await self._peers.load(endpoint, model_id=model_id, timeout_s=timeout_s, metadata=extra)
             return b""
 
@@ -221,22 +227,126 @@ class Router:
         return answers
 
     async def serve_forwarded(
-        self, model_id: str, route: str, local: Local, *, ignore: frozenset[str] = frozenset()
+        self,
+        model_id: str,
+        route: str,
+        local: Local,
+        *,
+        ignore: frozenset[str] = frozenset(),
+        why: str = "",
     ) -> bytes:
         """Serve a call another pod forwarded here; never forwards it again.
 
         ``ignore``: pods the sender found unreachable; their claims on the model do not count.
+        ``why``: the sender's reason for choosing this pod, kept in the copy record.
         """
         here = self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
         if route == LOADED and not here:
             raise NotHere(f"model {model_id!r} is not loaded on {self.pod_id}", pod_id=self.pod_id)
         if not here:
             self._manager.record(model_id)  # unknown model: NOT_FOUND, not "not here"
-            await self.claim(model_id, ignore=ignore | self._suspected())
+            await self.claim(model_id, ignore=ignore | self._suspected(), why=why, extra_copy=route == COPY)
         return await self._serve_here(model_id, local)
 
-    async def claim(self, model_id: str, *, ignore: frozenset[str] = frozenset()) -> None:
-        """Record this pod as loading ``model_id`` unless another live pod holds or loads it."""
+    async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
+        """Load one more copy of ``model_id`` on ``pod_id`` (other pods may hold it already)."""
+        timeout_s = max(deadline - time.monotonic(), 0.001)
+        if pod_id == self.pod_id:
+
+            async def local(model_id: str) -> bytes:
+                await self._manager.load_here(model_id)
+                return b""
+
+            async with asyncio.timeout(timeout_s):
+                await self.serve_forwarded(model_id, COPY, local, why=why)
+            return
+        instance = self._store.instance(pod_id)
+        if instance is None:
+            raise Unavailable(f"pod {pod_id} left the fleet")
+        metadata = ((WHY, why),)
+        await self._peers.load(instance.endpoint, model_id=model_id, timeout_s=timeout_s, metadata=metadata)
+
+    async def drop_copy(self, model_id: str, pod_id: str, *, deadline: float) -> None:
+        """Unload the copy of ``model_id`` on ``pod_id`` only (after its calls in flight finish)."""
+        if pod_id == self.pod_id:
+            await self._cache.unload(model_id)
+            return
+        instance = self._store.instance(pod_id)
+        if instance is None:
+            return  # gone, and its copy with it
+        timeout_s = max(deadline - time.monotonic(), 0.001)
+        await self._peers.unload(instance.endpoint, model_id=model_id, timeout_s=timeout_s)
+
+    async def make_tenant_room(self, record: ModelRecord, size_bytes: int, *, deadline: float) -> None:
+        """Before ``record`` loads here: keep its tenant under its loaded-bytes cap by unloading the
+        tenant's own coldest copies anywhere in the fleet (``placement.quotas``), or refuse the load."""
+        quota = self._store.tenant(record.tenant)
+        if quota is None or not quota.max_loaded_bytes:
+            return
+        cap = quota.max_loaded_bytes
+        tenant = record.tenant
+        copies = self._tenant_copies(record)
+        victims = tenant_victims(copies, cap_bytes=cap, need_bytes=size_bytes, loading_pod=self.pod_id)
+        if victims is None:
+            used = sum(c.size_bytes for c in copies)
+            raise QuotaExceeded(
+                f"tenant {tenant!r} has {used} bytes loaded across the fleet and model "
+                f"{record.model_id!r} needs {size_bytes} more; its loaded-bytes cap is {cap} bytes "
+                "and no idle model of the tenant can make room",
+                tenant=tenant,
+                cap="max_loaded_bytes",
+            )
+        for victim in victims:
+            why = f"tenant {tenant!r} at its loaded-bytes cap ({cap} bytes): room for {record.model_id!r}"
+            log.info("unloading %s from %s: %s", victim.model_id, victim.pod_id, why)
+            try:
+                await self.drop_copy(victim.model_id, victim.pod_id, deadline=deadline)
+            except MeshError as exc:
+                raise Unavailable(
+                    f"tenant {tenant!r} is at its loaded-bytes cap and its model {victim.model_id!r} "
+                    f"could not be unloaded from {victim.pod_id} to make room: {exc.message}",
+                    model_id=record.model_id,
+                ) from None
+            await self._manager.note(victim.model_id, victim.pod_id, f"unloaded: {why}")
+
+    def _tenant_copies(self, loading: ModelRecord) -> list[TenantCopy]:
+        """Every live copy of the tenant's models but the one about to load here."""
+        live = self._store.instances()
+        here = {m.model_id: m for m in self._cache.models()}
+        now_wall, now_mono = now_ms(), time.monotonic()
+        copies = []
+        for r in self._store.models():
+            if r.tenant != loading.tenant:
+                continue
+            for pod_id, copy in r.copies.items():
+                if copy.state not in (ModelState.LOADED, ModelState.LOADING):
+                    continue
+                if (pod_id not in live and pod_id != self.pod_id) or (
+                    r.model_id == loading.model_id and pod_id == self.pod_id
+                ):
+                    continue
+                traffic = live[pod_id].hot.get(r.model_id) if pod_id in live else None
+                busy = copy.state is ModelState.LOADING
+                last_used = copy.since_ms
+                if pod_id == self.pod_id:
+                    cached = here.get(r.model_id)
+                    busy = busy or cached is None or not cached.loaded or cached.in_use > 0
+                    if cached is not None:
+                        last_used = now_wall - int((now_mono - cached.last_used) * 1000)
+                rate = traffic.rate if traffic is not None else 0.0
+                copies.append(TenantCopy(r.model_id, pod_id, r.size_bytes, rate, last_used, busy))
+        return copies
+
+    async def claim(
+        self,
+        model_id: str,
+        *,
+        ignore: frozenset[str] = frozenset(),
+        why: str = "",
+        extra_copy: bool = False,
+    ) -> None:
+        """Record this pod as loading ``model_id`` unless another live pod holds or loads it
+        (``extra_copy``: even then: the janitor is adding a copy)."""
         holder = ""
         live = {
             pod
@@ -246,21 +356,24 @@ class Router:
 
         def change(record: ModelRecord) -> ModelRecord:
             nonlocal holder
-            holder = next(
-                (
-                    pod
-                    for pod, copy in sorted(record.copies.items())
-                    if pod != self.pod_id
-                    and pod in live
-                    and copy.state in (ModelState.LOADED, ModelState.LOADING)
-                ),
-                "",
+            holder = (
+                ""
+                if extra_copy
+                else next(
+                    (
+                        pod
+                        for pod, copy in sorted(record.copies.items())
+                        if pod != self.pod_id
+                        and pod in live
+                        and copy.state in (ModelState.LOADED, ModelState.LOADING)
+                    ),
+                    "",
+                )
             )
             if holder or self.pod_id in record.copies:
                 return record
-            return replace(
-                record, copies={**record.copies, self.pod_id: CopyRecord(ModelState.LOADING, now_ms())}
-            )
+            copy = CopyRecord(ModelState.LOADING, now_ms(), why)
+            return replace(record, copies={**record.copies, self.pod_id: copy})
 
         try:
             await self._store.update_model(model_id, change)
@@ -298,7 +411,9 @@ class Router:
             try:
                 if pod_id == self.pod_id:
                     if route == LOAD and not self._cache.loading(model_id):
-                        await self.claim(model_id, ignore=frozenset(excluded) | self._suspected())
+                        decision = self.last_decision.get(model_id)
+                        why = explain(decision, self.pod_id) if decision is not None else ""
+                        await self.claim(model_id, ignore=frozenset(excluded) | self._suspected(), why=why)
                     async with asyncio.timeout(remaining):
                         return await self._serve_here(model_id, local)
                 # The peer call carries the deadline too; this bound holds whatever the transport does.
@@ -367,9 +482,16 @@ class Router:
         self._suspects = {pod: until for pod, until in self._suspects.items() if until > now}
         return frozenset(self._suspects)
 
-    def _exclusions(self, route: str) -> Metadata:
+    def _load_metadata(self, model_id: str, route: str) -> Metadata:
+        """On a forwarded load: the pods to ignore and why placement chose the receiver."""
+        if route != LOAD:
+            return ()
         skipped = self._suspected()
-        return ((EXCLUDE, ",".join(sorted(skipped))),) if route == LOAD and skipped else ()
+        extra: list[tuple[str, str | bytes]] = [(EXCLUDE, ",".join(sorted(skipped)))] if skipped else []
+        decision = self.last_decision.get(model_id)
+        if decision is not None and decision.pod_id is not None:
+            extra.append((WHY, explain(decision, self.pod_id)))
+        return extra
 
     def _target(self, model_id: str, excluded: set[str], load_failures: dict[str, str]) -> tuple[str, str]:
         """The pod to try next and how (``loaded`` or ``load``)."""
@@ -446,3 +568,13 @@ class Router:
             return ModelLoadFailed(model_id=model_id, reason=next(iter(failures.values())))
         reason = "; ".join(f"{pod}: {why}" for pod, why in sorted(failures.items()))
         return ModelLoadFailed(model_id=model_id, reason=reason)
+
+
+def explain(decision: LoadDecision, decided_by: str) -> str:
+    """One line for a copy record: the winner's score and the runner-up's."""
+    best = decision.ranked[0]
+    text = f"placed by {decided_by}: score {best.score:.2f}{' (fits)' if best.fits else ' (evicts)'}"
+    runner = decision.runner_up
+    if runner is None:
+        return text + ", the only eligible pod"
+    return text + f" vs runner-up {runner.pod_id} {runner.score:.2f}"

@@ -93,6 +93,24 @@ class MeshSettings(BaseSettings):
     preloads_per_round: int = 2
     """Registered models the janitor loads ahead of demand per round, into free room only (0: off)."""
 
+    copy_up_rate: float = Field(default=50.0, gt=0)
+    """Requests/s per copy above which the janitor adds a copy of a model (up to its maximum)."""
+
+    copy_up_queue_ms: float = Field(default=20.0, gt=0)
+    """Queueing delay per call (ms) above which the janitor adds a copy."""
+
+    copy_down_rate: float = Field(default=10.0, ge=0)
+    """The janitor drops an extra copy when the others would each serve less than this (requests/s)."""
+
+    copy_cooldown_s: float = 30.0
+    """A copy younger than this is never dropped for being cold."""
+
+    max_copies: int = Field(default=4, ge=1)
+    """Most copies of a model that sets no ``max_copies`` of its own."""
+
+    copies_per_round: int = 4
+    """Copies the janitor adds or drops per round (0: copies are never scaled)."""
+
     infer_threads: int = 4
     """Threads that run inference too heavy for the event loop."""
 

@@ -56,6 +56,20 @@ class MeshClient:
     def status(self, model_id: str) -> mm.ModelStatusInfo:
         return self.mm.getModelStatus(mm.GetStatusRequest(modelId=model_id), timeout=self._timeout)
 
+    def describe(self, model_id: str) -> admin.ModelDetail:
+        return self.admin.DescribeModel(admin.DescribeModelRequest(model_id=model_id), timeout=self._timeout)
+
+    def set_tenant(
+        self, tenant: str, *, max_models: int = 0, max_loaded_bytes: int = 0
+    ) -> admin.TenantStatus:
+        request = admin.SetTenantRequest(
+            tenant=tenant, max_models=max_models, max_loaded_bytes=max_loaded_bytes
+        )
+        return self.admin.SetTenant(request, timeout=self._timeout)
+
+    def tenants(self) -> admin.ListTenantsResponse:
+        return self.admin.ListTenants(admin.ListTenantsRequest(), timeout=self._timeout)
+
     def list_models(self, prefix: str = "") -> admin.ListModelsResponse:
         return self.admin.ListModels(admin.ListModelsRequest(prefix=prefix), timeout=self._timeout)
 

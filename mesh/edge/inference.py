@@ -23,7 +23,7 @@ from mesh.edge.status import MalformedRequest, edge_method
 from mesh.edge.wire import embed, peek_string
 from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
-from mesh.router import EXCLUDE, Metadata, Router
+from mesh.router import EXCLUDE, WHY, Metadata, Router
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 
@@ -44,19 +44,21 @@ class Hop(NamedTuple):
     route: str
     ignore: frozenset[str]
     """Pods the sender could not reach."""
+    why: str = ""
+    """Why the sender chose this pod for a load."""
 
 
 def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
     found: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if key in (HOP, ROUTE, MODEL_ID, EXCLUDE):
+        if key in (HOP, ROUTE, MODEL_ID, EXCLUDE, WHY):
             found[key] = _text(value)
     if HOP not in found:
         return None
     if not found.get(MODEL_ID) or not found.get(ROUTE):
         raise InvalidInput(f"a forwarded call needs {MODEL_ID} and {ROUTE} metadata")
     ignore = frozenset(p for p in found.get(EXCLUDE, "").split(",") if p)
-    return Hop(found[MODEL_ID], found[ROUTE], ignore)
+    return Hop(found[MODEL_ID], found[ROUTE], ignore, found.get(WHY, ""))
 
 
 def passthrough(context: grpc.aio.ServicerContext) -> Metadata:
@@ -166,7 +168,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
         hop = forwarded(context)
         if hop is not None:
-            return await self._router.serve_forwarded(hop.model_id, hop.route, local, ignore=hop.ignore)
+            return await self._router.serve_forwarded(
+                hop.model_id, hop.route, local, ignore=hop.ignore, why=hop.why
+            )
         name, vmodel = route(peek_string(raw, 1, message=message), context)
         return await self._router.call(
             name,
@@ -242,7 +246,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             raise Unimplemented("load parameters (config overrides) are not supported; register the model")
         hop = forwarded(context)
         if hop is not None:
-            await self._router.serve_forwarded(hop.model_id, hop.route, self._load_here, ignore=hop.ignore)
+            await self._router.serve_forwarded(
+                hop.model_id, hop.route, self._load_here, ignore=hop.ignore, why=hop.why
+            )
         else:
             name, vmodel = route(request.model_name, context)
             await self._router.load(name, vmodel=vmodel, deadline=self._deadline(context))

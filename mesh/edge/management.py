@@ -12,7 +12,7 @@ from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.edge import converters
 from mesh.edge.status import edge_method
-from mesh.management import ModelManager, SetVModel
+from mesh.management import ModelManager, SetVModel, TenantUse
 from mesh.metrics import MeshMetrics
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
@@ -185,3 +185,58 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
                 ],
             )
         return response
+
+    @edge_method("DescribeModel")
+    async def DescribeModel(self, request: admin.DescribeModelRequest, context: Context) -> admin.ModelDetail:
+        record = self._manager.record_any(request.model_id)
+        status = self._manager.status(record.model_id)
+        traffic = self._manager.traffic(record.model_id)
+        detail = admin.ModelDetail(
+            model_id=record.model_id,
+            type=record.info.type,
+            path=record.info.path,
+            tenant=record.tenant,
+            status=status.state.value,
+            size_bytes=record.size_bytes,
+            load_ms=record.load_ms,
+            min_copies=record.min_copies,
+            max_copies=record.max_copies,
+            errors=status.errors,
+        )
+        for copy in status.copies:
+            recorded = record.copies.get(copy.pod_id)
+            served = traffic.get(copy.pod_id)
+            detail.copies.add(
+                pod_id=copy.pod_id,
+                state=copy.state.value,
+                since_ms=copy.time_ms,
+                why=recorded.why if recorded is not None else "",
+                request_rate=served.rate if served is not None else 0.0,
+                queue_ms=served.queue_ms if served is not None else 0.0,
+            )
+        for event in record.history:
+            detail.history.add(time_ms=event.time_ms, pod_id=event.pod_id, what=event.what)
+        return detail
+
+    @edge_method("SetTenant")
+    async def SetTenant(self, request: admin.SetTenantRequest, context: Context) -> admin.TenantStatus:
+        use = await self._manager.set_tenant(
+            request.tenant, max_models=request.max_models, max_loaded_bytes=request.max_loaded_bytes
+        )
+        return _tenant_status(use)
+
+    @edge_method("ListTenants")
+    async def ListTenants(
+        self, request: admin.ListTenantsRequest, context: Context
+    ) -> admin.ListTenantsResponse:
+        return admin.ListTenantsResponse(tenants=[_tenant_status(t) for t in self._manager.tenants()])
+
+
+def _tenant_status(use: TenantUse) -> admin.TenantStatus:
+    return admin.TenantStatus(
+        tenant=use.tenant,
+        max_models=use.max_models,
+        max_loaded_bytes=use.max_loaded_bytes,
+        models_registered=use.models_registered,
+        loaded_bytes=use.loaded_bytes,
+    )

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mesh.errors import Unavailable
-from mesh.records import InstanceRecord, LeaderRecord, ModelRecord, VModelRecord
+from mesh.records import InstanceRecord, LeaderRecord, ModelRecord, TenantRecord, VModelRecord
 from mesh.registry.base import (
     MUST_NOT_EXIST,
     Registry,
@@ -29,7 +29,7 @@ from mesh.registry.base import (
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", ModelRecord, VModelRecord)
+R = TypeVar("R", ModelRecord, VModelRecord, TenantRecord)
 _CAS_ATTEMPTS = 20
 _MIRROR_WAIT_S = 2.0
 """How long a writer waits for the watch to show its write before reading the key directly."""
@@ -40,6 +40,7 @@ _KINDS: dict[str, Callable[[bytes], Any]] = {
     "vmodels": VModelRecord.from_json,
     "instances": InstanceRecord.from_json,
     "leader": LeaderRecord.from_json,
+    "tenants": TenantRecord.from_json,
 }
 LEADER = "leader"
 """The janitor's election key (one record, id ``""``)."""
@@ -56,6 +57,9 @@ class ModelStore:
         self._models: dict[str, ModelRecord] = self._mirror["models"]
         self._vmodels: dict[str, VModelRecord] = self._mirror["vmodels"]
         self._instances: dict[str, InstanceRecord] = self._mirror["instances"]
+        self._tenants: dict[str, TenantRecord] = self._mirror["tenants"]
+        self._tenant_models: dict[str, int] = {}
+        """Registered models per tenant, kept as the mirror changes (quota checks must not scan)."""
         self._revisions: dict[str, int] = {}
         self._revision = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -107,6 +111,17 @@ class ModelStore:
         record: LeaderRecord | None = self._mirror[LEADER].get("")
         return record
 
+    def tenant(self, tenant: str) -> TenantRecord | None:
+        """The tenant's caps, if any were set."""
+        return self._tenants.get(tenant)
+
+    def tenant_models(self, tenant: str) -> int:
+        """How many registered models belong to ``tenant``."""
+        return self._tenant_models.get(tenant, 0)
+
+    def tenants(self) -> list[TenantRecord]:
+        return [self._tenants[k] for k in sorted(self._tenants)]
+
     def vmodels_using(self, model_id: str) -> list[str]:
         return sorted(
             v.vmodel_id for v in self._vmodels.values() if model_id in (v.active_model_id, v.target_model_id)
@@ -138,6 +153,15 @@ class ModelStore:
         self, vmodel_id: str, change: Callable[[VModelRecord], VModelRecord | None]
     ) -> VModelRecord | None:
         return await self._update(self._key("vmodels", vmodel_id), vmodel_id, self._vmodels, change)
+
+    async def set_tenant(self, record: TenantRecord) -> None:
+        """Create or replace a tenant's caps (no caps at all deletes the record)."""
+        key = self._key("tenants", record.tenant)
+        if not record.max_models and not record.max_loaded_bytes:
+            if record.tenant in self._tenants:
+                await self._wait_for(await self._registry.delete(key), key)
+            return
+        await self._wait_for(await self._registry.put(key, record.to_json()), key)
 
     async def publish_instance(self, record: InstanceRecord, *, lease: int) -> None:
         """Write this pod's instance record, bound to ``lease`` (last writer wins: only its pod writes it)."""
@@ -284,7 +308,10 @@ class ModelStore:
         if event.revision and event.revision < current:
             return  # a stale event after a fresher direct read
         if event.value is None:
-            if mirror.pop(record_id, None) is not None:
+            gone = mirror.pop(record_id, None)
+            if gone is not None:
+                if kind == "models":
+                    self._count_tenant(gone.tenant, -1)
                 self._notify(kind, record_id, None)
             self._revisions.pop(event.key, None)
             return
@@ -294,9 +321,21 @@ class ModelStore:
             log.error("ignoring unreadable registry record %s: %s", event.key, exc)
             return
         self._revisions[event.key] = event.revision
-        if mirror.get(record_id) != record:
+        previous = mirror.get(record_id)
+        if previous != record:
+            if kind == "models":
+                if previous is not None:
+                    self._count_tenant(previous.tenant, -1)
+                self._count_tenant(record.tenant, 1)
             mirror[record_id] = record
             self._notify(kind, record_id, record)
+
+    def _count_tenant(self, tenant: str, change: int) -> None:
+        count = self._tenant_models.get(tenant, 0) + change
+        if count:
+            self._tenant_models[tenant] = count
+        else:
+            self._tenant_models.pop(tenant, None)
 
     def _notify(self, kind: str, record_id: str, record: Any) -> None:
         for listener in self._listeners:

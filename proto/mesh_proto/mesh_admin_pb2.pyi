@@ -143,3 +143,97 @@ class FleetStatusResponse(_message.Message):
     copies: int
     janitor: str
     def __init__(self, pods: _Optional[_Iterable[_Union[PodSummary, _Mapping]]] = ..., models_registered: _Optional[int] = ..., models_loaded: _Optional[int] = ..., copies: _Optional[int] = ..., janitor: _Optional[str] = ...) -> None: ...
+
+class DescribeModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class CopyDetail(_message.Message):
+    __slots__ = ("pod_id", "state", "since_ms", "why", "request_rate", "queue_ms")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    state: str
+    since_ms: int
+    why: str
+    request_rate: float
+    queue_ms: float
+    def __init__(self, pod_id: _Optional[str] = ..., state: _Optional[str] = ..., since_ms: _Optional[int] = ..., why: _Optional[str] = ..., request_rate: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
+
+class ModelEvent(_message.Message):
+    __slots__ = ("time_ms", "pod_id", "what")
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    time_ms: int
+    pod_id: str
+    what: str
+    def __init__(self, time_ms: _Optional[int] = ..., pod_id: _Optional[str] = ..., what: _Optional[str] = ...) -> None: ...
+
+class ModelDetail(_message.Message):
+    __slots__ = ("model_id", "type", "path", "tenant", "status", "size_bytes", "load_ms", "min_copies", "max_copies", "copies", "history", "errors")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_COPIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_COPIES_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    type: str
+    path: str
+    tenant: str
+    status: str
+    size_bytes: int
+    load_ms: int
+    min_copies: int
+    max_copies: int
+    copies: _containers.RepeatedCompositeFieldContainer[CopyDetail]
+    history: _containers.RepeatedCompositeFieldContainer[ModelEvent]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., path: _Optional[str] = ..., tenant: _Optional[str] = ..., status: _Optional[str] = ..., size_bytes: _Optional[int] = ..., load_ms: _Optional[int] = ..., min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., copies: _Optional[_Iterable[_Union[CopyDetail, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[ModelEvent, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetTenantRequest(_message.Message):
+    __slots__ = ("tenant", "max_models", "max_loaded_bytes")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    max_models: int
+    max_loaded_bytes: int
+    def __init__(self, tenant: _Optional[str] = ..., max_models: _Optional[int] = ..., max_loaded_bytes: _Optional[int] = ...) -> None: ...
+
+class TenantStatus(_message.Message):
+    __slots__ = ("tenant", "max_models", "max_loaded_bytes", "models_registered", "loaded_bytes")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    LOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    max_models: int
+    max_loaded_bytes: int
+    models_registered: int
+    loaded_bytes: int
+    def __init__(self, tenant: _Optional[str] = ..., max_models: _Optional[int] = ..., max_loaded_bytes: _Optional[int] = ..., models_registered: _Optional[int] = ..., loaded_bytes: _Optional[int] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantStatus]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[TenantStatus, _Mapping]]] = ...) -> None: ...

@@ -49,6 +49,21 @@ class MeshAdminStub:
                 request_serializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusRequest.SerializeToString,
                 response_deserializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusResponse.FromString,
                 _registered_method=True)
+        self.DescribeModel = channel.unary_unary(
+                '/mesh.v1.MeshAdmin/DescribeModel',
+                request_serializer=mesh__proto_dot_mesh__admin__pb2.DescribeModelRequest.SerializeToString,
+                response_deserializer=mesh__proto_dot_mesh__admin__pb2.ModelDetail.FromString,
+                _registered_method=True)
+        self.SetTenant = channel.unary_unary(
+                '/mesh.v1.MeshAdmin/SetTenant',
+                request_serializer=mesh__proto_dot_mesh__admin__pb2.SetTenantRequest.SerializeToString,
+                response_deserializer=mesh__proto_dot_mesh__admin__pb2.TenantStatus.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/mesh.v1.MeshAdmin/ListTenants',
+                request_serializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -75,6 +90,28 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeModel(self, request, context):
+        """One model: where its copies are and why placement put them there, what each serves,
+        and its recent loads, evictions, unloads and failures.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenant(self, request, context):
+        """Sets a tenant's caps across the fleet (0: no cap; both 0 removes them) and returns its use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Every tenant that has a cap or a registered model, with its caps and use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +129,21 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.FleetStatus,
                     request_deserializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusRequest.FromString,
                     response_serializer=mesh__proto_dot_mesh__admin__pb2.FleetStatusResponse.SerializeToString,
+            ),
+            'DescribeModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeModel,
+                    request_deserializer=mesh__proto_dot_mesh__admin__pb2.DescribeModelRequest.FromString,
+                    response_serializer=mesh__proto_dot_mesh__admin__pb2.ModelDetail.SerializeToString,
+            ),
+            'SetTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenant,
+                    request_deserializer=mesh__proto_dot_mesh__admin__pb2.SetTenantRequest.FromString,
+                    response_serializer=mesh__proto_dot_mesh__admin__pb2.TenantStatus.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsRequest.FromString,
+                    response_serializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +227,87 @@ class MeshAdmin:
             '/mesh.v1.MeshAdmin/FleetStatus',
             mesh__proto_dot_mesh__admin__pb2.FleetStatusRequest.SerializeToString,
             mesh__proto_dot_mesh__admin__pb2.FleetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdmin/DescribeModel',
+            mesh__proto_dot_mesh__admin__pb2.DescribeModelRequest.SerializeToString,
+            mesh__proto_dot_mesh__admin__pb2.ModelDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdmin/SetTenant',
+            mesh__proto_dot_mesh__admin__pb2.SetTenantRequest.SerializeToString,
+            mesh__proto_dot_mesh__admin__pb2.TenantStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdmin/ListTenants',
+            mesh__proto_dot_mesh__admin__pb2.ListTenantsRequest.SerializeToString,
+            mesh__proto_dot_mesh__admin__pb2.ListTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,
