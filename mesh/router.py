@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,6 +61,8 @@ EXCLUDE = "mesh-exclude"
 """Metadata on a forwarded load: pods the sender found unreachable, whose claims the receiver ignores."""
 WHY = "mesh-why"
 """Metadata on a forwarded load: why placement chose the receiver (kept in its copy record)."""
+_SHED_MIN = 0.05
+"""A copy serving this little above its share keeps all its calls (a hop costs more)."""
 _PENDING_S = 2.0
 """How long a load this pod sent elsewhere counts against that pod (until its record shows it)."""
 
@@ -82,7 +85,7 @@ class Peers(Protocol):
     ) -> bytes: ...
 
     async def load(
-        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = ()
+        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = (), route: str = LOAD
     ) -> None: ...
 
     async def unload(self, endpoint: str, *, model_id: str, timeout_s: float) -> None: ...
@@ -263,8 +266,9 @@ class Router:
         instance = self._store.instance(pod_id)
         if instance is None:
             raise Unavailable(f"pod {pod_id} left the fleet")
-        metadata = ((WHY, why),)
-        await self._peers.load(instance.endpoint, model_id=model_id, timeout_s=timeout_s, metadata=metadata)
+        await self._peers.load(
+            instance.endpoint, model_id=model_id, timeout_s=timeout_s, metadata=((WHY, why),), route=COPY
+        )
 
     async def drop_copy(self, model_id: str, pod_id: str, *, deadline: float) -> None:
         """Unload the copy of ``model_id`` on ``pod_id`` only (after its calls in flight finish)."""
@@ -499,7 +503,10 @@ class Router:
         if self.pod_id not in excluded and (
             self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
         ):
-            return self.pod_id, LOADED if self._cache.loaded(model_id) is not None else LOAD
+            if self._cache.loaded(model_id) is None:
+                return self.pod_id, LOAD
+            other = self._shed(model_id, excluded)
+            return (other, LOADED) if other is not None else (self.pod_id, LOADED)
         record = self._manager.record_any(model_id)
         live = self._store.instances()
         copies = {
@@ -524,6 +531,40 @@ class Router:
                 raise self._load_failed(model_id, failures)
             raise Unavailable(f"no pod can load model {model_id!r}: {decision.reason}", model_id=model_id)
         return decision.pod_id, LOAD
+
+    def _shed(self, model_id: str, excluded: set[str]) -> str | None:
+        """Another copy to send this call to, when this pod serves more than its share of the model.
+
+        A copy here serves the calls entering here, so without shedding a copy added elsewhere
+        for a hot model would stay idle. This pod sends the excess fraction of its calls (its
+        rate above the copies' mean, over its rate) to the least busy other copy, at random;
+        rates are the published recent averages, so the split settles near even.
+        """
+        live = self._store.instances()
+        me = live.get(self.pod_id)
+        mine = me.hot.get(model_id) if me is not None else None
+        if mine is None or mine.rate <= 0:
+            return None
+        record = self._store.model(model_id)
+        if record is None:
+            return None
+        others = [
+            pod
+            for pod, copy in record.copies.items()
+            if copy.state is ModelState.LOADED
+            and pod != self.pod_id
+            and pod in live
+            and pod not in excluded
+            and not live[pod].shutting_down
+        ]
+        if not others:
+            return None
+        rates = [t.rate for pod in others if (t := live[pod].hot.get(model_id)) is not None]
+        fair = (mine.rate + sum(rates)) / (len(others) + 1)
+        excess = (mine.rate - fair) / mine.rate
+        if excess <= _SHED_MIN or random.random() >= excess:
+            return None
+        return choose_copy(others, self.in_flight, salt=f"{model_id}:{next(self._calls)}")
 
     # snapshots for placement
 
@@ -573,7 +614,8 @@ class Router:
 def explain(decision: LoadDecision, decided_by: str) -> str:
     """One line for a copy record: the winner's score and the runner-up's."""
     best = decision.ranked[0]
-    text = f"placed by {decided_by}: score {best.score:.2f}{' (fits)' if best.fits else ' (evicts)'}"
+    fits = " (fits)" if best.fits else " (evicts)"
+    text = f"placed on {best.pod_id} by {decided_by}: score {best.score:.2f}{fits}"
     runner = decision.runner_up
     if runner is None:
         return text + ", the only eligible pod"

@@ -86,6 +86,7 @@ class PeerClient:
         model_id: str,
         timeout_s: float,
         metadata: Sequence[tuple[str, str | bytes]] = (),
+        route: str = "load",
     ) -> None:
         payload = v2.RepositoryModelLoadRequest(model_name=model_id).SerializeToString()
         await self.forward(
@@ -93,7 +94,7 @@ class PeerClient:
             "RepositoryModelLoad",
             payload,
             model_id=model_id,
-            route="load",
+            route=route,
             timeout_s=timeout_s,
             metadata=metadata,
         )

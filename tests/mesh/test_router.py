@@ -91,13 +91,14 @@ class FakePeers:
         model_id: str,
         timeout_s: float,
         metadata: Metadata = (),
+        route: str = LOAD,
     ) -> None:
         await self.forward(
             endpoint,
             "RepositoryModelLoad",
             b"",
             model_id=model_id,
-            route=LOAD,
+            route=route,
             timeout_s=timeout_s,
             metadata=metadata,
         )
@@ -122,6 +123,9 @@ class _Listener:
 
     async def failed(self, model_id: str, error: MeshError) -> None:
         await self.manager.failed(model_id, error)
+
+    async def refused(self, model_id: str, error: MeshError) -> None:
+        await self.manager.refused(model_id, error)
 
     async def unloaded(self, model_id: str, *, evicted: bool) -> None:
         await self.manager.unloaded(model_id, evicted=evicted)
