@@ -55,6 +55,10 @@ def test_cli_round_trip(models: ModelSet, served) -> None:
         "sklearn",
         "--path",
         str(models.sklearn),
+        "--tenant",
+        "team-a",
+        "--max-copies",
+        "2",
         "--load-now",
         "--sync",
         target=target,
@@ -76,7 +80,27 @@ def test_cli_round_trip(models: ModelSet, served) -> None:
     expected = joblib.load(models.sklearn).predict(np.array(row)).tolist()
     assert inferred.stdout.strip() == f"predict: {json.dumps(expected)}"
 
-    assert "cli-pod: LOADED" in mesh("status", "iris", target=target).stdout
+    status = mesh("status", "iris", target=target).stdout
+    assert "iris: LOADED  (sklearn, tenant team-a, copies 1..2)" in status, status
+    assert "copy on cli-pod: LOADED" in status and "why: placed on cli-pod by cli-pod: score" in status
+    assert "cli-pod: loaded in" in status, status  # its recent history
+    capped = mesh("tenant", "set", "team-a", "--max-models", "1", "--max-loaded", "1GiB", target=target)
+    assert capped.returncode == 0 and "1024.0 MiB" in capped.stdout, capped
+    refused = mesh(
+        "register",
+        "iris2",
+        "--type",
+        "sklearn",
+        "--path",
+        str(models.sklearn),
+        "--tenant",
+        "team-a",
+        target=target,
+    )
+    assert refused.returncode == 1 and "RESOURCE_EXHAUSTED" in refused.stderr
+    assert "tenant 'team-a' has 1 registered models; its cap is 1" in refused.stderr
+    tenants = mesh("tenant", "list", target=target).stdout.splitlines()
+    assert tenants[1].split()[:3] == ["team-a", "1", "1"], tenants
     assert "1 models loaded" in mesh("status", target=target).stdout
     assert "iris" in mesh("list", target=target).stdout
     vmodel = mesh("vmodel", "set", "prod", "iris", target=target)

@@ -11,9 +11,18 @@ import pytest
 
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
-from mesh.records import CopyRecord, FailureRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
+from mesh.records import (
+    CopyRecord,
+    FailureRecord,
+    InstanceRecord,
+    ModelInfo,
+    ModelRecord,
+    ModelState,
+    ModelTraffic,
+)
 from mesh.registry import MemoryRegistry, ModelStore
 from placement.cluster import ClusterView, PodView
+from placement.copies import CopyPolicy
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
 from tests.mesh.test_cache import Events
@@ -32,11 +41,23 @@ async def until(store: ModelStore, condition: Callable[[], bool]) -> None:
 
 
 @dataclass
+class FakeCopies:
+    changes: list[tuple[str, str, str]] = field(default_factory=list)
+
+    async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
+        self.changes.append(("add", model_id, pod_id))
+
+    async def drop_copy(self, model_id: str, pod_id: str, *, deadline: float) -> None:
+        self.changes.append(("drop", model_id, pod_id))
+
+
+@dataclass
 class Member:
     janitor: Janitor
     store: ModelStore
     lease: int
     loads: list[str] = field(default_factory=list)
+    copies: FakeCopies = field(default_factory=FakeCopies)
 
 
 @pytest.fixture
@@ -69,6 +90,7 @@ async def fleet() -> AsyncIterator[tuple[MemoryRegistry, list[Member]]]:
             )
             return ClusterView(pods, now_ms())
 
+        copies = FakeCopies()
         janitor = Janitor(
             pod_id=pod_id,
             store=store,
@@ -80,8 +102,11 @@ async def fleet() -> AsyncIterator[tuple[MemoryRegistry, list[Member]]]:
             failure_ttl_s=FAILURE_TTL_S,
             preloads_per_round=2,
             load_timeout_s=5,
+            copies=copies,
+            copy_policy=CopyPolicy(up_rate=50, down_rate=10, cooldown_ms=0),
+            copies_per_round=4,
         )
-        members.append(Member(janitor, store, lease, loads))
+        members.append(Member(janitor, store, lease, loads, copies))
     for member in members:
         await until(member.store, lambda m=member: len(m.store.instances()) == 2)
     yield registry, members
@@ -145,3 +170,30 @@ async def test_the_leader_cleans_dead_copies_expires_failures_and_preloads(fleet
     assert set(model("failed-now").failures) == {"pod-a"}  # type: ignore[union-attr]
     # Two per round, most recently evicted first; never-loaded and too-big stay unloaded.
     assert b.loads == ["evicted-latest", "evicted-late"] and a.loads == []
+
+
+async def test_the_leader_scales_copies_from_the_traffic_pods_publish(fleet) -> None:
+    _, (a, _) = fleet
+    loaded = CopyRecord(ModelState.LOADED, 1)
+    for record in (
+        ModelRecord("busy", ModelInfo("fake", "/m"), size_bytes=10, copies={"pod-a": loaded}),
+        ModelRecord(
+            "cooled", ModelInfo("fake", "/m"), size_bytes=10, copies={"pod-a": loaded, "pod-b": loaded}
+        ),
+        ModelRecord("pinned", ModelInfo("fake", "/m"), size_bytes=10, min_copies=2, copies={"pod-b": loaded}),
+        ModelRecord("quiet", ModelInfo("fake", "/m"), size_bytes=10, copies={"pod-a": loaded}),
+    ):
+        await a.store.create_model(record)
+    hot = {"busy": ModelTraffic(120.0, 1.0), "cooled": ModelTraffic(2.0, 0.0)}
+    await a.store.publish_instance(
+        InstanceRecord("pod-a", "pod-a", capacity_bytes=1000, labels=("type:fake",), hot=hot), lease=a.lease
+    )
+    await until(a.store, lambda: bool(a.store.instance("pod-a").hot))  # type: ignore[union-attr]
+    await a.janitor.round()
+    assert a.janitor.leading
+    assert sorted(a.copies.changes) == [
+        ("add", "busy", "pod-b"),
+        ("add", "pinned", "pod-a"),
+        ("drop", "cooled", "pod-b"),  # serves nothing: 2 req/s on one copy is below 10
+    ]
+    await until(a.store, lambda: any("copy dropped" in e.what for e in a.store.model("cooled").history))  # type: ignore[union-attr]

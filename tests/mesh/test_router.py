@@ -24,12 +24,21 @@ from mesh.errors import (
     ModelLoadFailed,
     NotFound,
     NotHere,
+    QuotaExceeded,
     Unavailable,
 )
 from mesh.management import ModelManager, now_ms
-from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
+from mesh.records import (
+    CopyRecord,
+    InstanceRecord,
+    ModelInfo,
+    ModelRecord,
+    ModelState,
+    ModelTraffic,
+    TenantRecord,
+)
 from mesh.registry import MemoryRegistry, ModelStore
-from mesh.router import EXCLUDE, LOAD, LOADED, Router
+from mesh.router import COPY, EXCLUDE, LOAD, LOADED, WHY, Router
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
 
@@ -144,7 +153,13 @@ class Harness:
     self_leaving: bool = False
 
     async def pod(
-        self, pod_id: str, *, used: int = 0, in_flight: int = 0, shutting_down: bool = False
+        self,
+        pod_id: str,
+        *,
+        used: int = 0,
+        in_flight: int = 0,
+        shutting_down: bool = False,
+        hot: dict[str, ModelTraffic] | None = None,
     ) -> None:
         record = InstanceRecord(
             pod_id=pod_id,
@@ -154,15 +169,19 @@ class Harness:
             requests_in_flight=in_flight,
             labels=LABELS,
             shutting_down=shutting_down,
+            hot=hot or {},
         )
         await self.store.publish_instance(record, lease=self.lease)
 
-    async def model(self, model_id: str, size: int = 10, **copies: ModelState) -> None:
+    async def model(
+        self, model_id: str, size: int = 10, tenant: str = "default", **copies: ModelState
+    ) -> None:
         path = self.artifacts / f"{model_id}.txt"
         path.write_text(str(size))
         record = ModelRecord(
             model_id,
             ModelInfo("fake", str(path)),
+            tenant=tenant,
             size_bytes=size,
             copies={pod.replace("_", "-"): CopyRecord(state, now_ms()) for pod, state in copies.items()},
         )
@@ -201,7 +220,11 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await store.start()
     pool = ThreadPoolExecutor(2)
     listener = _Listener()
-    cache = fake_cache(capacity_bytes=1000, executor=pool, listener=listener, load_timeout_s=5)
+
+    async def admit(record: ModelRecord, size_bytes: int) -> None:
+        await harness.router.make_tenant_room(record, size_bytes, deadline=time.monotonic() + 5)
+
+    cache = fake_cache(capacity_bytes=1000, executor=pool, listener=listener, load_timeout_s=5, admit=admit)
     manager = ModelManager(
         store=store, cache=cache, fetchers=default_fetchers(), pod_id=SELF, failure_ttl_s=30
     )
@@ -433,3 +456,96 @@ async def test_unload_reaches_every_holder_and_names_the_unreachable(harness: Ha
     assert len(harness.peers.sent) == 2
     with pytest.raises(NotFound):
         await harness.router.unload("nope", vmodel=None, deadline=time.monotonic() + 5)
+
+
+async def test_a_forwarded_load_says_why_placement_chose_the_pod(harness: Harness) -> None:
+    harness.self_leaving = True  # this pod may not load: pod-b is the only choice
+    await harness.pod("pod-b")
+    await harness.model("m")
+    assert await harness.call() == b"answer from pod-b"
+    (sent,) = harness.peers.sent
+    why = dict(sent.metadata)[WHY]
+    assert sent.route == LOAD and str(why).startswith("placed on pod-b by pod-a: score"), why
+
+
+async def test_a_local_load_keeps_its_reason_in_the_copy_record(harness: Harness) -> None:
+    await harness.model("m")
+    assert await harness.call() == b"served here"
+    copy = harness.store.model("m").copies[SELF]  # type: ignore[union-attr]
+    assert copy.state is ModelState.LOADED and copy.why.startswith("placed on pod-a by pod-a"), copy
+    history = [e.what for e in harness.store.model("m").history]  # type: ignore[union-attr]
+    assert len(history) == 1 and history[0].startswith("loaded in"), history
+
+
+async def test_a_copy_is_added_beside_other_holders_here_or_on_a_peer(harness: Harness) -> None:
+    await harness.pod("pod-b")
+    await harness.pod("pod-c")
+    await harness.model("m", pod_b=ModelState.LOADED)
+    deadline = time.monotonic() + 5
+    await harness.router.add_copy("m", "pod-c", why="added by the janitor: busy", deadline=deadline)
+    (sent,) = harness.peers.sent
+    assert (sent.endpoint, sent.route, dict(sent.metadata)[WHY]) == (
+        "pod-c",
+        COPY,
+        "added by the janitor: busy",
+    )
+    await harness.router.add_copy("m", SELF, why="added by the janitor: busy", deadline=deadline)
+    assert harness.cache.loaded("m") is not None
+    copies = harness.store.model("m").copies  # type: ignore[union-attr]
+    assert set(copies) == {"pod-b", SELF} and copies[SELF].why == "added by the janitor: busy"
+    await harness.router.drop_copy("m", "pod-b", deadline=deadline)
+    await harness.router.drop_copy("m", SELF, deadline=deadline)
+    assert harness.peers.routes()[-1] == ("pod-b", "unload") and harness.cache.loaded("m") is None
+
+
+async def test_a_pod_serving_more_than_its_share_sends_the_excess_to_other_copies(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await harness.model("m", pod_b=ModelState.LOADED)
+    await harness.call()  # loads it here too
+    harness.peers.sent.clear()
+    # this pod serves 90 calls/s, pod-b 10: the mean is 50, so 4 in 9 of this pod's calls go over
+    await harness.pod(SELF, hot={"m": ModelTraffic(90.0, 0.0)})
+    await harness.pod("pod-b", hot={"m": ModelTraffic(10.0, 0.0)})
+    draws = iter([0.40, 0.50])
+    monkeypatch.setattr("mesh.router.random.random", lambda: next(draws))
+    assert await harness.call() == b"answer from pod-b"  # 0.40 < 4/9
+    assert await harness.call() == b"served here"  # 0.50 >= 4/9
+    # at its share (or with no other copy) every call stays here, and no draw is made
+    await harness.pod(SELF, hot={"m": ModelTraffic(10.0, 0.0)})
+    assert await harness.call() == b"served here"
+    assert [s.endpoint for s in harness.peers.sent] == ["pod-b"]
+
+
+async def test_a_tenant_at_its_cap_unloads_its_own_coldest_copies_first(harness: Harness) -> None:
+    await harness.pod("pod-b", used=990)  # full: loads land here
+    await harness.store.set_tenant(TenantRecord("t", max_loaded_bytes=300))
+    await harness.model("t-here", size=100, tenant="t")
+    await harness.model("other", size=100, tenant="u")
+    await harness.call("t-here")
+    await harness.call("other")
+    await harness.model("t-far", size=100, tenant="t", pod_b=ModelState.LOADED)
+    await harness.model("t-new", size=150, tenant="t")
+    harness.peers.sent.clear()
+    assert await harness.call("t-new") == b"served here"
+    # 100 here + 100 on pod-b + 150 > 300: the idle copy here goes (local first among the cold)
+    assert harness.cache.loaded("t-here") is None and harness.cache.loaded("other") is not None
+    assert harness.peers.sent == []
+    note = harness.store.model("t-here").history[-1]  # type: ignore[union-attr]
+    assert "tenant 't' at its loaded-bytes cap" in note.what and note.pod_id == SELF
+    # a bigger model needs pod-b's copy gone too: unloaded through the peer
+    await harness.model("t-big", size=290, tenant="t")
+    assert await harness.call("t-big") == b"served here"
+    assert ("pod-b", "unload") in harness.peers.routes() and harness.cache.loaded("t-new") is None
+    assert harness.cache.loaded("other") is not None
+
+
+async def test_a_load_the_tenant_cap_cannot_fit_is_refused_not_failed(harness: Harness) -> None:
+    await harness.store.set_tenant(TenantRecord("t", max_loaded_bytes=100))
+    await harness.model("huge", size=150, tenant="t")
+    with pytest.raises(QuotaExceeded) as refused:
+        await harness.call("huge")
+    assert "tenant 't'" in refused.value.message and "cap is 100 bytes" in refused.value.message
+    record = harness.store.model("huge")
+    assert record is not None and record.copies == {} and record.failures == {}
+    assert harness.cache.used_bytes == 0
