@@ -135,10 +135,17 @@ class ModelCache:
     def loads_in_flight(self) -> int:
         return len(self._loads)
 
-    def oldest_idle_age_s(self) -> float | None:
-        """Seconds since the least recently used idle model was last used (None: no idle model)."""
-        idle = [e.last_used for e in self._entries.values() if e.model is not None and not e.in_use]
-        return self._clock() - min(idle) if idle else None
+    def next_victim_age_s(self) -> float | None:
+        """Seconds since the idle model the eviction policy would evict next was last used (None: no
+        idle model). Published so placement sends loads to the pod whose next victim is coldest."""
+        idle = [e for e in self._entries.values() if e.model is not None and not e.in_use]
+        if not idle:
+            return None
+        if self._policy is EvictionPolicy.GDSF:
+            victim = min(idle, key=lambda e: e.priority)
+        else:
+            victim = min(idle, key=lambda e: e.last_used)
+        return self._clock() - victim.last_used
 
     # use
 

@@ -281,7 +281,7 @@ class Pod:
         """This pod's instance record as of now."""
         assert self.cache is not None and self.router is not None
         s = self.settings
-        idle_age = self.cache.oldest_idle_age_s()
+        idle_age = self.cache.next_victim_age_s()
         return InstanceRecord(
             pod_id=s.pod_id,
             endpoint=f"{s.advertise_host or s.host}:{self.port}",

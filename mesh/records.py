@@ -169,7 +169,7 @@ class InstanceRecord:
     request_rate: float = 0.0
     """Requests per second served by this pod, averaged over the last few seconds."""
     oldest_used_ms: int = 0
-    """Wall-clock last use of the least recently used idle model in its cache (0: none)."""
+    """Wall-clock last use of the idle model its cache would evict next (0: none)."""
     labels: tuple[str, ...] = ()
     """Model types this pod can load (``type:<name>``) and its zone (``zone:<name>``)."""
     version: str = ""

@@ -15,7 +15,7 @@ class PodView:
     capacity_bytes: int
     used_bytes: int = 0
     oldest_used_ms: int = 0
-    """Wall-clock last use of the pod's least recently used idle model (0: it holds none)."""
+    """Wall-clock last use of the idle model the pod would evict next (0: it holds none)."""
     loads_in_flight: int = 0
     """Loads running there, plus the loads this pod sent there that its record does not show yet."""
     requests_in_flight: int = 0

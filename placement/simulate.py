@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +164,15 @@ class _Pod:
     """Least recently used first."""
     inflation: float = 0.0
 
-    def view(self) -> PodView:
-        oldest = next(iter(self.models.values())).last_used if self.models else 0.0
+    def view(self, gdsf: bool) -> PodView:
+        """The pod as placement sees it: ``oldest_used_ms`` is the last use of the model its
+        eviction policy would evict next (as the pod publishes it)."""
+        if not self.models:
+            oldest = 0.0
+        elif gdsf:
+            oldest = min(self.models.values(), key=attrgetter("priority")).last_used
+        else:
+            oldest = next(iter(self.models.values())).last_used
         return PodView(
             self.pod_id,
             self.capacity,
@@ -236,7 +244,8 @@ def replay(trace: Sequence[Request], *, pods: int, capacity: int, policy: str) -
             )
             holder.models.move_to_end(request.model)
             continue
-        cluster = ClusterView(tuple(p.view() for p in fleet), int(request.time * 1000))
+        gdsf = eviction is EvictionPolicy.GDSF and next_use is None
+        cluster = ClusterView(tuple(p.view(gdsf) for p in fleet), int(request.time * 1000))
         decision = choose_load_pod(cluster, ModelView(request.model, "sim", request.size))
         if decision.pod_id is None:
             result.refused += 1
