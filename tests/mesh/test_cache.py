@@ -141,3 +141,30 @@ async def test_gdsf_keeps_a_hot_model_through_a_scan_that_lru_lets_push_it_out(t
         await cache.close()
         pool.shutdown()
     assert survived == {EvictionPolicy.GDSF: True, EvictionPolicy.LRU: False}
+
+
+async def test_the_published_coldness_is_that_of_the_next_victim_under_each_policy(tmp_path) -> None:
+    """Placement compares pods by the last use of the model each would evict next."""
+    from placement.eviction import EvictionPolicy
+
+    now = [0.0]
+    ages = {}
+    for policy in (EvictionPolicy.GDSF, EvictionPolicy.LRU):
+        pool = ThreadPoolExecutor(2)
+        cache = fake_cache(
+            capacity_bytes=100, executor=pool, listener=Events(), eviction_policy=policy, clock=lambda: now[0]
+        )
+        assert cache.next_victim_age_s() is None
+        now[0] = 10.0
+        for _ in range(5):  # used often, long ago
+            async with cache.use(record(tmp_path, "hot", 30)):
+                pass
+        now[0] = 50.0
+        async with cache.use(record(tmp_path, "once", 30)):  # used once, lately
+            pass
+        now[0] = 60.0
+        ages[policy] = cache.next_victim_age_s()
+        await cache.close()
+        pool.shutdown()
+    # GDSF would evict "once" (one hit) next, LRU "hot" (older)
+    assert ages == {EvictionPolicy.GDSF: 10.0, EvictionPolicy.LRU: 50.0}
