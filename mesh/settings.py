@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _UNITS = {
@@ -165,6 +165,15 @@ class MeshSettings(BaseSettings):
     @classmethod
     def _sizes(cls, value: str | int | None) -> int | None:
         return None if value is None else parse_size(value)
+
+    @model_validator(mode="after")
+    def _copy_hysteresis(self) -> MeshSettings:
+        if self.copy_down_rate >= self.copy_up_rate:
+            raise ValueError(
+                f"copy_down_rate ({self.copy_down_rate:g}) must be below copy_up_rate "
+                f"({self.copy_up_rate:g}), or copies would be added and dropped in turn"
+            )
+        return self
 
     def artifact_dir(self) -> Path:
         return self.cache_dir or Path(tempfile.gettempdir()) / "mesh-artifacts" / self.pod_id

@@ -1,4 +1,4 @@
-"""Registration options in the model key JSON, tenant caps on registration, and tenant use."""
+"""Registration options in the model key JSON, tenant caps on registration, tenant use, copy settings."""
 
 from __future__ import annotations
 
@@ -149,3 +149,13 @@ def test_records_round_trip_with_traffic_history_and_reasons() -> None:
         del old[name]
     del old["copies"]["pod-a"]["why"]
     assert ModelRecord.from_json(json.dumps(old).encode()).copies["pod-a"].why == ""
+
+
+def test_copy_thresholds_without_hysteresis_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from mesh.settings import MeshSettings
+
+    with pytest.raises(ValidationError, match="copy_down_rate \\(5\\) must be below copy_up_rate \\(5\\)"):
+        MeshSettings(copy_up_rate=5, copy_down_rate=5)
+    assert MeshSettings(copy_up_rate=5, copy_down_rate=1).copy_up_rate == 5
