@@ -95,6 +95,7 @@ class ModelCache:
         adapters: Callable[[str], ModelAdapter] = adapter_for,
         eviction_policy: EvictionPolicy = EvictionPolicy.GDSF,
         admit: Admit | None = None,
+        held_elsewhere: Callable[[list[str]], set[str]] | None = None,
     ) -> None:
         self.capacity_bytes = capacity_bytes
         self._fetchers = fetchers
@@ -109,6 +110,8 @@ class ModelCache:
         self._idle = asyncio.Event()
         self._policy = eviction_policy
         self._admit = admit
+        self._held_elsewhere = held_elsewhere
+        """Which of the given models other live pods hold too (their copies here go first)."""
         self._inflation = 0.0
         """GDSF's L: the highest priority evicted so far."""
 
@@ -342,10 +345,13 @@ class ModelCache:
         self._idle.set()  # a new evictable model, and maybe fewer bytes than reserved: wake waiters
 
     def _candidates(self) -> list[EvictionCandidate]:
+        loaded = [e for e in self._entries.values() if e.model is not None]
+        elsewhere = self._held_elsewhere([e.model_id for e in loaded]) if self._held_elsewhere else set()
         return [
-            EvictionCandidate(e.model_id, e.size_bytes, e.last_used, e.in_use, e.priority)
-            for e in self._entries.values()
-            if e.model is not None
+            EvictionCandidate(
+                e.model_id, e.size_bytes, e.last_used, e.in_use, e.priority, e.model_id in elsewhere
+            )
+            for e in loaded
         ]
 
     def _evict(self, victims: list[str]) -> list[_Entry]:

@@ -485,6 +485,19 @@ class ModelManager:
             for pod, c in record.copies.items()
         )
 
+    def replicated(self, model_ids: list[str]) -> set[str]:
+        """Those of ``model_ids`` that another live pod has loaded (one read of the live pods)."""
+        live = self._store.instances()
+        found = set()
+        for model_id in model_ids:
+            record = self._store.model(model_id)
+            if record is not None and any(
+                pod != self.pod_id and pod in live and c.state is ModelState.LOADED
+                for pod, c in record.copies.items()
+            ):
+                found.add(model_id)
+        return found
+
     def held_elsewhere(self, model_id: str) -> bool:
         """Whether another live pod has the model loaded or loading."""
         record = self._store.model(model_id)

@@ -154,6 +154,7 @@ class Pod:
             load_timeout_s=s.load_timeout_s,
             eviction_policy=EvictionPolicy(s.eviction_policy),
             admit=self._admit,
+            held_elsewhere=lambda ids: self.manager.replicated(ids) if self.manager is not None else set(),
         )
         self.manager = ModelManager(
             store=self.store,

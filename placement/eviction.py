@@ -19,6 +19,10 @@ A model serving a request (``in_use`` > 0) or still loading is never chosen. Two
     a one-off scan of cold models (hits = 1) is evicted before hot models it would
     otherwise push out.
 
+Under either policy, a model with copies on other pods (``replicated``) goes before any
+model this pod alone holds: evicting an extra copy costs no reload, its calls go to the
+other copies.
+
 The simulator (``python -m placement.simulate``) replays traces against both and
 against the offline optimum; the pod's default is the one it shows winning.
 """
@@ -47,6 +51,8 @@ class EvictionCandidate:
     in_use: int = 0
     priority: float = 0.0
     """GDSF's H: see ``gdsf_priority``."""
+    replicated: bool = False
+    """Other pods hold copies: evicting this one costs no reload."""
 
 
 _PRIORITY = attrgetter("priority")
@@ -73,7 +79,10 @@ def choose_victims(
         return []
     # One float key sorted in C: ties keep the caller's order (a tuple key costs 4-5x more,
     # and this runs on every load that needs room).
-    order = sorted(candidates, key=_PRIORITY if policy is EvictionPolicy.GDSF else _LAST_USED)
+    key = _PRIORITY if policy is EvictionPolicy.GDSF else _LAST_USED
+    order = sorted(candidates, key=key)
+    if any(c.replicated for c in order):
+        order = [c for c in order if c.replicated] + [c for c in order if not c.replicated]
     chosen: list[str] = []
     freed = 0
     for candidate in order:

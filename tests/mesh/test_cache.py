@@ -11,6 +11,7 @@ import pytest
 from mesh.cache import ModelCache
 from mesh.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
 from mesh.records import ModelInfo, ModelRecord
+from placement.eviction import EvictionPolicy
 from puller import default_fetchers
 from tests.mesh.fakes import FakeAdapter, FakeModel, fake_cache
 
@@ -52,6 +53,9 @@ async def cache(adapter, events):
         listener=events,
         load_timeout_s=0.5,
         adapters=lambda _: adapter,
+        # LRU: a deterministic order. Under GDSF, models with equal hits rank by their measured
+        # load times, which vary run to run (its own tests build their caches).
+        eviction_policy=EvictionPolicy.LRU,
     )
     yield cache
     adapter.block.set()
@@ -168,3 +172,21 @@ async def test_the_published_coldness_is_that_of_the_next_victim_under_each_poli
         pool.shutdown()
     # GDSF would evict "once" (one hit) next, LRU "hot" (older)
     assert ages == {EvictionPolicy.GDSF: 10.0, EvictionPolicy.LRU: 50.0}
+
+
+async def test_a_copy_other_pods_hold_is_evicted_before_one_only_this_pod_has(tmp_path) -> None:
+    pool = ThreadPoolExecutor(2)
+    cache = fake_cache(
+        capacity_bytes=100,
+        executor=pool,
+        listener=Events(),
+        held_elsewhere=lambda ids: {i for i in ids if i == "shared"},
+    )
+    for name in ("alone", "shared"):  # "alone" is the least recently used
+        async with cache.use(record(tmp_path, name, 40)):
+            pass
+    async with cache.use(record(tmp_path, "new", 40)):
+        pass
+    assert cache.loaded("shared") is None and cache.loaded("alone") is not None
+    await cache.close()
+    pool.shutdown()

@@ -76,3 +76,12 @@ def test_gdsf_priority_treats_unknown_costs_and_tiny_models_sanely() -> None:
     assert gdsf_priority(0.0, hits=1, load_ms=0.0, size_bytes=MIB) == 1.0  # load time floors at 1 ms
     assert gdsf_priority(0.0, hits=1, load_ms=1.0, size_bytes=0) == 1024.0  # size floors at 1 KiB
     assert gdsf_priority(7.0, hits=2, load_ms=30.0, size_bytes=3 * MIB) == 27.0
+
+
+def test_copies_held_elsewhere_go_first_under_either_policy() -> None:
+    only = EvictionCandidate("only-copy", MIB, 1.0, priority=1.0)
+    extra = EvictionCandidate("extra-copy", MIB, 9.0, priority=500.0, replicated=True)
+    busy_extra = EvictionCandidate("busy-extra", MIB, 0.5, in_use=1, priority=0.1, replicated=True)
+    for policy in (EvictionPolicy.LRU, GDSF):
+        assert choose_victims([only, busy_extra, extra], MIB, policy) == ["extra-copy"]
+        assert choose_victims([only, busy_extra, extra], 2 * MIB, policy) == ["extra-copy", "only-copy"]
