@@ -540,26 +540,27 @@ class Router:
         rate above the copies' mean, over its rate) to the least busy other copy, at random;
         rates are the published recent averages, so the split settles near even.
         """
-        live = self._store.instances()
-        me = live.get(self.pod_id)
+        # On the request path: plain lookups, no copy of the live pods.
+        me = self._store.instance(self.pod_id)
         mine = me.hot.get(model_id) if me is not None else None
         if mine is None or mine.rate <= 0:
             return None
         record = self._store.model(model_id)
         if record is None:
             return None
-        others = [
-            pod
+        peers = {
+            pod: instance
             for pod, copy in record.copies.items()
             if copy.state is ModelState.LOADED
             and pod != self.pod_id
-            and pod in live
             and pod not in excluded
-            and not live[pod].shutting_down
-        ]
+            and (instance := self._store.instance(pod)) is not None
+            and not instance.shutting_down
+        }
+        others = list(peers)
         if not others:
             return None
-        rates = [t.rate for pod in others if (t := live[pod].hot.get(model_id)) is not None]
+        rates = [t.rate for instance in peers.values() if (t := instance.hot.get(model_id)) is not None]
         fair = (mine.rate + sum(rates)) / (len(others) + 1)
         excess = (mine.rate - fair) / mine.rate
         if excess <= _SHED_MIN or random.random() >= excess:
