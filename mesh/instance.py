@@ -14,8 +14,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from mesh.errors import Unavailable
+from mesh.management import now_ms
 from mesh.records import InstanceRecord
 from mesh.registry import ModelStore, Registry
 
@@ -88,7 +90,7 @@ class InstancePublisher:
                     failing = False
                 if self._changed.is_set():
                     self._changed.clear()
-                    if self._describe() != self._published:
+                    if self._describe() != self._published:  # the stamp is added on publishing
                         await self._publish()
                     await asyncio.sleep(self._min_interval_s)
             except Unavailable as exc:
@@ -109,7 +111,7 @@ class InstancePublisher:
 
     async def _publish(self) -> None:
         record = self._describe()
-        await self._store.publish_instance(record, lease=self._lease)
+        await self._store.publish_instance(replace(record, published_ms=now_ms()), lease=self._lease)
         self._published = record
 
     async def publish_now(self) -> None:

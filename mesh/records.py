@@ -179,6 +179,9 @@ class InstanceRecord:
     """Memory per device: ``host`` (the cache: ``capacity_bytes``/``used_bytes``) and each GPU."""
     hot: dict[str, ModelTraffic] = field(default_factory=dict)
     """The models this pod serves most (at most ``HOT_MODELS``): their recent rate and queueing delay."""
+    published_ms: int = 0
+    """Wall-clock time (this pod's clock) the record describes. Copies this pod recorded later are
+    not in ``used_bytes`` yet: placement adds them (see ``ModelStore.unpublished``)."""
 
     def supports(self, model_type: str) -> bool:
         return f"type:{model_type}" in self.labels

@@ -575,15 +575,22 @@ class Router:
         now = time.monotonic()
         pods = []
         for pod_id, instance in sorted(instances.items()):
-            sent = [t for t in self._sent_loads.get(pod_id, []) if now - t < _PENDING_S]
-            self._sent_loads[pod_id] = sent
+            used, loads = instance.used_bytes, instance.loads_in_flight
+            if pod_id != self.pod_id:
+                # Another pod's record can be a publish interval old: add the copies it recorded
+                # since, and the loads sent from here that it may not have recorded yet.
+                sent = [t for t in self._sent_loads.get(pod_id, []) if now - t < _PENDING_S]
+                self._sent_loads[pod_id] = sent
+                fresh = self._store.unpublished(pod_id)
+                used = min(used + fresh.bytes, instance.capacity_bytes)
+                loads += max(len(sent), fresh.loads)
             pods.append(
                 PodView(
                     pod_id=pod_id,
                     capacity_bytes=instance.capacity_bytes,
-                    used_bytes=instance.used_bytes,
+                    used_bytes=used,
                     oldest_used_ms=instance.oldest_used_ms,
-                    loads_in_flight=instance.loads_in_flight + (len(sent) if pod_id != self.pod_id else 0),
+                    loads_in_flight=loads,
                     requests_in_flight=max(instance.requests_in_flight, self.in_flight[pod_id]),
                     request_rate=instance.request_rate,
                     labels=frozenset(instance.labels),

@@ -2,6 +2,14 @@
 
 from mesh.registry.base import Entry, Registry, RegistryConflict, WatchEvent
 from mesh.registry.memory import MemoryRegistry
-from mesh.registry.store import ModelStore
+from mesh.registry.store import ModelStore, Unpublished
 
-__all__ = ["Entry", "MemoryRegistry", "ModelStore", "Registry", "RegistryConflict", "WatchEvent"]
+__all__ = [
+    "Entry",
+    "MemoryRegistry",
+    "ModelStore",
+    "Registry",
+    "RegistryConflict",
+    "Unpublished",
+    "WatchEvent",
+]

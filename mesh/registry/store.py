@@ -15,10 +15,17 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from mesh.errors import Unavailable
-from mesh.records import InstanceRecord, LeaderRecord, ModelRecord, TenantRecord, VModelRecord
+from mesh.records import (
+    InstanceRecord,
+    LeaderRecord,
+    ModelRecord,
+    ModelState,
+    TenantRecord,
+    VModelRecord,
+)
 from mesh.registry.base import (
     MUST_NOT_EXIST,
     Registry,
@@ -49,6 +56,18 @@ Listener = Callable[[str, str, Any], None]
 """Called with (kind, id, record or None) after the mirror changes."""
 
 
+class Unpublished(NamedTuple):
+    """What a pod's instance record does not show yet: copies it recorded after publishing it."""
+
+    bytes: int
+    """Sizes of those copies (0 for a model never loaded: its size is not known yet)."""
+    loads: int
+    """How many of them are still loading."""
+
+
+_HELD = (ModelState.LOADING, ModelState.LOADED)
+
+
 class ModelStore:
     def __init__(self, registry: Registry, *, namespace: str = "default") -> None:
         self._registry = registry
@@ -60,6 +79,10 @@ class ModelStore:
         self._tenants: dict[str, TenantRecord] = self._mirror["tenants"]
         self._tenant_models: dict[str, int] = {}
         """Registered models per tenant, kept as the mirror changes (quota checks must not scan)."""
+        self._fresh: dict[str, dict[str, tuple[int, int, bool]]] = {}
+        """Per pod: copies recorded after its published instance record, model id -> (since_ms,
+        size_bytes, loading). A pod republishes at most every few hundred ms; until then placement
+        would see room that a just-loaded model already took."""
         self._revisions: dict[str, int] = {}
         self._revision = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -121,6 +144,24 @@ class ModelStore:
 
     def tenants(self) -> list[TenantRecord]:
         return [self._tenants[k] for k in sorted(self._tenants)]
+
+    def unpublished(self, pod_id: str) -> Unpublished:
+        """Copies ``pod_id`` recorded (claimed or loaded) after the instance record the mirror holds.
+
+        Both times come from that pod's clock (a pod writes its own copies and its own record),
+        so no clock skew between pods enters.
+        """
+        fresh = self._fresh.get(pod_id)
+        if not fresh:
+            return Unpublished(0, 0)
+        instance = self._instances.get(pod_id)
+        published = instance.published_ms if instance is not None else 0
+        size = loads = 0
+        for since, size_bytes, loading in fresh.values():
+            if since > published:
+                size += size_bytes
+                loads += loading
+        return Unpublished(size, loads)
 
     def vmodels_using(self, model_id: str) -> list[str]:
         return sorted(
@@ -312,6 +353,9 @@ class ModelStore:
             if gone is not None:
                 if kind == "models":
                     self._count_tenant(gone.tenant, -1)
+                    self._index_copies(record_id, gone, None)
+                elif kind == "instances":
+                    self._fresh.pop(record_id, None)
                 self._notify(kind, record_id, None)
             self._revisions.pop(event.key, None)
             return
@@ -328,7 +372,39 @@ class ModelStore:
                     self._count_tenant(previous.tenant, -1)
                 self._count_tenant(record.tenant, 1)
             mirror[record_id] = record
+            if kind == "models":
+                self._index_copies(record_id, previous, record)
+            elif kind == "instances":
+                self._published(record)
             self._notify(kind, record_id, record)
+
+    def _index_copies(self, model_id: str, previous: ModelRecord | None, record: ModelRecord | None) -> None:
+        """Keep ``_fresh`` current for one model record's change (``record`` None: deleted)."""
+        copies = record.copies if record is not None else {}
+        for pod_id in previous.copies if previous is not None else ():
+            copy = copies.get(pod_id)
+            if copy is None or copy.state not in _HELD:
+                fresh = self._fresh.get(pod_id)
+                if fresh is not None:
+                    fresh.pop(model_id, None)
+        if record is None:
+            return
+        for pod_id, copy in copies.items():
+            if copy.state not in _HELD:
+                continue
+            instance = self._instances.get(pod_id)
+            if instance is not None and copy.since_ms <= instance.published_ms:
+                self._fresh.get(pod_id, {}).pop(model_id, None)
+                continue
+            loading = copy.state is ModelState.LOADING
+            self._fresh.setdefault(pod_id, {})[model_id] = (copy.since_ms, record.size_bytes, loading)
+
+    def _published(self, instance: InstanceRecord) -> None:
+        """A pod republished: the copies its record now covers leave ``_fresh``."""
+        fresh = self._fresh.get(instance.pod_id)
+        if fresh:
+            for model_id in [m for m, (since, _, _) in fresh.items() if since <= instance.published_ms]:
+                del fresh[model_id]
 
     def _count_tenant(self, tenant: str, change: int) -> None:
         count = self._tenant_models.get(tenant, 0) + change

@@ -37,6 +37,15 @@ def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
         yield running
 
 
+@pytest.fixture
+def slow_records(tmp_path: Path) -> Iterator[LocalFleet]:
+    """A fleet whose pods republish their records at most every 1.5 s: what each pod's record says
+    about its room lags well behind the loads placed on it."""
+    env = ENV | {"MESH_PUBLISH_INTERVAL_S": "1.5", "MESH_LEASE_TTL_S": "10"}
+    with LocalFleet(tmp_path, pods=3, capacity=str(CAPACITY), env=env) as running:
+        yield running
+
+
 def call(client: tc.InferenceServerClient, model_id: str, features: int) -> None:
     tensor = tc.InferInput("input-0", [1, features], "FP64")
     tensor.set_data_from_numpy(np.zeros((1, features)))
@@ -92,8 +101,9 @@ def test_a_hot_model_gains_a_copy_under_load_and_loses_it_when_traffic_stops(
 
 
 def test_a_tenant_over_its_loaded_bytes_cap_evicts_its_own_models_not_another_tenants(
-    fleet: LocalFleet, tmp_path: Path
+    slow_records: LocalFleet, tmp_path: Path
 ) -> None:
+    fleet = slow_records
     # ~1.6 MiB models: 3 pods x 6 MiB hold 9. Quiet's 4 plus noisy's 10 would not fit, and
     # noisy's newer loads would push quiet's models out; noisy's cap keeps it to 3 loaded.
     big = [
@@ -113,12 +123,12 @@ def test_a_tenant_over_its_loaded_bytes_cap_evicts_its_own_models_not_another_te
     assert (status.max_models, status.max_loaded_bytes) == (10, cap)
     placed = {model_id: loaded_on(api, model_id) for model_id in quiet}
     assert all(len(pods) == 1 for pods in placed.values()), placed
-    # Through one pod: it counts the loads it sent until their pods' records show them. Calls
-    # entering at different pods back to back can see a pod's room before its record shows the
-    # last load, and then a load of a tenant under its cap may evict by plain GDSF there.
+    # Calls enter at every pod in turn, back to back: each entry pod must see the loads the
+    # others just placed (before their pods republish their records) or a pod that just filled
+    # looks roomy, gets the next load, and evicts a quiet model by plain GDSF.
     for n, model_id in enumerate(noisy):
         api.register(model_id, "sklearn", str(big[n % 3]), key=json.dumps({"tenant": "noisy"}))
-        call(clients[0], model_id, 200)
+        call(clients[n % 3], model_id, 200)
 
     tenants = {t.tenant: t for t in api.tenants().tenants}
     assert tenants["noisy"].models_registered == 10

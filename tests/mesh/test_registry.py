@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
 from mesh.etcd_process import EtcdProcess
+from mesh.instance import InstancePublisher
+from mesh.management import now_ms
 from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry, RegistryConflict
 from mesh.registry.base import MUST_NOT_EXIST, RegistryCompacted
@@ -147,6 +150,71 @@ async def test_instance_records_vanish_with_their_lease(registry: Registry, ns: 
     assert seen == [("instances", "pod-1", instance), ("instances", "pod-1", None)]
     await store.stop()
     await other.stop()
+
+
+async def test_copies_recorded_after_a_pods_record_count_until_it_republishes(
+    registry: Registry, ns: str
+) -> None:
+    """Placement adds these to the pod's published use: the record can be a publish interval old."""
+    store, other = ModelStore(registry, namespace=ns), ModelStore(registry, namespace=ns)
+    await store.start()
+    await other.start()
+    lease = await registry.grant_lease(10)
+    instance = InstanceRecord("pod-1", "127.0.0.1:1", capacity_bytes=1000, published_ms=1000)
+    await store.publish_instance(instance, lease=lease)
+
+    async def put(model_id: str, size: int, copies: dict[str, CopyRecord]) -> None:
+        record = ModelRecord(model_id, ModelInfo("onnx", "/p"), size_bytes=size, copies=copies)
+        if store.model(model_id) is None:
+            await store.create_model(record)
+        else:
+            await store.update_model(model_id, lambda _: record)
+
+    await put("new", 40, {"pod-1": CopyRecord(ModelState.LOADED, 1500)})
+    await put("loading", 25, {"pod-1": CopyRecord(ModelState.LOADING, 1600)})
+    await put("old", 70, {"pod-1": CopyRecord(ModelState.LOADED, 900)})  # in the record already
+    await put("elsewhere", 30, {"pod-2": CopyRecord(ModelState.LOADED, 1700)})
+    assert store.unpublished("pod-1") == (65, 1)
+    await _until(lambda: other.unpublished("pod-1") == (65, 1))
+
+    await store.publish_instance(replace(instance, used_bytes=110, published_ms=1550), lease=lease)
+    assert store.unpublished("pod-1") == (25, 1)  # "new" is in the record now
+    await put("loading", 25, {})  # the load failed: the claim is gone
+    assert store.unpublished("pod-1") == (0, 0)
+    await put("again", 5, {"pod-1": CopyRecord(ModelState.LOADING, 1800)})
+    await store.delete_model("again")
+    assert store.unpublished("pod-1") == (0, 0)
+    await put("later", 5, {"pod-1": CopyRecord(ModelState.LOADED, 1900)})
+    assert store.unpublished("pod-1") == (5, 0)
+    await registry.revoke_lease(lease)
+    await _until(lambda: store.instance("pod-1") is None)
+    assert store.unpublished("pod-1") == (0, 0)  # the pod left
+    assert other.unpublished("pod-2") == (30, 0)  # no record of pod-2 at all: every copy counts
+    await store.stop()
+    await other.stop()
+
+
+async def test_the_publisher_stamps_each_record_with_the_time_it_describes() -> None:
+    registry = MemoryRegistry()
+    store = ModelStore(registry)
+    await store.start()
+    record = InstanceRecord("pod-1", "127.0.0.1:1", capacity_bytes=1000)
+    publisher = InstancePublisher(
+        registry=registry, store=store, describe=lambda: record, ttl_s=30, min_interval_s=0.01
+    )
+    before = now_ms()
+    await publisher.start()
+    first = store.instance("pod-1")
+    assert first is not None and before <= first.published_ms <= now_ms()
+    record = replace(record, used_bytes=10)
+    publisher.changed()
+    await _until(lambda: store.instance("pod-1") != first)
+    second = store.instance("pod-1")
+    assert second == replace(record, published_ms=second.published_ms)  # type: ignore[union-attr]
+    assert second is not None and second.published_ms >= first.published_ms
+    await publisher.stop()
+    await _until(lambda: store.instance("pod-1") is None)  # the lease went with it
+    await store.stop()
 
 
 async def test_mirror_resumes_after_etcd_restarts(tmp_path: Path) -> None:

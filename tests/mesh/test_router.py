@@ -160,6 +160,7 @@ class Harness:
         in_flight: int = 0,
         shutting_down: bool = False,
         hot: dict[str, ModelTraffic] | None = None,
+        published_ms: int = 0,
     ) -> None:
         record = InstanceRecord(
             pod_id=pod_id,
@@ -170,6 +171,7 @@ class Harness:
             labels=LABELS,
             shutting_down=shutting_down,
             hot=hot or {},
+            published_ms=published_ms,
         )
         await self.store.publish_instance(record, lease=self.lease)
 
@@ -376,6 +378,26 @@ async def test_a_load_placed_on_a_peer_goes_there_as_a_load(harness: Harness) ->
     assert harness.peers.routes() == [("pod-b", LOAD)]
     decision = harness.router.last_decision["m"]
     assert decision.pod_id == "pod-b" and decision.runner_up is not None
+
+
+async def test_placement_counts_copies_a_peer_recorded_after_its_published_record(
+    harness: Harness,
+) -> None:
+    """pod-b's record says it is empty, but it has loaded a big model since: the load goes to pod-c."""
+    published = now_ms() - 1000
+    await harness.pod("pod-b", published_ms=published)
+    await harness.pod("pod-c", used=100, published_ms=published)
+    await harness.model("big", size=600, pod_b=ModelState.LOADED)
+    await harness.model("coming", size=50, pod_b=ModelState.LOADING)
+    await harness.model("m", size=300)
+    pod_b = next(pod for pod in harness.router.view().pods if pod.pod_id == "pod-b")
+    assert (pod_b.used_bytes, pod_b.loads_in_flight) == (650, 1)
+    harness.self_used = 995
+    assert await harness.call() == b"answer from pod-c"
+    assert harness.peers.routes() == [("pod-c", LOAD)]
+    await harness.pod("pod-b", used=650, published_ms=now_ms() + 1)  # pod-b republished
+    pod_b = next(pod for pod in harness.router.view().pods if pod.pod_id == "pod-b")
+    assert (pod_b.used_bytes, pod_b.loads_in_flight) == (650, 0)
 
 
 async def test_load_failures_on_several_pods_report_each(harness: Harness) -> None:
