@@ -16,7 +16,10 @@ Each round the leader:
    unloaded;
 4. scales copies (``placement.copies``): from the requests/s and queueing delay each
    pod publishes for its busiest models, adds a copy of a model whose copies are too
-   busy and drops an extra one that went cold, within the model's min/max copies.
+   busy and drops an extra one that went cold, within the model's min/max copies;
+5. brings a tenant over its loaded-bytes cap back under it, unloading its coldest
+   copies (``placement.quotas``). Each load checks the cap first, but loads of one
+   tenant starting on several pods at the same moment can each pass the check.
 
 Every decision is logged with its reason.
 """
@@ -27,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from typing import Protocol
 
@@ -38,6 +41,7 @@ from mesh.registry import ModelStore
 from placement.cluster import ClusterView
 from placement.copies import CopyChange, CopyPolicy, ModelDemand, plan_copies
 from placement.preload import PreloadCandidate, choose_preloads
+from placement.quotas import TenantCopy, tenant_victims
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class Copies(Protocol):
 
     async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None: ...
     async def drop_copy(self, model_id: str, pod_id: str, *, deadline: float) -> None: ...
+    def tenant_copies(self, tenants: Collection[str]) -> dict[str, list[TenantCopy]]: ...
 
 
 class Janitor:
@@ -134,6 +139,7 @@ class Janitor:
         await self._expire_failures()
         await self._preload()
         await self._scale()
+        await self._enforce_caps()
 
     async def _expire_failures(self) -> None:
         now = now_ms()
@@ -212,6 +218,26 @@ class Janitor:
             )
         changes = plan_copies(self._view(), demands, self._copy_policy, limit=self._copies_per_round)
         await asyncio.gather(*(self._change_copy(change) for change in changes))
+
+    async def _enforce_caps(self) -> None:
+        if self._copies is None:
+            return
+        caps = {t.tenant: t.max_loaded_bytes for t in self._store.tenants() if t.max_loaded_bytes}
+        if not caps:
+            return
+        for tenant, copies in self._copies.tenant_copies(caps).items():
+            cap = caps[tenant]
+            victims = tenant_victims(copies, cap_bytes=cap, need_bytes=0, loading_pod="")
+            if not victims:  # under the cap, or over it only by loads still running: next round
+                continue
+            used = sum(c.size_bytes for c in copies)
+            reason = f"tenant {tenant!r} has {used} bytes loaded, over its loaded-bytes cap of {cap} bytes"
+            await asyncio.gather(
+                *(
+                    self._change_copy(CopyChange(c.model_id, c.pod_id, add=False, reason=reason))
+                    for c in victims
+                )
+            )
 
     async def _change_copy(self, change: CopyChange) -> None:
         assert self._copies is not None

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -289,7 +289,7 @@ class Router:
             return
         cap = quota.max_loaded_bytes
         tenant = record.tenant
-        copies = self._tenant_copies(record)
+        copies = self.tenant_copies([tenant], loading=record)[tenant]
         victims = tenant_victims(copies, cap_bytes=cap, need_bytes=size_bytes, loading_pod=self.pod_id)
         if victims is None:
             used = sum(c.size_bytes for c in copies)
@@ -313,20 +313,23 @@ class Router:
                 ) from None
             await self._manager.note(victim.model_id, victim.pod_id, f"unloaded: {why}")
 
-    def _tenant_copies(self, loading: ModelRecord) -> list[TenantCopy]:
-        """Every live copy of the tenant's models but the one about to load here."""
+    def tenant_copies(
+        self, tenants: Collection[str], *, loading: ModelRecord | None = None
+    ) -> dict[str, list[TenantCopy]]:
+        """Every live copy of the given tenants' models (but ``loading`` about to load here), by tenant."""
         live = self._store.instances()
         here = {m.model_id: m for m in self._cache.models()}
         now_wall, now_mono = now_ms(), time.monotonic()
-        copies = []
+        copies: dict[str, list[TenantCopy]] = {tenant: [] for tenant in tenants}
         for r in self._store.models():
-            if r.tenant != loading.tenant:
+            found = copies.get(r.tenant)
+            if found is None:
                 continue
             for pod_id, copy in r.copies.items():
                 if copy.state not in (ModelState.LOADED, ModelState.LOADING):
                     continue
                 if (pod_id not in live and pod_id != self.pod_id) or (
-                    r.model_id == loading.model_id and pod_id == self.pod_id
+                    loading is not None and r.model_id == loading.model_id and pod_id == self.pod_id
                 ):
                     continue
                 traffic = live[pod_id].hot.get(r.model_id) if pod_id in live else None
@@ -338,7 +341,7 @@ class Router:
                     if cached is not None:
                         last_used = now_wall - int((now_mono - cached.last_used) * 1000)
                 rate = traffic.rate if traffic is not None else 0.0
-                copies.append(TenantCopy(r.model_id, pod_id, r.size_bytes, rate, last_used, busy))
+                found.append(TenantCopy(r.model_id, pod_id, r.size_bytes, rate, last_used, busy))
         return copies
 
     async def claim(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,10 +19,12 @@ from mesh.records import (
     ModelRecord,
     ModelState,
     ModelTraffic,
+    TenantRecord,
 )
 from mesh.registry import MemoryRegistry, ModelStore
 from placement.cluster import ClusterView, PodView
 from placement.copies import CopyPolicy
+from placement.quotas import TenantCopy
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
 from tests.mesh.test_cache import Events
@@ -43,6 +45,10 @@ async def until(store: ModelStore, condition: Callable[[], bool]) -> None:
 @dataclass
 class FakeCopies:
     changes: list[tuple[str, str, str]] = field(default_factory=list)
+    tenants: dict[str, list[TenantCopy]] = field(default_factory=dict)
+
+    def tenant_copies(self, tenants: Collection[str]) -> dict[str, list[TenantCopy]]:
+        return {t: self.tenants.get(t, []) for t in tenants}
 
     async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
         self.changes.append(("add", model_id, pod_id))
@@ -197,3 +203,22 @@ async def test_the_leader_scales_copies_from_the_traffic_pods_publish(fleet) -> 
         ("drop", "cooled", "pod-b"),  # serves nothing: 2 req/s on one copy is below 10
     ]
     await until(a.store, lambda: any("copy dropped" in e.what for e in a.store.model("cooled").history))  # type: ignore[union-attr]
+
+
+async def test_the_leader_brings_a_tenant_over_its_loaded_bytes_cap_back_under_it(fleet) -> None:
+    """Loads of one tenant on two pods at once can each pass the cap check: the janitor trims."""
+    _, (a, _) = fleet
+    for tenant in ("over", "under", "settling"):
+        await a.store.set_tenant(TenantRecord(tenant, max_loaded_bytes=250))
+    a.copies.tenants = {
+        "over": [
+            TenantCopy("o1", "pod-a", 100, rate=5.0, last_used_ms=10),
+            TenantCopy("o2", "pod-b", 100, rate=0.0, last_used_ms=30),
+            TenantCopy("o3", "pod-a", 100, rate=0.0, last_used_ms=20),  # the coldest
+            TenantCopy("o4", "pod-b", 100, busy=True),
+        ],
+        "under": [TenantCopy("u1", "pod-a", 100), TenantCopy("u2", "pod-b", 100)],
+        "settling": [TenantCopy(f"s{i}", "pod-a", 100, busy=True) for i in range(3)],
+    }
+    await a.janitor.round()
+    assert sorted(a.copies.changes) == [("drop", "o2", "pod-b"), ("drop", "o3", "pod-a")]
