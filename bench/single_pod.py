@@ -4,9 +4,13 @@
 
 Every figure is measured in this run: the in-process call is the floor, MLServer
 (``mlserver`` + ``mlserver-sklearn`` in ``bench/.venvs/mlserver``, created on first
-use) the baseline. Both servers get the same client (``tritonclient.grpc.aio``),
-the same concurrency and alternate runs, because these machines are shared and noisy.
-Also prints the pod's resident memory with nothing loaded and per loaded small model.
+use) the baseline. A bare grpc.aio server in its own process that answers every
+``ModelInfer`` with a fixed response and does nothing else is the ceiling: no Python
+gRPC server can answer this client faster on this machine. All servers get the same
+client (``tritonclient.grpc.aio``), the same concurrency and alternate runs, because
+these machines are shared and noisy. CPU use (in cores) of server and client is
+printed for each run. Also prints the pod's resident memory with nothing loaded and
+per loaded small model.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Run:
     requests: int
     seconds: float
     latencies_ms: np.ndarray
+    server_cores: float = 0.0
+    client_cores: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -52,8 +58,13 @@ class Run:
     def line(self) -> str:
         return (
             f"{self.name:<22} {self.rps:>9.0f} req/s   p50 {self.pct(50):7.2f} ms   "
-            f"p99 {self.pct(99):7.2f} ms   ({self.requests} calls)"
+            f"p99 {self.pct(99):7.2f} ms   ({self.requests} calls{self.cpu()})"
         )
+
+    def cpu(self) -> str:
+        if not self.server_cores:
+            return ""
+        return f"; CPU: server {self.server_cores:.2f}, client {self.client_cores:.2f} cores"
 
 
 def free_port() -> int:
@@ -218,11 +229,70 @@ def measured(
         if register is not None:
             with MeshClient(target) as client:
                 client.register("iris", "sklearn", str(register), load_now=True, sync=True)
+        server, client = _cpu_seconds(process.pid), _cpu_seconds(os.getpid(), children=False)
+        started = time.perf_counter()
         run = asyncio.run(drive(name, target, "iris", "input-0", args.concurrency, args.seconds))
+        elapsed = time.perf_counter() - started
+        run.server_cores = (_cpu_seconds(process.pid) - server) / elapsed
+        run.client_cores = (_cpu_seconds(os.getpid(), children=False) - client) / elapsed
     finally:
         stop(process)
     print(run.line(), flush=True)
     return run
+
+
+def _cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """CPU time of a process (and its children) so far."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in (process, *(process.children(recursive=True) if children else ())):
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def start_bare() -> tuple[subprocess.Popen[bytes], str]:
+    process = subprocess.Popen([sys.executable, __file__, "--serve-bare"], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    return process, f"127.0.0.1:{port}"
+
+
+def serve_bare() -> None:
+    """The ceiling: a grpc.aio server answering every ``ModelInfer`` with one fixed response."""
+    from mesh_proto import grpc_service_pb2 as v2
+
+    response = v2.ModelInferResponse(model_name="iris")
+    response.outputs.add(name="predict", datatype="INT64", shape=[1])
+    response.raw_output_contents.append(np.zeros(1, dtype=np.int64).tobytes())
+    answer = response.SerializeToString()
+    ready = v2.ServerReadyResponse(ready=True).SerializeToString()
+
+    async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return answer
+
+    async def server_ready(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return ready
+
+    async def serve() -> None:
+        handler = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService",
+            {
+                "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
+                "ServerReady": grpc.unary_unary_rpc_method_handler(server_ready),
+            },
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
 
 
 def main() -> int:
@@ -232,7 +302,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory-models", type=int, default=200)
     parser.add_argument("--no-mlserver", action="store_true")
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare()
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
         workdir = Path(tmp)
@@ -243,12 +317,15 @@ def main() -> int:
             print("MLServer could not be installed: comparing against in-process only")
         pod_runs: list[Run] = []
         ml_runs: list[Run] = []
+        bare_runs: list[Run] = []
         for round_index in range(args.rounds):
             process, target = start_pod(workdir)
             pod_runs.append(measured(f"mesh pod #{round_index + 1}", process, target, "", args, model_path))
             if mlserver is not None:
                 process, target = start_mlserver(mlserver, model_path, workdir)
                 ml_runs.append(measured(f"MLServer #{round_index + 1}", process, target, "iris", args))
+            process, target = start_bare()
+            bare_runs.append(measured(f"bare grpc.aio #{round_index + 1}", process, target, "", args))
         base_mib, per_model_kib = memory(workdir, model_path, args.memory_models)
 
     best_pod = max(pod_runs, key=lambda r: r.rps)
@@ -260,11 +337,21 @@ def main() -> int:
         f"pod / in-process throughput: {best_pod.rps / floor.rps:.3f}x "
         f"(p50 {best_pod.pct(50) / floor.pct(50):.0f}x the bare call)"
     )
+    best_bare = max(bare_runs, key=lambda r: r.rps)
+    print(best_bare.line())
+    print(
+        f"pod / bare grpc.aio ceiling throughput: {best_pod.rps / best_bare.rps:.2f}x "
+        f"(p99 {best_pod.pct(99) / best_bare.pct(99):.2f}x)"
+    )
     if ml_runs:
         best_ml = max(ml_runs, key=lambda r: r.rps)
         print(best_ml.line())
         print(f"pod / MLServer throughput: {best_pod.rps / best_ml.rps:.2f}x (target >= 3x)")
         print(f"pod / MLServer p99:        {best_pod.pct(99) / best_ml.pct(99):.2f}x (target <= 0.33x)")
+        print(
+            f"bare grpc.aio / MLServer throughput: {best_bare.rps / best_ml.rps:.2f}x "
+            "(what a server doing no work at all reaches)"
+        )
     print(
         f"pod resident memory, nothing loaded: {base_mib:.0f} MiB; "
         f"per loaded small sklearn model: {per_model_kib:.0f} KiB ({args.memory_models} models)"
