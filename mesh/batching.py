@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-GATHER_TURNS = 4
-"""Event-loop turns a drain yields between rounds: a request needs a few turns to get from
-gRPC to the batcher, and an idle turn costs microseconds, so low-load latency barely moves."""
+GATHER_TURNS = 32
+"""Event-loop turns a drain yields between rounds. A request needs a few turns to get from gRPC
+to the batcher, and under load each turn serves other calls, so more turns make bigger batches
+(about 10 rows instead of 2 at 32 concurrent calls to a small sklearn model: 1.3x the throughput
+in ``bench/single_pod.py``). An idle turn costs microseconds, and a loop that spins a little after
+a call answers the next one sooner than one that slept (p50 with one client: 2.1 ms, 3.5 ms at 4
+turns)."""
 
 Arrays = dict[str, np.ndarray]
 Execute = Callable[[Arrays, list[str]], Awaitable[Arrays]]
