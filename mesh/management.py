@@ -267,10 +267,12 @@ class ModelManager:
         record = self._store.model(model_id)
         if record is None:
             raise ModelNotFound(model_id=model_id)
-        failure = record.recent_failures(now_ms=self._clock_ms(), failure_ttl_ms=self._failure_ttl_ms).get(
-            self.pod_id
-        )
-        if failure is not None and self._cache.loaded(model_id) is None:
+        failure = record.failures.get(self.pod_id)  # on every call: no copy of the failures
+        if (
+            failure is not None
+            and self._clock_ms() - failure.time_ms < self._failure_ttl_ms
+            and self._cache.loaded(model_id) is None
+        ):
             raise ModelLoadFailed(model_id=model_id, reason=failure.reason)
         return record
 
