@@ -234,7 +234,7 @@ class ModelCache:
             started = self._clock()
             try:
                 entry = await self._fetch_and_load(record, adapter)
-            except QuotaExceeded as exc:  # refused, not failed: no failure record
+            except (QuotaExceeded, Busy) as exc:  # refused for now, not failed: no failure record
                 await self._listener.refused(model_id, exc)
                 raise
             except MeshError as exc:

@@ -29,6 +29,9 @@ class Events:
     async def failed(self, model_id, error: MeshError):
         self.log.append(("failed", model_id))
 
+    async def refused(self, model_id, error: MeshError):
+        self.log.append(("refused", model_id))
+
     async def unloaded(self, model_id, *, evicted):
         self.log.append(("evicted" if evicted else "unloaded", model_id))
 
@@ -77,11 +80,13 @@ async def test_lru_eviction_keeps_use_within_capacity(cache, tmp_path, events) -
     assert ("evicted", "a") in events.log
 
 
-async def test_model_in_use_is_not_evicted_and_busy_when_no_room(cache, tmp_path) -> None:
+async def test_model_in_use_is_not_evicted_and_busy_when_no_room(cache, tmp_path, events) -> None:
     async with cache.use(record(tmp_path, "held", 80)):
         with pytest.raises(Busy, match="every loaded model is serving"):
             await cache.ensure_loaded(record(tmp_path, "other", 40))
         assert cache.loaded("held") is not None
+    # No room for now is not a broken model: the claim goes, and no failure is recorded.
+    assert ("refused", "other") in events.log and ("failed", "other") not in events.log
 
 
 async def test_waiting_load_proceeds_when_a_model_becomes_idle(cache, tmp_path) -> None:
