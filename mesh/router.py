@@ -321,10 +321,8 @@ class Router:
         here = {m.model_id: m for m in self._cache.models()}
         now_wall, now_mono = now_ms(), time.monotonic()
         copies: dict[str, list[TenantCopy]] = {tenant: [] for tenant in tenants}
-        for r in self._store.models():
-            found = copies.get(r.tenant)
-            if found is None:
-                continue
+        for r in (r for tenant in tenants for r in self._store.models_of(tenant)):
+            found = copies[r.tenant]
             for pod_id, copy in r.copies.items():
                 if copy.state not in (ModelState.LOADED, ModelState.LOADING):
                     continue

@@ -77,8 +77,8 @@ class ModelStore:
         self._vmodels: dict[str, VModelRecord] = self._mirror["vmodels"]
         self._instances: dict[str, InstanceRecord] = self._mirror["instances"]
         self._tenants: dict[str, TenantRecord] = self._mirror["tenants"]
-        self._tenant_models: dict[str, int] = {}
-        """Registered models per tenant, kept as the mirror changes (quota checks must not scan)."""
+        self._tenant_models: dict[str, set[str]] = {}
+        """Registered model ids per tenant, kept as the mirror changes (quota checks must not scan)."""
         self._fresh: dict[str, dict[str, tuple[int, int, bool]]] = {}
         """Per pod: copies recorded after its published instance record, model id -> (since_ms,
         size_bytes, loading). A pod republishes at most every few hundred ms; until then placement
@@ -140,7 +140,11 @@ class ModelStore:
 
     def tenant_models(self, tenant: str) -> int:
         """How many registered models belong to ``tenant``."""
-        return self._tenant_models.get(tenant, 0)
+        return len(self._tenant_models.get(tenant, ()))
+
+    def models_of(self, tenant: str) -> list[ModelRecord]:
+        """The tenant's model records (without scanning the others)."""
+        return [self._models[m] for m in sorted(self._tenant_models.get(tenant, ()))]
 
     def tenants(self) -> list[TenantRecord]:
         return [self._tenants[k] for k in sorted(self._tenants)]
@@ -352,7 +356,7 @@ class ModelStore:
             gone = mirror.pop(record_id, None)
             if gone is not None:
                 if kind == "models":
-                    self._count_tenant(gone.tenant, -1)
+                    self._index_tenant(gone.tenant, record_id, present=False)
                     self._index_copies(record_id, gone, None)
                 elif kind == "instances":
                     self._fresh.pop(record_id, None)
@@ -369,8 +373,8 @@ class ModelStore:
         if previous != record:
             if kind == "models":
                 if previous is not None:
-                    self._count_tenant(previous.tenant, -1)
-                self._count_tenant(record.tenant, 1)
+                    self._index_tenant(previous.tenant, record_id, present=False)
+                self._index_tenant(record.tenant, record_id, present=True)
             mirror[record_id] = record
             if kind == "models":
                 self._index_copies(record_id, previous, record)
@@ -406,12 +410,14 @@ class ModelStore:
             for model_id in [m for m, (since, _, _) in fresh.items() if since <= instance.published_ms]:
                 del fresh[model_id]
 
-    def _count_tenant(self, tenant: str, change: int) -> None:
-        count = self._tenant_models.get(tenant, 0) + change
-        if count:
-            self._tenant_models[tenant] = count
+    def _index_tenant(self, tenant: str, model_id: str, *, present: bool) -> None:
+        ids = self._tenant_models.setdefault(tenant, set())
+        if present:
+            ids.add(model_id)
         else:
-            self._tenant_models.pop(tenant, None)
+            ids.discard(model_id)
+            if not ids:
+                del self._tenant_models[tenant]
 
     def _notify(self, kind: str, record_id: str, record: Any) -> None:
         for listener in self._listeners:

@@ -94,6 +94,11 @@ async def test_the_registration_cap_names_the_tenant_and_counts_only_its_models(
     await manager.set_tenant("team-a", max_models=0, max_loaded_bytes=0)  # no caps: record removed
     await register(manager, "a4", tenant="team-a")
     assert [m.model_id for m in manager.registered() if m.tenant == "team-a"] == ["a1", "a3", "a4"]
+    store: ModelStore = manager._store  # the per-tenant index the caps read
+    assert [m.model_id for m in store.models_of("team-a")] == ["a1", "a3", "a4"]
+    assert [m.model_id for m in store.models_of("team-b")] == ["b1"]
+    await manager.unregister("b1")
+    assert store.models_of("team-b") == [] and store.tenant_models("team-b") == 0
 
 
 async def test_tenant_use_counts_every_live_copy(manager: ModelManager) -> None:
