@@ -167,11 +167,17 @@ class MeshSettings(BaseSettings):
         return None if value is None else parse_size(value)
 
     @model_validator(mode="after")
-    def _copy_hysteresis(self) -> MeshSettings:
+    def _consistent(self) -> MeshSettings:
         if self.copy_down_rate >= self.copy_up_rate:
             raise ValueError(
                 f"copy_down_rate ({self.copy_down_rate:g}) must be below copy_up_rate "
                 f"({self.copy_up_rate:g}), or copies would be added and dropped in turn"
+            )
+        if self.publish_interval_s > self.lease_ttl_s / 3:
+            raise ValueError(
+                f"publish_interval_s ({self.publish_interval_s:g}) must be at most a third of "
+                f"lease_ttl_s ({self.lease_ttl_s:g}): keep-alives wait behind the publish interval, "
+                "and a lease that runs out removes the pod from the fleet"
             )
         return self
 

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mesh.errors import InvalidInput, QuotaExceeded
 from mesh.management import ModelManager
@@ -21,6 +22,7 @@ from mesh.records import (
     ModelTraffic,
 )
 from mesh.registry import MemoryRegistry, ModelStore
+from mesh.settings import MeshSettings
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
 from tests.mesh.test_cache import Events
@@ -157,10 +159,12 @@ def test_records_round_trip_with_traffic_history_and_reasons() -> None:
 
 
 def test_copy_thresholds_without_hysteresis_are_refused() -> None:
-    from pydantic import ValidationError
-
-    from mesh.settings import MeshSettings
-
     with pytest.raises(ValidationError, match="copy_down_rate \\(5\\) must be below copy_up_rate \\(5\\)"):
         MeshSettings(copy_up_rate=5, copy_down_rate=5)
     assert MeshSettings(copy_up_rate=5, copy_down_rate=1).copy_up_rate == 5
+
+
+def test_a_publish_interval_that_would_starve_the_lease_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"publish_interval_s \(1\.5\) must be at most a third"):
+        MeshSettings(lease_ttl_s=3, publish_interval_s=1.5)
+    assert MeshSettings(lease_ttl_s=3, publish_interval_s=1).publish_interval_s == 1
