@@ -18,7 +18,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from socketserver import BaseServer
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 import boto3
@@ -60,7 +61,24 @@ def _flip(body: Iterable[bytes]) -> Iterator[bytes]:
     yield bytes(data)
 
 
-class S3Server:
+class _ServedInThread:
+    """A ``socketserver`` server run on a daemon thread while the ``with`` block lasts."""
+
+    def _serve(self, server: BaseServer, name: str) -> None:
+        self._server_of_thread = server
+        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server_of_thread.shutdown()
+        self._server_of_thread.server_close()
+        self._thread.join(timeout=5)
+
+
+class S3Server(_ServedInThread):
     def __init__(self) -> None:
         from moto.server import DomainDispatcherApplication, create_backend_app
 
@@ -70,16 +88,7 @@ class S3Server:
         self._app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", 0, self._middleware, threaded=True)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="s3", daemon=True)
-
-    def __enter__(self) -> S3Server:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serve(self._server, "s3")
 
     def client(self) -> Any:
         return boto3.client(
@@ -144,7 +153,7 @@ class GcsServer:
         )
 
 
-class HttpFileServer:
+class HttpFileServer(_ServedInThread):
     """Serves ``files[path] = bytes``; counts GETs per path; optional auth header and faults."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
@@ -159,16 +168,7 @@ class HttpFileServer:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         scheme = "https" if tls is not None else "http"
         self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-files", daemon=True)
-
-    def __enter__(self) -> HttpFileServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serve(self._server, "http-files")
 
     def put(self, path: str, data: bytes, *, content_md5: bool = True) -> str:
         self.files[path] = data
