@@ -1,12 +1,13 @@
 """``inference.GRPCInferenceService``: the KServe v2 data plane, over ``Router`` and ``DataPlane``.
 
 ``ModelInfer``, ``ModelStreamInfer`` and ``ModelMetadata`` receive the raw request
-bytes: the router reads only the model name, then the call is parsed here or its
-bytes forwarded unchanged to the pod that serves it.
+bytes: the request is parsed once for its model name and for serving it here, and a
+call served elsewhere forwards those bytes unchanged to the pod that serves it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from mesh.dataplane import DataPlane, ModelStats, merge_statistics
 from mesh.edge import converters
 from mesh.edge.peers import HOP, MODEL_ID, ROUTE
 from mesh.edge.status import MalformedRequest, edge_method
-from mesh.edge.wire import embed, peek_string
+from mesh.edge.wire import embed
 from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
 from mesh.router import EXCLUDE, WHY, Metadata, Router
@@ -34,6 +35,14 @@ RAW_METHODS = frozenset({"ModelInfer", "ModelStreamInfer", "ModelMetadata"})
 """Methods whose requests and answers cross the servicer as bytes."""
 
 _TRANSPORT_HEADERS = frozenset({"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding"})
+_NOT_CARRIED = ("mm-", "mesh-", ":", "grpc-")
+_HOP_KEYS = frozenset({HOP, ROUTE, MODEL_ID, EXCLUDE, WHY})
+_ROUTING_KEYS = {  # key -> whether it names a vmodel
+    "mm-vmodel-id": True,
+    "mm-vmodel-id-bin": True,
+    "mm-model-id": False,
+    "mm-model-id-bin": False,
+}
 _STREAM_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
 
 
@@ -48,11 +57,33 @@ class Hop(NamedTuple):
     """Why the sender chose this pod for a load."""
 
 
-def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
-    found: dict[str, str] = {}
+class CallMetadata(NamedTuple):
+    """What a call's metadata says, read in one pass."""
+
+    hop: Hop | None
+    """Set when another pod forwarded the call."""
+    routed: tuple[str, bool] | None
+    """The id in ``mm-vmodel-id``/``mm-model-id`` (or ``-bin``) and whether it names a vmodel."""
+    passthrough: Metadata
+    """The caller's metadata a forwarded call carries on (not ours, not the transport's)."""
+
+
+def read_metadata(context: grpc.aio.ServicerContext) -> CallMetadata:
+    hop_keys: dict[str, str] = {}
+    routed: tuple[str, bool] | None = None
+    carried: list[tuple[str, str | bytes]] = []
     for key, value in context.invocation_metadata() or ():
-        if key in (HOP, ROUTE, MODEL_ID, EXCLUDE, WHY):
-            found[key] = _text(value)
+        if not key.startswith(_NOT_CARRIED) and key not in _TRANSPORT_HEADERS:
+            carried.append((key, value))
+            continue
+        if key in _HOP_KEYS:  # mm-model-id is both: the id a hop carries and a routing key
+            hop_keys[key] = _text(value)
+        if routed is None and key in _ROUTING_KEYS:  # the first one wins
+            routed = _text(value), _ROUTING_KEYS[key]
+    return CallMetadata(_hop(hop_keys), routed, tuple(carried))
+
+
+def _hop(found: dict[str, str]) -> Hop | None:
     if HOP not in found:
         return None
     if not found.get(MODEL_ID) or not found.get(ROUTE):
@@ -61,13 +92,8 @@ def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
     return Hop(found[MODEL_ID], found[ROUTE], ignore, found.get(WHY, ""))
 
 
-def passthrough(context: grpc.aio.ServicerContext) -> Metadata:
-    """The caller's metadata a forwarded call carries on (not ours, not the transport's)."""
-    return tuple(
-        (key, value)
-        for key, value in context.invocation_metadata() or ()
-        if not key.startswith(("mm-", "mesh-", ":", "grpc-")) and key not in _TRANSPORT_HEADERS
-    )
+def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
+    return read_metadata(context).hop
 
 
 def route(name: str, context: grpc.aio.ServicerContext) -> tuple[str, bool | None]:
@@ -75,20 +101,15 @@ def route(name: str, context: grpc.aio.ServicerContext) -> tuple[str, bool | Non
 
     Returns the id and whether it is a vmodel (None: a vmodel first, then a model).
     """
-    for key, value in context.invocation_metadata() or ():
-        if key in ("mm-vmodel-id", "mm-vmodel-id-bin"):
-            return _text(value), True
-        if key in ("mm-model-id", "mm-model-id-bin"):
-            return _text(value), False
-    return name, None
+    return read_metadata(context).routed or (name, None)
 
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-Here = Callable[[bytes, str], Awaitable[bytes]]
-"""Serves raw request bytes for a resolved model id on this pod."""
+RawRequest = type[v2.ModelInferRequest] | type[v2.ModelMetadataRequest]
+"""The requests that arrive as bytes: a forwarded call carries them on unparsed."""
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
@@ -134,15 +155,11 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     @edge_method("ModelMetadata")
     async def ModelMetadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await self._dispatch(
-            "ModelMetadata", "inference.ModelMetadataRequest", request, context, self._metadata_here
-        )
+        return await self._dispatch("ModelMetadata", v2.ModelMetadataRequest, request, context)
 
     @edge_method("ModelInfer")
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await self._dispatch(
-            "ModelInfer", "inference.ModelInferRequest", request, context, self._infer_here
-        )
+        return await self._dispatch("ModelInfer", v2.ModelInferRequest, request, context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -150,9 +167,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             started = time.perf_counter()
             try:
-                response = await self._dispatch(
-                    "ModelInfer", "inference.ModelInferRequest", request, context, self._infer_here
-                )
+                response = await self._dispatch("ModelInfer", v2.ModelInferRequest, request, context)
             except MeshError as exc:
                 self.metrics.observe_request("ModelStreamInfer", exc.code.name, time.perf_counter() - started)
                 yield v2.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
@@ -161,37 +176,42 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             yield embed(_STREAM_RESPONSE_FIELD, response)
 
     async def _dispatch(
-        self, method: str, message: str, raw: bytes, context: grpc.aio.ServicerContext, here: Here
+        self, method: str, message_class: RawRequest, raw: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
-        async def local(model_id: str) -> bytes:
-            return await here(raw, model_id)
-
-        hop = forwarded(context)
-        if hop is not None:
+        """Serve a call here or on the pod that holds its model; a forwarded call carries ``raw``
+        unchanged. The request is parsed once, here, for its model name and for serving it here."""
+        request = _parse(message_class, raw)
+        if isinstance(request, v2.ModelInferRequest):
+            name = request.model_name
+            here: Callable[[str], Awaitable[bytes]] = functools.partial(self._infer_here, request)
+        else:
+            name = request.name
+            here = functools.partial(self._metadata_here, request)
+        call = read_metadata(context)
+        if call.hop is not None:
+            hop = call.hop
             return await self._router.serve_forwarded(
-                hop.model_id, hop.route, local, ignore=hop.ignore, why=hop.why
+                hop.model_id, hop.route, here, ignore=hop.ignore, why=hop.why
             )
-        name, vmodel = route(peek_string(raw, 1, message=message), context)
+        name, vmodel = call.routed or (name, None)
         return await self._router.call(
             name,
             vmodel,
             method=method,
             payload=raw,
-            local=local,
+            local=here,
             deadline=self._deadline(context),
-            metadata=passthrough(context),
+            metadata=call.passthrough,
         )
 
-    async def _infer_here(self, raw: bytes, model_id: str) -> bytes:
-        request = _parse(v2.ModelInferRequest, raw)
+    async def _infer_here(self, request: v2.ModelInferRequest, model_id: str) -> bytes:
         response = await self._dataplane.infer(model_id, converters.request_from_proto(request), vmodel=False)
         message = converters.response_to_proto(response)
         message.model_name = request.model_name
         message.model_version = request.model_version
         return message.SerializeToString()
 
-    async def _metadata_here(self, raw: bytes, model_id: str) -> bytes:
-        request = _parse(v2.ModelMetadataRequest, raw)
+    async def _metadata_here(self, request: v2.ModelMetadataRequest, model_id: str) -> bytes:
         _, signature = await self._dataplane.metadata(model_id, vmodel=False)
         message = converters.metadata_to_proto(
             request.name, signature.platform, signature.inputs, signature.outputs
@@ -275,7 +295,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return time.monotonic() + (self._request_timeout_s if remaining is None else remaining)
 
 
-def _parse(message_class: type[v2.ModelInferRequest] | type[v2.ModelMetadataRequest], raw: bytes) -> Any:
+def _parse(message_class: RawRequest, raw: bytes) -> Any:
     try:
         return message_class.FromString(raw)
     except DecodeError as exc:
