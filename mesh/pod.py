@@ -29,6 +29,7 @@ from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server
 from mesh.errors import MeshError
+from mesh.heap import HeapFreezer
 from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
@@ -51,8 +52,9 @@ class _CacheEvents:
     manager: ModelManager
     """Set once the manager exists (the manager needs the cache, which needs these events)."""
 
-    def __init__(self, metrics: MeshMetrics) -> None:
+    def __init__(self, metrics: MeshMetrics, heap: HeapFreezer) -> None:
         self.metrics = metrics
+        self.heap = heap
         self.counts: Counter[str] = Counter()
         self.on_change: Callable[[], None] = lambda: None
 
@@ -65,6 +67,7 @@ class _CacheEvents:
         self.metrics.loads.labels("ok").inc()
         self.metrics.load_seconds.observe(load_seconds)
         await self.manager.loaded(model_id, size_bytes, load_seconds)
+        self.heap.settle()  # a load may have imported its framework: long-lived from now on
         self.on_change()
 
     async def failed(self, model_id: str, error: MeshError) -> None:
@@ -119,6 +122,7 @@ class Pod:
         self.janitor: Janitor | None = None
         self._server: Any = None
         self._health = health.aio.HealthServicer()
+        self._heap = HeapFreezer(enabled=settings.gc_freeze)
         self._metrics_server: Any = None
         self._background: set[asyncio.Task[Any]] = set()
         self._endpoints: dict[str, str] = {}
@@ -144,7 +148,7 @@ class Pod:
             )
             await self._artifacts.start()
         await self.store.start()
-        events = _CacheEvents(self.metrics)
+        events = _CacheEvents(self.metrics, self._heap)
         self.cache = ModelCache(
             capacity_bytes=s.capacity_bytes,
             fetchers=self._fetchers,
@@ -237,6 +241,7 @@ class Pod:
             copies_per_round=s.copies_per_round,
         )
         self.janitor.start()
+        self._heap.settle()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("pod %s serving on %s:%d (capacity %d bytes)", s.pod_id, s.host, self.port, s.capacity_bytes)
 

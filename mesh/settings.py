@@ -121,6 +121,10 @@ class MeshSettings(BaseSettings):
     """Concurrent calls to a row-independent model (sklearn) run as one batch of up to this many
     rows; 0 turns batching off. No call waits for a batch to fill."""
 
+    gc_freeze: bool = True
+    """Freeze the heap (``gc.freeze``) once started and after loads that import modules, so the
+    garbage collector's full collections skip the long-lived objects (see ``mesh/heap.py``)."""
+
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED."""
 
