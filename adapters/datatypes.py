@@ -23,6 +23,7 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
 }
 
 _NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+_SEEN: dict[np.dtype, str] = {}
 
 NUMERIC = frozenset(V2_TO_NUMPY) - {"BOOL", "BYTES"}
 
@@ -42,7 +43,10 @@ def v2_datatype(dtype: np.dtype) -> str:
     """The v2 datatype of a numpy dtype; strings and bytes map to ``BYTES``."""
     if dtype.kind in ("U", "S", "O"):
         return "BYTES"
-    name = _NUMPY_TO_V2.get(dtype.newbyteorder("="))
+    name = _SEEN.get(dtype)  # on every call, twice: skip building the native-order dtype
     if name is None:
-        raise InvalidInput(f"numpy dtype {dtype} has no v2 datatype")
+        name = _NUMPY_TO_V2.get(dtype.newbyteorder("="))
+        if name is None:
+            raise InvalidInput(f"numpy dtype {dtype} has no v2 datatype")
+        _SEEN[dtype] = name  # at most two byte orders of each numeric dtype
     return name

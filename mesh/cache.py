@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +79,25 @@ class CachedModel:
     last_used: float
     in_use: int
     loaded: bool
+
+
+class _Holding:
+    __slots__ = ("_cache", "_entry", "_record")
+
+    def __init__(self, cache: ModelCache, record: ModelRecord) -> None:
+        self._cache = cache
+        self._record = record
+        self._entry: _Entry | None = None
+
+    async def __aenter__(self) -> LoadedModel:
+        self._entry = await self._cache._hold(self._record)
+        assert self._entry.model is not None
+        return self._entry.model
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._entry is not None:
+            self._cache._let_go(self._entry)
+            self._entry = None
 
 
 class ModelCache:
@@ -152,21 +171,24 @@ class ModelCache:
 
     # use
 
-    @contextlib.asynccontextmanager
-    async def use(self, record: ModelRecord) -> AsyncIterator[LoadedModel]:
-        """The loaded model for the length of a request; loads it first if needed."""
+    def use(self, record: ModelRecord) -> _Holding:
+        """``async with cache.use(record) as model``: the loaded model for the length of a request;
+        loads it first if needed. (A class, not a generator: it is on every call's path.)"""
+        return _Holding(self, record)
+
+    async def _hold(self, record: ModelRecord) -> _Entry:
         entry = await self._loaded_entry(record)
         assert entry.model is not None
         entry.in_use += 1
         entry.last_used = self._clock()
         self._touch(entry)
-        try:
-            yield entry.model
-        finally:
-            entry.in_use -= 1
-            entry.last_used = self._clock()
-            if entry.in_use == 0:
-                self._idle.set()
+        return entry
+
+    def _let_go(self, entry: _Entry) -> None:
+        entry.in_use -= 1
+        entry.last_used = self._clock()
+        if entry.in_use == 0:
+            self._idle.set()
 
     async def ensure_loaded(self, record: ModelRecord) -> LoadedModel:
         entry = await self._loaded_entry(record)

@@ -61,6 +61,7 @@ EXCLUDE = "mesh-exclude"
 """Metadata on a forwarded load: pods the sender found unreachable, whose claims the receiver ignores."""
 WHY = "mesh-why"
 """Metadata on a forwarded load: why placement chose the receiver (kept in its copy record)."""
+_NONE: frozenset[str] = frozenset()
 _SHED_MIN = 0.05
 """A copy serving this little above its share keeps all its calls (a hop costs more)."""
 _PENDING_S = 2.0
@@ -483,6 +484,8 @@ class Router:
             self.in_flight[pod_id] -= 1
 
     def _suspected(self) -> frozenset[str]:
+        if not self._suspects:  # on every call: nothing to prune
+            return _NONE
         now = time.monotonic()
         self._suspects = {pod: until for pod, until in self._suspects.items() if until > now}
         return frozenset(self._suspects)
@@ -500,7 +503,9 @@ class Router:
 
     def _target(self, model_id: str, excluded: set[str], load_failures: dict[str, str]) -> tuple[str, str]:
         """The pod to try next and how (``loaded`` or ``load``)."""
-        excluded = excluded | self._suspected()
+        suspected = self._suspected()
+        if suspected:
+            excluded = excluded | suspected
         if self.pod_id not in excluded and (
             self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
         ):
