@@ -68,7 +68,8 @@ def forwarding(fleet: LocalFleet, model_path: Path, args: argparse.Namespace) ->
             for runs, index, label in ((direct, holder, "enters the holder"), (forwarded, other, "forwards")):
                 name = f"{label} #{round_index + 1}"
                 target = fleet.targets[index]
-                run = asyncio.run(drive(name, target, "iris", "input-0", concurrency, args.seconds))
+                call = drive(name, target, "iris", "input-0", concurrency, args.seconds, "tritonclient")
+                run = asyncio.run(call)
                 print(run.line(), flush=True)
                 runs.append(run)
         best_direct = max(direct, key=lambda r: r.rps)
