@@ -109,7 +109,7 @@ def _text(value: str | bytes) -> str:
 
 
 RawRequest = type[v2.ModelInferRequest] | type[v2.ModelMetadataRequest]
-"""The requests that arrive as bytes: a forwarded call carries them on unparsed."""
+"""The requests that arrive as bytes: a call served on another pod forwards the bytes it came with."""
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
