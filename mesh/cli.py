@@ -381,6 +381,7 @@ def _print_pod(status: object) -> None:
         f"  loads {status.loads}, load failures {status.load_failures}, evictions {status.evictions}, "
         f"unloads {status.unloads}"
     )
+    print(f"  janitor rounds completed here {status.janitor_rounds}")
     for model in status.loaded:
         print(f"    {model.model_id:40s} {_mib(model.size_bytes):>12s} in flight {model.in_flight}")
 

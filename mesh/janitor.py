@@ -71,6 +71,7 @@ class Janitor:
         copies: Copies | None = None,
         copy_policy: CopyPolicy | None = None,
         copies_per_round: int = 0,
+        on_round: Callable[[], None] = lambda: None,
     ) -> None:
         self.pod_id = pod_id
         self._store = store
@@ -87,8 +88,10 @@ class Janitor:
         self._copies_per_round = copies_per_round
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._on_round = on_round
         self.rounds = 0
-        """Rounds run as leader (for tests and status)."""
+        """Rounds completed as leader (``mesh status`` shows them: a janitor that leads but whose
+        count stands still is stuck)."""
 
     @property
     def leading(self) -> bool:
@@ -132,7 +135,6 @@ class Janitor:
                 log.info("%s runs the janitor now", self.pod_id)
         if not self.leading:
             return
-        self.rounds += 1
         cleaned = await self._manager.forget_dead_pods()
         if cleaned:
             log.info("janitor: removed %d copies recorded for pods whose lease is gone", cleaned)
@@ -140,6 +142,8 @@ class Janitor:
         await self._preload()
         await self._scale()
         await self._enforce_caps()
+        self.rounds += 1
+        self._on_round()
 
     async def _expire_failures(self) -> None:
         now = now_ms()

@@ -38,6 +38,11 @@ class MeshMetrics:
             "mesh_cache_used_bytes", "Bytes of loaded models and reservations", registry=registry
         )
         self.models_loaded = Gauge("mesh_models_loaded", "Models loaded on this pod", registry=registry)
+        self.janitor_rounds = Counter(
+            "mesh_janitor_rounds",
+            "Housekeeping rounds this pod completed as the fleet's janitor",
+            registry=registry,
+        )
         self.device_capacity_bytes = Gauge(
             "mesh_device_capacity_bytes", "Memory the pod may use per device", ["device"], registry=registry
         )

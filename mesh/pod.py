@@ -195,7 +195,7 @@ class Pod:
                 dataplane, self.router, self.metrics, request_timeout_s=s.request_timeout_s
             ),
             modelmesh=ModelMeshServicer(self.manager, self.metrics),
-            admin=MeshAdminServicer(self.manager, self.cache, self.metrics, events.snapshot),
+            admin=MeshAdminServicer(self.manager, self.cache, self.metrics, self._status_counts),
             health_servicer=self._health,
             max_message_bytes=s.max_message_bytes,
         )
@@ -239,6 +239,7 @@ class Pod:
                 default_max=s.max_copies,
             ),
             copies_per_round=s.copies_per_round,
+            on_round=self.metrics.janitor_rounds.inc,
         )
         self.janitor.start()
         self._heap.settle()
@@ -282,6 +283,11 @@ class Pod:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+    def _status_counts(self) -> dict[str, int]:
+        assert self._events is not None
+        rounds = self.janitor.rounds if self.janitor is not None else 0
+        return self._events.snapshot() | {"janitor_rounds": rounds}
 
     def describe(self) -> InstanceRecord:
         """This pod's instance record as of now."""

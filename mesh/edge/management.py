@@ -140,6 +140,7 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
             load_failures=counters["load_failures"],
             evictions=counters["evictions"],
             unloads=counters["unloads"],
+            janitor_rounds=counters["janitor_rounds"],
             version=__version__,
         )
         now_s, now_wall_ms = time.monotonic(), time.time() * 1000

@@ -65,7 +65,7 @@ class LoadedModel(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., last_used_ms: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class PodStatusResponse(_message.Message):
-    __slots__ = ("pod_id", "capacity_bytes", "used_bytes", "loads", "load_failures", "evictions", "unloads", "loaded", "version")
+    __slots__ = ("pod_id", "capacity_bytes", "used_bytes", "loads", "load_failures", "evictions", "unloads", "loaded", "version", "janitor_rounds")
     POD_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class PodStatusResponse(_message.Message):
     UNLOADS_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    JANITOR_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     pod_id: str
     capacity_bytes: int
     used_bytes: int
@@ -84,7 +85,8 @@ class PodStatusResponse(_message.Message):
     unloads: int
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     version: str
-    def __init__(self, pod_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., loads: _Optional[int] = ..., load_failures: _Optional[int] = ..., evictions: _Optional[int] = ..., unloads: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    janitor_rounds: int
+    def __init__(self, pod_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., loads: _Optional[int] = ..., load_failures: _Optional[int] = ..., evictions: _Optional[int] = ..., unloads: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., version: _Optional[str] = ..., janitor_rounds: _Optional[int] = ...) -> None: ...
 
 class FleetStatusRequest(_message.Message):
     __slots__ = ()

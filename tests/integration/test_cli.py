@@ -18,8 +18,9 @@ import joblib
 import numpy as np
 import pytest
 
+from mesh.edge.client import MeshClient
 from mesh.launcher import spawn_pod
-from tests.conftest import ModelSet
+from tests.conftest import ModelSet, wait_until
 from tests.storage_servers import ACCESS_KEY, SECRET_KEY, S3Server
 
 
@@ -101,7 +102,8 @@ def test_cli_round_trip(models: ModelSet, served) -> None:
     assert "tenant 'team-a' has 1 registered models; its cap is 1" in refused.stderr
     tenants = mesh("tenant", "list", target=target).stdout.splitlines()
     assert tenants[1].split()[:3] == ["team-a", "1", "1"], tenants
-    assert "1 models loaded" in mesh("status", target=target).stdout
+    status = mesh("status", target=target).stdout
+    assert "1 models loaded" in status and "janitor rounds completed here" in status
     assert "iris" in mesh("list", target=target).stdout
     vmodel = mesh("vmodel", "set", "prod", "iris", target=target)
     assert "prod: DEFINED active=iris target=iris" in vmodel.stdout
@@ -130,12 +132,17 @@ def test_metrics_endpoint_counts_calls(models: ModelSet, pod, triton) -> None:
     triton.infer("m", [tensor])
     with pytest.raises(Exception):
         triton.infer("absent", [tensor])
+    with MeshClient(pod.target) as api:  # a lone pod leads its own janitor
+        wait_until(lambda: api.pod_status().janitor_rounds >= 1, within_s=10, what="a janitor round")
+        rounds = api.pod_status().janitor_rounds
     with urllib.request.urlopen(f"http://127.0.0.1:{pod.pod.metrics_port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     assert 'mesh_requests_total{code="OK",method="ModelInfer"} 1.0' in text
     assert 'mesh_requests_total{code="NOT_FOUND",method="ModelInfer"} 1.0' in text
     assert 'mesh_model_loads_total{result="ok"} 1.0' in text
     assert "mesh_cache_capacity_bytes 2.68435456e+08" in text
+    (counted,) = [line for line in text.splitlines() if line.startswith("mesh_janitor_rounds_total ")]
+    assert float(counted.split()[1]) >= rounds
 
 
 def test_demo_serves_its_models_from_an_s3_endpoint(

@@ -309,10 +309,18 @@ def test_killing_the_janitor_pod_hands_the_role_to_another_within_the_lease(flee
         with MeshClient(fleet.targets[via]) as api:
             return api.fleet_status().janitor
 
+    def rounds(index: int) -> int:
+        with MeshClient(fleet.targets[index]) as api:
+            return api.pod_status().janitor_rounds
+
     wait_until(lambda: janitor(0) != "", within_s=10, what="a janitor being elected")
     leader = janitor(0)
     index = int(leader.removeprefix("pod-"))
     survivor = (index + 1) % fleet.size
+    # Only the leader does housekeeping, and its pod status counts the rounds it completes.
+    done = rounds(index)
+    wait_until(lambda: rounds(index) >= done + 2, within_s=10, what="the janitor completing rounds")
+    assert rounds(survivor) == 0
     killed_at = time.monotonic()
     fleet.kill(index)
     bound = LEASE_TTL_S + JANITOR_INTERVAL_S + 1.0
@@ -320,4 +328,8 @@ def test_killing_the_janitor_pod_hands_the_role_to_another_within_the_lease(flee
         lambda: janitor(survivor) not in ("", leader), within_s=bound, what="another pod taking the janitor"
     )
     assert time.monotonic() - killed_at <= bound
-    assert janitor(survivor) in {fleet.pod_id(i) for i in range(fleet.size) if i != index}
+    successor = janitor(survivor)
+    assert successor in {fleet.pod_id(i) for i in range(fleet.size) if i != index}
+    wait_until(
+        lambda: rounds(int(successor.removeprefix("pod-"))) >= 1, within_s=10, what="the new janitor's rounds"
+    )

@@ -64,6 +64,8 @@ class Member:
     lease: int
     loads: list[str] = field(default_factory=list)
     copies: FakeCopies = field(default_factory=FakeCopies)
+    reported: list[int] = field(default_factory=list)
+    """The round count each time the janitor reported a completed round."""
 
 
 @pytest.fixture
@@ -97,6 +99,7 @@ async def fleet() -> AsyncIterator[tuple[MemoryRegistry, list[Member]]]:
             return ClusterView(pods, now_ms())
 
         copies = FakeCopies()
+        reported: list[int] = []
         janitor = Janitor(
             pod_id=pod_id,
             store=store,
@@ -111,8 +114,9 @@ async def fleet() -> AsyncIterator[tuple[MemoryRegistry, list[Member]]]:
             copies=copies,
             copy_policy=CopyPolicy(up_rate=50, down_rate=10, cooldown_ms=0),
             copies_per_round=4,
+            on_round=lambda reported=reported: reported.append(len(reported) + 1),
         )
-        members.append(Member(janitor, store, lease, loads, copies))
+        members.append(Member(janitor, store, lease, loads, copies, reported))
     for member in members:
         await until(member.store, lambda m=member: len(m.store.instances()) == 2)
     yield registry, members
@@ -130,11 +134,12 @@ async def test_one_pod_leads_and_another_takes_over_when_its_lease_goes(fleet) -
     await b.janitor.round()
     assert a.janitor.leading and not b.janitor.leading
     assert (a.janitor.rounds, b.janitor.rounds) == (1, 0)
+    assert (a.reported, b.reported) == ([1], [])  # only completed leader rounds are reported
     await registry.revoke_lease(a.lease)  # pod-a dies: its lease (and the leader key) go
     await until(b.store, lambda: b.store.leader() is None)
     await b.janitor.round()
     assert b.janitor.leading and b.store.leader().pod_id == "pod-b"  # type: ignore[union-attr]
-    assert b.janitor.rounds == 1
+    assert b.janitor.rounds == 1 and b.reported == [1]
 
 
 async def test_a_graceful_stop_resigns_at_once(fleet) -> None:
