@@ -54,7 +54,7 @@ class CacheListener(Protocol):
     async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None: ...
     async def failed(self, model_id: str, error: MeshError) -> None: ...
     async def refused(self, model_id: str, error: MeshError) -> None: ...
-    async def unloaded(self, model_id: str, *, evicted: bool) -> None: ...
+    async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None: ...
 
 
 @dataclass
@@ -195,8 +195,9 @@ class ModelCache:
         assert entry.model is not None
         return entry.model
 
-    async def unload(self, model_id: str, *, grace_s: float = 5.0) -> bool:
-        """Unload a model once its in-flight requests finish (waiting up to ``grace_s``)."""
+    async def unload(self, model_id: str, *, grace_s: float = 5.0, reason: str = "") -> bool:
+        """Unload a model once its in-flight requests finish (waiting up to ``grace_s``); ``reason``
+        (who asked, and why) goes to the listener with the unload."""
         load = self._loads.get(model_id)
         if load is not None:
             with contextlib.suppress(Exception):
@@ -210,7 +211,7 @@ class ModelCache:
         if self._entries.get(model_id) is not entry:
             return False
         del self._entries[model_id]
-        await self._release(entry, evicted=False)
+        await self._release(entry, evicted=False, reason=reason)
         return True
 
     async def close(self) -> None:
@@ -394,7 +395,7 @@ class ModelCache:
             del self._entries[entry.model_id]
             self._idle.set()
 
-    async def _release(self, entry: _Entry, *, evicted: bool) -> None:
+    async def _release(self, entry: _Entry, *, evicted: bool, reason: str = "") -> None:
         model = entry.model
         entry.model = None
         if entry.artifact is not None:
@@ -405,7 +406,7 @@ class ModelCache:
             await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)
         if evicted:
             log.info("evicted %s (%d bytes)", entry.model_id, entry.size_bytes)
-        await self._listener.unloaded(entry.model_id, evicted=evicted)
+        await self._listener.unloaded(entry.model_id, evicted=evicted, reason=reason)
 
     async def _wait_idle(self, deadline: float) -> None:
         self._idle.clear()

@@ -237,9 +237,9 @@ class DataPlane:
     async def load_here(self, model_id: str) -> None:
         await self._manager.load_here(model_id)
 
-    async def unload_here(self, model_id: str) -> None:
+    async def unload_here(self, model_id: str, *, reason: str = "") -> None:
         """Unload a model from this pod only (a no-op when it is not loaded here)."""
-        await self._cache.unload(model_id)
+        await self._cache.unload(model_id, reason=reason)
 
 
 def _call(model: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:

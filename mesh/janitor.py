@@ -50,7 +50,7 @@ class Copies(Protocol):
     """Carries out copy changes (the pod's router)."""
 
     async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None: ...
-    async def drop_copy(self, model_id: str, pod_id: str, *, deadline: float) -> None: ...
+    async def drop_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None: ...
     def tenant_copies(self, tenants: Collection[str]) -> dict[str, list[TenantCopy]]: ...
 
 
@@ -253,7 +253,7 @@ class Janitor:
                 why = f"added by the janitor: {change.reason}"
                 await self._copies.add_copy(change.model_id, change.pod_id, why=why, deadline=deadline)
             else:
-                await self._copies.drop_copy(change.model_id, change.pod_id, deadline=deadline)
-                await self._manager.note(change.model_id, change.pod_id, f"copy dropped: {change.reason}")
+                why = f"copy dropped by the janitor: {change.reason}"
+                await self._copies.drop_copy(change.model_id, change.pod_id, why=why, deadline=deadline)
         except MeshError as exc:
             log.info("janitor: %s %s on %s failed: %s", verb, change.model_id, change.pod_id, exc.message)

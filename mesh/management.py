@@ -577,7 +577,7 @@ class ModelManager:
         log.info("load of %s refused: %s", model_id, error.message)
         await self._update_quietly(model_id, _without_copy(self.pod_id))
 
-    async def unloaded(self, model_id: str, *, evicted: bool) -> None:
+    async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
         drop = _without_copy(self.pod_id)
         # An evicted model was in use until room was needed: the janitor may pre-load it again
         # when room appears (most recent first). One unloaded on request stays unloaded.
@@ -585,6 +585,8 @@ class ModelManager:
 
         def change(r: ModelRecord) -> ModelRecord:
             what = "evicted to make room for another model" if evicted else "unloaded"
+            if reason:
+                what = f"{what}: {reason}"
             return replace(drop(r), last_used_ms=last_used_ms).with_event(self._clock_ms(), self.pod_id, what)
 
         await self._update_quietly(model_id, change)
@@ -598,10 +600,6 @@ class ModelManager:
             return replace(r, copies={**r.copies, self.pod_id: CopyRecord(state, self._clock_ms(), why)})
 
         await self._update_quietly(model_id, change)
-
-    async def note(self, model_id: str, pod_id: str, what: str) -> None:
-        """Add an event to the model's history (a decision taken elsewhere than the cache)."""
-        await self._update_quietly(model_id, lambda r: r.with_event(self._clock_ms(), pod_id, what))
 
     async def _update_quietly(self, model_id: str, change: Callable[[ModelRecord], ModelRecord]) -> None:
         try:

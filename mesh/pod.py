@@ -80,10 +80,10 @@ class _CacheEvents:
         await self.manager.refused(model_id, error)
         self.on_change()
 
-    async def unloaded(self, model_id: str, *, evicted: bool) -> None:
+    async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
         self.counts["evictions" if evicted else "unloads"] += 1
         (self.metrics.evictions if evicted else self.metrics.unloads).inc()
-        await self.manager.unloaded(model_id, evicted=evicted)
+        await self.manager.unloaded(model_id, evicted=evicted, reason=reason)
         self.on_change()
 
     def snapshot(self) -> dict[str, int]:

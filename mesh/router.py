@@ -59,8 +59,9 @@ COPY = "copy"
 """Load one more copy here even though other pods hold the model (the janitor scaling it)."""
 EXCLUDE = "mesh-exclude"
 """Metadata on a forwarded load: pods the sender found unreachable, whose claims the receiver ignores."""
-WHY = "mesh-why"
-"""Metadata on a forwarded load: why placement chose the receiver (kept in its copy record)."""
+WHY = "mesh-why-bin"
+"""Metadata on a forwarded load: why placement chose the receiver (kept in its copy record); on a
+dropped copy: why (kept in the model's history). UTF-8: reasons may quote model ids."""
 _NONE: frozenset[str] = frozenset()
 _SHED_MIN = 0.05
 """A copy serving this little above its share keeps all its calls (a hop costs more)."""
@@ -89,7 +90,9 @@ class Peers(Protocol):
         self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = (), route: str = LOAD
     ) -> None: ...
 
-    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float) -> None: ...
+    async def unload(
+        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = ()
+    ) -> None: ...
 
 
 class Router:
@@ -268,19 +271,26 @@ class Router:
         if instance is None:
             raise Unavailable(f"pod {pod_id} left the fleet")
         await self._peers.load(
-            instance.endpoint, model_id=model_id, timeout_s=timeout_s, metadata=((WHY, why),), route=COPY
+            instance.endpoint,
+            model_id=model_id,
+            timeout_s=timeout_s,
+            metadata=((WHY, why.encode()),),
+            route=COPY,
         )
 
-    async def drop_copy(self, model_id: str, pod_id: str, *, deadline: float) -> None:
-        """Unload the copy of ``model_id`` on ``pod_id`` only (after its calls in flight finish)."""
+    async def drop_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
+        """Unload the copy of ``model_id`` on ``pod_id`` only (after its calls in flight finish); the
+        unloading pod records ``why`` with the unload in the model's history."""
         if pod_id == self.pod_id:
-            await self._cache.unload(model_id)
+            await self._cache.unload(model_id, reason=why)
             return
         instance = self._store.instance(pod_id)
         if instance is None:
             return  # gone, and its copy with it
         timeout_s = max(deadline - time.monotonic(), 0.001)
-        await self._peers.unload(instance.endpoint, model_id=model_id, timeout_s=timeout_s)
+        await self._peers.unload(
+            instance.endpoint, model_id=model_id, timeout_s=timeout_s, metadata=((WHY, why.encode()),)
+        )
 
     async def make_tenant_room(self, record: ModelRecord, size_bytes: int, *, deadline: float) -> None:
         """Before ``record`` loads here: keep its tenant under its loaded-bytes cap by unloading the
@@ -305,14 +315,13 @@ class Router:
             why = f"tenant {tenant!r} at its loaded-bytes cap ({cap} bytes): room for {record.model_id!r}"
             log.info("unloading %s from %s: %s", victim.model_id, victim.pod_id, why)
             try:
-                await self.drop_copy(victim.model_id, victim.pod_id, deadline=deadline)
+                await self.drop_copy(victim.model_id, victim.pod_id, why=why, deadline=deadline)
             except MeshError as exc:
                 raise Unavailable(
                     f"tenant {tenant!r} is at its loaded-bytes cap and its model {victim.model_id!r} "
                     f"could not be unloaded from {victim.pod_id} to make room: {exc.message}",
                     model_id=record.model_id,
                 ) from None
-            await self._manager.note(victim.model_id, victim.pod_id, f"unloaded: {why}")
 
     def tenant_copies(
         self, tenants: Collection[str], *, loading: ModelRecord | None = None
@@ -498,7 +507,7 @@ class Router:
         extra: list[tuple[str, str | bytes]] = [(EXCLUDE, ",".join(sorted(skipped)))] if skipped else []
         decision = self.last_decision.get(model_id)
         if decision is not None and decision.pod_id is not None:
-            extra.append((WHY, explain(decision, self.pod_id)))
+            extra.append((WHY, explain(decision, self.pod_id).encode()))
         return extra
 
     def _target(self, model_id: str, excluded: set[str], load_failures: dict[str, str]) -> tuple[str, str]:

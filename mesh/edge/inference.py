@@ -54,7 +54,7 @@ class Hop(NamedTuple):
     ignore: frozenset[str]
     """Pods the sender could not reach."""
     why: str = ""
-    """Why the sender chose this pod for a load."""
+    """Why the sender chose this pod for a load, or drops the copy here."""
 
 
 class CallMetadata(NamedTuple):
@@ -279,8 +279,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> v2.RepositoryModelUnloadResponse:
         hop = forwarded(context)
-        if hop is not None:  # another pod is unloading it everywhere: just here
-            await self._dataplane.unload_here(hop.model_id)
+        if hop is not None:  # another pod unloads it everywhere, or drops this copy: just here
+            await self._dataplane.unload_here(hop.model_id, reason=hop.why)
         else:
             name, vmodel = route(request.model_name, context)
             await self._router.unload(name, vmodel=vmodel, deadline=self._deadline(context))

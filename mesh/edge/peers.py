@@ -99,10 +99,23 @@ class PeerClient:
             metadata=metadata,
         )
 
-    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float) -> None:
+    async def unload(
+        self,
+        endpoint: str,
+        *,
+        model_id: str,
+        timeout_s: float,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
         payload = v2.RepositoryModelUnloadRequest(model_name=model_id).SerializeToString()
         await self.forward(
-            endpoint, "RepositoryModelUnload", payload, model_id=model_id, route="unload", timeout_s=timeout_s
+            endpoint,
+            "RepositoryModelUnload",
+            payload,
+            model_id=model_id,
+            route="unload",
+            timeout_s=timeout_s,
+            metadata=metadata,
         )
 
     async def forget(self, endpoint: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,6 +10,8 @@ import grpc
 import numpy as np
 import tritonclient.grpc as tc
 
+from mesh.edge.peers import PeerClient
+from mesh.router import WHY
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm
@@ -64,6 +67,25 @@ def test_ensure_loaded_unload_and_status(models: ModelSet, mesh_api, triton) -> 
     mesh_api.unregisterModel(mm.UnregisterModelRequest(modelId="m"))
     assert mesh_api.getModelStatus(mm.GetStatusRequest(modelId="m")).status == mm.ModelStatusInfo.NOT_FOUND
     assert not triton.is_model_ready("m")
+
+
+def test_a_peer_dropping_this_pods_copy_says_why_in_the_same_history_event(
+    models: ModelSet, mesh_api, pod, channel
+) -> None:
+    register(mesh_api, "m", "onnx", models.onnx, load_now=True, sync=True)
+    why = "copy dropped by the janitor: 0.0 req/s on 'modèle'"  # not ASCII: sent as UTF-8 bytes
+
+    async def drop() -> None:
+        peers = PeerClient("pod-z", max_message_bytes=1 << 20)
+        try:
+            await peers.unload(pod.target, model_id="m", timeout_s=10, metadata=((WHY, why.encode()),))
+        finally:
+            await peers.close()
+
+    asyncio.run(drop())
+    detail = admin_grpc.MeshAdminStub(channel).DescribeModel(admin.DescribeModelRequest(model_id="m"))
+    assert not detail.copies
+    assert [e.what for e in detail.history][-1] == f"unloaded: {why}"
 
 
 def test_statistics_count_calls(models: ModelSet, mesh_api, triton) -> None:

@@ -32,7 +32,7 @@ class Events:
     async def refused(self, model_id, error: MeshError):
         self.log.append(("refused", model_id))
 
-    async def unloaded(self, model_id, *, evicted):
+    async def unloaded(self, model_id, *, evicted, reason=""):
         self.log.append(("evicted" if evicted else "unloaded", model_id))
 
 

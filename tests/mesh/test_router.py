@@ -112,9 +112,17 @@ class FakePeers:
             metadata=metadata,
         )
 
-    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float) -> None:
+    async def unload(
+        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = ()
+    ) -> None:
         await self.forward(
-            endpoint, "RepositoryModelUnload", b"", model_id=model_id, route="unload", timeout_s=timeout_s
+            endpoint,
+            "RepositoryModelUnload",
+            b"",
+            model_id=model_id,
+            route="unload",
+            timeout_s=timeout_s,
+            metadata=metadata,
         )
 
     def routes(self) -> list[tuple[str, str]]:
@@ -136,8 +144,8 @@ class _Listener:
     async def refused(self, model_id: str, error: MeshError) -> None:
         await self.manager.refused(model_id, error)
 
-    async def unloaded(self, model_id: str, *, evicted: bool) -> None:
-        await self.manager.unloaded(model_id, evicted=evicted)
+    async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
+        await self.manager.unloaded(model_id, evicted=evicted, reason=reason)
 
 
 @dataclass
@@ -487,7 +495,8 @@ async def test_a_forwarded_load_says_why_placement_chose_the_pod(harness: Harnes
     assert await harness.call() == b"answer from pod-b"
     (sent,) = harness.peers.sent
     why = dict(sent.metadata)[WHY]
-    assert sent.route == LOAD and str(why).startswith("placed on pod-b by pod-a: score"), why
+    assert isinstance(why, bytes) and sent.route == LOAD
+    assert why.decode().startswith("placed on pod-b by pod-a: score"), why
 
 
 async def test_a_local_load_keeps_its_reason_in_the_copy_record(harness: Harness) -> None:
@@ -509,15 +518,20 @@ async def test_a_copy_is_added_beside_other_holders_here_or_on_a_peer(harness: H
     assert (sent.endpoint, sent.route, dict(sent.metadata)[WHY]) == (
         "pod-c",
         COPY,
-        "added by the janitor: busy",
+        b"added by the janitor: busy",
     )
     await harness.router.add_copy("m", SELF, why="added by the janitor: busy", deadline=deadline)
     assert harness.cache.loaded("m") is not None
     copies = harness.store.model("m").copies  # type: ignore[union-attr]
     assert set(copies) == {"pod-b", SELF} and copies[SELF].why == "added by the janitor: busy"
-    await harness.router.drop_copy("m", "pod-b", deadline=deadline)
-    await harness.router.drop_copy("m", SELF, deadline=deadline)
-    assert harness.peers.routes()[-1] == ("pod-b", "unload") and harness.cache.loaded("m") is None
+    await harness.router.drop_copy("m", "pod-b", why="copy dropped: idle", deadline=deadline)
+    assert harness.peers.routes()[-1] == ("pod-b", "unload")
+    assert dict(harness.peers.sent[-1].metadata)[WHY] == b"copy dropped: idle"  # pod-b notes it
+    await harness.router.drop_copy("m", SELF, why="copy dropped: über-idle", deadline=deadline)
+    assert harness.cache.loaded("m") is None
+    # The pod that unloads records the reason with the unload: one event, in order.
+    history = [e.what for e in harness.store.model("m").history if e.pod_id == SELF]  # type: ignore[union-attr]
+    assert history[-1] == "unloaded: copy dropped: über-idle", history
 
 
 async def test_a_pod_serving_more_than_its_share_sends_the_excess_to_other_copies(
