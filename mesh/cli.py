@@ -247,7 +247,12 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("mesh").info("stopping")
         await pod.stop()
 
-    asyncio.run(run())
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
     return 0
 
 

@@ -244,7 +244,15 @@ class Pod:
         self.janitor.start()
         self._heap.settle()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("pod %s serving on %s:%d (capacity %d bytes)", s.pod_id, s.host, self.port, s.capacity_bytes)
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        log.info(
+            "pod %s serving on %s:%d (capacity %d bytes, event loop %s)",
+            s.pod_id,
+            s.host,
+            self.port,
+            s.capacity_bytes,
+            loop,
+        )
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release."""

@@ -33,9 +33,23 @@ def mesh(*args: str, target: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def served(tmp_path: Path):
-    process, target = spawn_pod(tmp_path, "--metrics-port", "0", "--capacity", "64MiB", "--pod-id", "cli-pod")
+@pytest.fixture(params=["uvloop", "asyncio"])
+def served(tmp_path: Path, request: pytest.FixtureRequest):
+    """A ``mesh serve`` process on each event loop it offers (MESH_EVENT_LOOP)."""
+    log_path = tmp_path / "pod.log"
+    with log_path.open("wb") as log:
+        process, target = spawn_pod(
+            tmp_path,
+            "--metrics-port",
+            "0",
+            "--capacity",
+            "64MiB",
+            "--pod-id",
+            "cli-pod",
+            log=log,
+            env={"MESH_EVENT_LOOP": request.param},
+        )
+    assert f"event loop {request.param})" in log_path.read_text()
     yield target, process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
