@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from mesh.cache import ModelCache
+from mesh.deadlines import Deadlines
 from mesh.errors import (
     Busy,
     CapacityExceeded,
@@ -127,6 +128,8 @@ class Router:
         """Calls served on this pod so far."""
         self._sent_loads: dict[str, list[float]] = {}
         self._calls = itertools.count()
+        self._deadlines = Deadlines()
+        """Bounds calls served here or forwarded by their deadline (one timer for all of them)."""
         self.last_decision: dict[str, LoadDecision] = {}
         """The latest placement decision per model made here (for ``mesh status``)."""
 
@@ -429,11 +432,9 @@ class Router:
                         decision = self.last_decision.get(model_id)
                         why = explain(decision, self.pod_id) if decision is not None else ""
                         await self.claim(model_id, ignore=frozenset(excluded) | self._suspected(), why=why)
-                    async with asyncio.timeout(remaining):
-                        return await self._serve_here(model_id, local)
+                    return await self._deadlines.run(self._serve_here(model_id, local), deadline)
                 # The peer call carries the deadline too; this bound holds whatever the transport does.
-                async with asyncio.timeout(remaining):
-                    return await self._forward(pod_id, route, forward, remaining)
+                return await self._deadlines.run(self._forward(pod_id, route, forward, remaining), deadline)
             except (TimeoutError, DeadlineExceeded) as exc:
                 # Out of time is not the peer's fault: it is not suspected, and no try is left.
                 reasons.append(f"{pod_id}: {getattr(exc, 'message', 'no answer in time')}")
