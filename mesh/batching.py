@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,16 +29,20 @@ Arrays = dict[str, np.ndarray]
 Execute = Callable[[Arrays, list[str]], Awaitable[Arrays]]
 
 
-@dataclass
 class _Call:
-    inputs: Arrays
-    outputs: list[str]
-    rows: int
-    done: asyncio.Future[Arrays] = field(repr=False)
+    __slots__ = ("done", "inputs", "key", "outputs", "rows")
 
-    def key(self) -> tuple[object, ...]:
-        shapes = tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items()))
-        return (tuple(self.outputs), shapes)
+    def __init__(self, inputs: Arrays, outputs: list[str], rows: int, done: asyncio.Future[Arrays]) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self.rows = rows
+        self.done = done
+        if len(inputs) == 1:  # the common case, on every call's path
+            ((name, array),) = inputs.items()
+            self.key: tuple[object, ...] = (tuple(outputs), name, array.dtype, array.shape[1:])
+        else:
+            shapes = tuple((name, a.dtype, a.shape[1:]) for name, a in sorted(inputs.items()))
+            self.key = (tuple(outputs), shapes)
 
 
 class Batcher:
@@ -51,12 +54,13 @@ class Batcher:
         self._gather_turns = gather_turns
         self._queue: list[_Call] = []
         self._drain: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
 
     async def infer(self, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
         rows = _rows(inputs)
         if rows is None or rows > self._max_rows:
             return await self._execute(inputs, list(outputs))
-        call = _Call(inputs, list(outputs), rows, asyncio.get_running_loop().create_future())
+        call = _Call(inputs, list(outputs), rows, self._loop.create_future())
         self._queue.append(call)
         if self._drain is None:
             self._drain = asyncio.create_task(self._run(), name="batch-drain")
@@ -86,13 +90,19 @@ class Batcher:
         rows: dict[tuple[object, ...], int] = {}
         left: list[_Call] = []
         for call in self._queue:
-            key = call.key()
-            if call.done.done() or rows.get(key, 0) + call.rows > self._max_rows:
-                if not call.done.done():
-                    left.append(call)
+            if call.done.done():  # its caller gave up
                 continue
-            groups.setdefault(key, []).append(call)
-            rows[key] = rows.get(key, 0) + call.rows
+            key = call.key
+            total = rows.get(key, 0) + call.rows
+            if total > self._max_rows:
+                left.append(call)
+                continue
+            rows[key] = total
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [call]
+            else:
+                group.append(call)
         self._queue = left
         return list(groups.values())
 
@@ -103,19 +113,19 @@ class Batcher:
         inputs = {name: np.concatenate([c.inputs[name] for c in group]) for name in group[0].inputs}
         try:
             results = await self._execute(inputs, group[0].outputs)
-            offsets = np.cumsum([0] + [c.rows for c in group])
-            split = [
-                {n: a[offsets[i] : offsets[i + 1]] for n, a in results.items()} for i in range(len(group))
-            ]
-            if any(a.shape[:1] != (c.rows,) for c, r in zip(group, split, strict=True) for a in r.values()):
+            total = sum(c.rows for c in group)
+            if any(a.shape[:1] != (total,) for a in results.values()):
                 raise ValueError("a batched output does not have one row per input row")
         except Exception:
             for call in group:  # find the culprit: each call on its own
                 await self._settle(call)
             return
-        for call, result in zip(group, split, strict=True):
+        start = 0
+        for call in group:
+            end = start + call.rows
             if not call.done.done():
-                call.done.set_result(result)
+                call.done.set_result({name: a[start:end] for name, a in results.items()})
+            start = end
 
     async def _settle(self, call: _Call) -> None:
         try:
@@ -130,6 +140,9 @@ class Batcher:
 
 def _rows(inputs: Arrays) -> int | None:
     """The shared batch size of the inputs, or None when they cannot be batched."""
+    if len(inputs) == 1:
+        (array,) = inputs.values()
+        return (array.shape[0] or None) if array.ndim else None
     sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
     if len(sizes) != 1:
         return None

@@ -90,13 +90,13 @@ class _Holding:
         self._entry: _Entry | None = None
 
     async def __aenter__(self) -> LoadedModel:
-        self._entry = await self._cache._hold(self._record)
+        self._entry = await self._cache.hold(self._record)
         assert self._entry.model is not None
         return self._entry.model
 
     async def __aexit__(self, *exc: object) -> None:
         if self._entry is not None:
-            self._cache._let_go(self._entry)
+            self._cache.let_go(self._entry)
             self._entry = None
 
 
@@ -176,15 +176,29 @@ class ModelCache:
         loads it first if needed. (A class, not a generator: it is on every call's path.)"""
         return _Holding(self, record)
 
-    async def _hold(self, record: ModelRecord) -> _Entry:
-        entry = await self._loaded_entry(record)
-        assert entry.model is not None
+    def hold_loaded(self, model_id: str) -> _Entry | None:
+        """Hold a loaded model for a call without waiting (None: not loaded, ``await hold``).
+        On every call's path: no coroutine when the model is loaded."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.model is None:
+            return None
+        self._held(entry)
+        return entry
+
+    async def hold(self, record: ModelRecord) -> _Entry:
+        """Hold the model for a call, loading it first if needed; ``let_go`` when the call ends."""
+        entry = self.hold_loaded(record.model_id)
+        if entry is None:
+            entry = await self._loaded_entry(record)
+            self._held(entry)
+        return entry
+
+    def _held(self, entry: _Entry) -> None:
         entry.in_use += 1
         entry.last_used = self._clock()
         self._touch(entry)
-        return entry
 
-    def _let_go(self, entry: _Entry) -> None:
+    def let_go(self, entry: _Entry) -> None:
         entry.in_use -= 1
         entry.last_used = self._clock()
         if entry.in_use == 0:

@@ -44,52 +44,59 @@ _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in V2_TO_NUMPY.ite
 
 
 def request_from_proto(message: v2.ModelInferRequest) -> InferenceRequest:
+    # On every call: each field read of a protobuf message costs about as much as a dict copy,
+    # so each one is read once.
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    tensors = message.inputs
+    if raw and len(raw) != len(tensors):
         raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
+            f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; "
             "send one entry per input, in order"
         )
     inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(message.inputs):
-        if tensor.name in inputs:
-            raise InvalidInput(f"input {tensor.name!r} appears twice")
-        if raw and tensor.HasField("contents"):
-            raise InvalidInput(f"input {tensor.name!r}: send raw_input_contents or contents, not both")
-        inputs[tensor.name] = _input_array(tensor, raw[index] if raw else None)
-    return InferenceRequest(inputs=inputs, outputs=[output.name for output in message.outputs], id=message.id)
+    for index, tensor in enumerate(tensors):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears twice")
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {name!r}: send raw_input_contents or contents, not both")
+            inputs[name] = _input_array(tensor, name, raw[index])
+        else:
+            inputs[name] = _input_array(tensor, name, None)
+    outputs = message.outputs
+    return InferenceRequest(inputs, [output.name for output in outputs] if outputs else [], message.id)
 
 
-def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
-    name = tensor.name
-    dtype = numpy_dtype(tensor.datatype)
-    shape = tuple(tensor.shape)
-    if any(dim < 0 for dim in shape):
+def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, name: str, raw: bytes | None) -> np.ndarray:
+    datatype = tensor.datatype
+    dtype = numpy_dtype(datatype)
+    shape = tuple(tensor.shape[:])  # a slice is one copy; tuple() of the field iterates it in Python
+    if shape and min(shape) < 0:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
     count = math.prod(shape)
     if raw is not None:
-        if tensor.datatype == "BYTES":
+        if datatype == "BYTES":
             return unpack_bytes(name, raw, count).reshape(shape)
         expected = count * dtype.itemsize
         if len(raw) != expected:
             raise InvalidInput(
-                f"input {name!r}: shape {list(shape)} of {tensor.datatype} needs {expected} bytes, "
-                f"got {len(raw)}"
+                f"input {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, got {len(raw)}"
             )
-        return np.frombuffer(raw, dtype=_WIRE_DTYPES[tensor.datatype]).reshape(shape)
-    if tensor.datatype == "FP16":
+        return np.frombuffer(raw, dtype=_WIRE_DTYPES[datatype]).reshape(shape)
+    if datatype == "FP16":
         raise InvalidInput(f"input {name!r}: FP16 has no typed contents; send it in raw_input_contents")
-    values = getattr(tensor.contents, _TYPED_FIELD[tensor.datatype])
+    values = getattr(tensor.contents, _TYPED_FIELD[datatype])
     if len(values) != count:
         raise InvalidInput(
-            f"input {name!r}: shape {list(shape)} needs {count} {tensor.datatype} values, got {len(values)}"
+            f"input {name!r}: shape {list(shape)} needs {count} {datatype} values, got {len(values)}"
         )
-    if tensor.datatype == "BYTES":
+    if datatype == "BYTES":
         return np.array(list(values), dtype=object).reshape(shape)
     try:
         return np.array(values, dtype=dtype).reshape(shape)
     except OverflowError as exc:
-        raise InvalidInput(f"input {name!r}: a value does not fit {tensor.datatype}: {exc}") from None
+        raise InvalidInput(f"input {name!r}: a value does not fit {datatype}: {exc}") from None
 
 
 def unpack_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
@@ -112,12 +119,14 @@ def unpack_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     return array
 
 
-def response_to_proto(response: InferenceResponse) -> v2.ModelInferResponse:
-    message = v2.ModelInferResponse(model_name=response.model_name, id=response.id)
+def response_to_proto(response: InferenceResponse, *, version: str = "") -> v2.ModelInferResponse:
+    message = v2.ModelInferResponse(model_name=response.model_name, model_version=version, id=response.id)
+    tensors = message.outputs
+    contents = message.raw_output_contents
     for name, array in response.outputs:
         datatype = v2_datatype(array.dtype)
-        message.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        message.raw_output_contents.append(raw_bytes(array, datatype))
+        tensors.add(name=name, datatype=datatype, shape=array.shape)
+        contents.append(raw_bytes(array, datatype))
     return message
 
 

@@ -80,7 +80,12 @@ def read_metadata(context: grpc.aio.ServicerContext) -> CallMetadata:
             hop_keys[key] = _text(value)
         if routed is None and key in _ROUTING_KEYS:  # the first one wins
             routed = _text(value), _ROUTING_KEYS[key]
+    if not hop_keys and routed is None and not carried:
+        return _PLAIN  # most calls: nothing but transport headers
     return CallMetadata(_hop(hop_keys), routed, tuple(carried))
+
+
+_PLAIN = CallMetadata(None, None, ())
 
 
 def _hop(found: dict[str, str]) -> Hop | None:
@@ -206,10 +211,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer_here(self, request: v2.ModelInferRequest, model_id: str) -> bytes:
         response = await self._dataplane.infer(model_id, converters.request_from_proto(request), vmodel=False)
-        message = converters.response_to_proto(response)
-        message.model_name = request.model_name
-        message.model_version = request.model_version
-        return message.SerializeToString()
+        # The answer names the model as the caller did (a vmodel id stays a vmodel id).
+        response.model_name = request.model_name
+        return converters.response_to_proto(response, version=request.model_version).SerializeToString()
 
     async def _metadata_here(self, request: v2.ModelMetadataRequest, model_id: str) -> bytes:
         _, signature = await self._dataplane.metadata(model_id, vmodel=False)

@@ -34,6 +34,12 @@ def _infer(
     return triton.infer(model, [tensor], outputs=requested)
 
 
+def _tensor(name: str, array: np.ndarray, datatype: str) -> tc.InferInput:
+    tensor = tc.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
 def test_sklearn_predict_and_proba_match_in_process(models: ModelSet, mesh_api, triton) -> None:
     register(mesh_api, "iris", "sklearn", models.sklearn)
     estimator = joblib.load(models.sklearn)
@@ -44,6 +50,9 @@ def test_sklearn_predict_and_proba_match_in_process(models: ModelSet, mesh_api, 
     np.testing.assert_allclose(result.as_numpy("predict_proba"), estimator.predict_proba(ROWS))
     default = _infer(triton, "iris", "anything", ROWS.astype(np.float32), "FP32")
     assert default.get_response().outputs[0].name == "predict"
+    versioned = triton.infer("iris", [_tensor("x", ROWS, "FP64")], model_version="1", request_id="r-7")
+    answer = versioned.get_response()  # the answer echoes the name, version and id the caller sent
+    assert (answer.model_name, answer.model_version, answer.id) == ("iris", "1", "r-7")
     np.testing.assert_array_equal(default.as_numpy("predict"), estimator.predict(ROWS.astype(np.float32)))
 
 
