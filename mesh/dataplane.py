@@ -156,6 +156,7 @@ class DataPlane:
             stats = self._stats[record.model_id] = ModelStats()
         started = time.perf_counter()
         try:
+            # A loaded model is held without a coroutine (every call's path); else wait for its load.
             entry = self._cache.hold_loaded(record.model_id) or await self._cache.hold(record)
             try:
                 holding = time.perf_counter()
