@@ -24,6 +24,8 @@ class LoadedModel(ABC):
 
     signature: ModelSignature
     size_bytes: int
+    device: str = "cpu"
+    """Where the model runs: ``cpu``, or ``cuda`` when the adapter placed it on a GPU."""
     row_independent: bool = False
     """True when each output row depends only on the same input row (dimension 0 is the batch):
     the pod may then run concurrent calls as one batch. Only adapters that know it set it."""

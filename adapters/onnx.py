@@ -35,8 +35,14 @@ _ONNX_TO_V2 = {
 }
 
 
-def providers() -> list[str]:
-    available = ort.get_available_providers()
+def providers(available: Sequence[str] | None = None) -> list[str]:
+    """The execution providers to ask for: CUDA first when onnxruntime has it, CPU always.
+
+    Args:
+        available: what onnxruntime offers (default: ``ort.get_available_providers()``).
+    """
+    if available is None:
+        available = ort.get_available_providers()
     chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
     return [*chosen, "CPUExecutionProvider"]
 
@@ -45,6 +51,8 @@ class OnnxModel(LoadedModel):
     def __init__(self, session: ort.InferenceSession, size_bytes: int) -> None:
         self._session = session
         self.size_bytes = size_bytes
+        # onnxruntime drops a provider it cannot start (no driver): ask the session what it got.
+        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.signature = ModelSignature(
             platform="onnxruntime_onnx",
             inputs=tuple(_spec(arg) for arg in session.get_inputs()),

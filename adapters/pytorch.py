@@ -27,8 +27,15 @@ from mesh.errors import InvalidInput
 SIGNATURE_FILE = "signature.json"
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(cuda_available: bool | None = None) -> torch.device:
+    """The device models load onto: the current GPU when torch sees one, else the CPU.
+
+    Args:
+        cuda_available: whether CUDA is usable (default: ``torch.cuda.is_available()``).
+    """
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    return torch.device("cuda" if cuda_available else "cpu")
 
 
 class TorchScriptModel(LoadedModel):
@@ -37,6 +44,7 @@ class TorchScriptModel(LoadedModel):
         self.signature = signature
         self.size_bytes = size_bytes
         self._device = device()
+        self.device = self._device.type
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         args = [

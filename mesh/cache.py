@@ -282,7 +282,8 @@ class ModelCache:
                 await self._listener.failed(model_id, error)
                 raise error from exc
         seconds = self._clock() - started
-        log.info("loaded %s: %d bytes in %.3fs", model_id, entry.size_bytes, seconds)
+        device = entry.model.device if entry.model is not None else "?"
+        log.info("loaded %s on %s: %d bytes in %.3fs", model_id, device, entry.size_bytes, seconds)
         await self._listener.loaded(model_id, entry.size_bytes, seconds)
         return entry
 
