@@ -75,6 +75,8 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, name: str, raw: 
     if shape and min(shape) < 0:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
     count = math.prod(shape)
+    if count == 0 or len(shape) > _MAX_DIMS:
+        _check_shape_limits(name, shape, dtype)
     if raw is not None:
         if datatype == "BYTES":
             return unpack_bytes(name, raw, count).reshape(shape)
@@ -97,6 +99,22 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, name: str, raw: 
         return np.array(values, dtype=dtype).reshape(shape)
     except OverflowError as exc:
         raise InvalidInput(f"input {name!r}: a value does not fit {datatype}: {exc}") from None
+
+
+_MAX_DIMS = 64
+"""Dimensions a tensor may have: numpy's limit."""
+_MAX_BYTES = np.iinfo(np.intp).max
+
+
+def _check_shape_limits(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Shapes that no data can contradict: too many dimensions, or no elements but dimensions
+    whose product would overflow an array's size (numpy refuses both)."""
+    if len(shape) > _MAX_DIMS:
+        raise InvalidInput(
+            f"input {name!r}: shape has {len(shape)} dimensions; at most {_MAX_DIMS} are allowed"
+        )
+    if math.prod(d for d in shape if d) * dtype.itemsize > _MAX_BYTES:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large for any tensor")
 
 
 def unpack_bytes(name: str, raw: bytes, count: int) -> np.ndarray:

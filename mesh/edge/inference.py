@@ -20,7 +20,7 @@ from mesh import __version__
 from mesh.dataplane import DataPlane, ModelStats, merge_statistics
 from mesh.edge import converters
 from mesh.edge.peers import HOP, MODEL_ID, ROUTE
-from mesh.edge.status import MalformedRequest, edge_method
+from mesh.edge.status import MalformedRequest, edge_method, internal_error
 from mesh.edge.wire import embed
 from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
@@ -176,6 +176,11 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             except MeshError as exc:
                 self.metrics.observe_request("ModelStreamInfer", exc.code.name, time.perf_counter() - started)
                 yield v2.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
+                continue
+            except Exception:  # as a unary call would be answered: one request fails, the stream goes on
+                self.metrics.observe_request("ModelStreamInfer", "INTERNAL", time.perf_counter() - started)
+                message = internal_error("ModelStreamInfer")
+                yield v2.ModelStreamInferResponse(error_message=message).SerializeToString()
                 continue
             self.metrics.observe_request("ModelStreamInfer", "OK", time.perf_counter() - started)
             yield embed(_STREAM_RESPONSE_FIELD, response)

@@ -48,6 +48,15 @@ ERROR_TRAILER = "mesh-error"
 """Trailing metadata naming a ``MeshError.signal`` (how a forwarding pod reads our answer)."""
 
 
+def internal_error(method: str) -> str:
+    """Logs the exception being handled under a new trace id; returns what the caller is told.
+
+    The caller learns the trace id, not the exception: its text can hold paths and values."""
+    trace_id = uuid.uuid4().hex[:16]
+    log.exception("internal error in %s (trace id %s)", method, trace_id)
+    return f"internal error (trace id {trace_id})"
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
     if exc.signal is not None:
         context.set_trailing_metadata(((ERROR_TRAILER, exc.signal),))
@@ -85,9 +94,7 @@ def edge_method(method: str) -> Callable[[Handler[S]], Handler[S]]:
                 raise
             except Exception:
                 observe(grpc.StatusCode.INTERNAL)
-                trace_id = uuid.uuid4().hex[:16]
-                log.exception("internal error in %s (trace id %s)", method, trace_id)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace id {trace_id})")
+                await context.abort(grpc.StatusCode.INTERNAL, internal_error(method))
             except BaseException:
                 observe(grpc.StatusCode.CANCELLED)
                 raise

@@ -9,6 +9,7 @@ from adapters.datatypes import V2_TO_NUMPY
 from mesh.dataplane import InferenceResponse
 from mesh.edge import converters
 from mesh.edge.client import build_request, decode_response
+from mesh.errors import InvalidInput
 from mesh.settings import parse_size
 from mesh_proto import grpc_service_pb2 as v2
 
@@ -52,6 +53,35 @@ def test_typed_contents(datatype: str) -> None:
     parsed = converters.request_from_proto(message).inputs["t"]
     assert parsed.dtype == V2_TO_NUMPY[datatype]
     np.testing.assert_array_equal(parsed, array)
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype", "raw", "reason"),
+    [
+        ([0, 2**62], "FP64", b"", "shape [0, 4611686018427387904] is too large for any tensor"),
+        ([2**31, 2**31, 0], "INT32", b"", "is too large for any tensor"),
+        ([2**63 - 1, 3, 0], "BYTES", None, "is too large for any tensor"),
+        ([1] * 65, "FP32", b"\0" * 4, "shape has 65 dimensions; at most 64 are allowed"),
+    ],
+)
+def test_shapes_no_array_can_have_are_invalid_input(
+    shape: list[int], datatype: str, raw: bytes | None, reason: str
+) -> None:
+    """Dimensions whose product overflows, with a zero among them so no data can be missing."""
+    message = v2.ModelInferRequest(model_name="m")
+    message.inputs.add(name="t", datatype=datatype, shape=shape)
+    if raw is not None:
+        message.raw_input_contents.append(raw)
+    with pytest.raises(InvalidInput, match="input 't': ") as info:
+        converters.request_from_proto(message)
+    assert reason in info.value.message
+
+
+def test_empty_tensors_keep_their_shape() -> None:
+    message = v2.ModelInferRequest(model_name="m")
+    message.inputs.add(name="t", datatype="FP32", shape=[0, 2**40])
+    message.raw_input_contents.append(b"")
+    assert converters.request_from_proto(message).inputs["t"].shape == (0, 2**40)
 
 
 def test_sizes_parse() -> None:
