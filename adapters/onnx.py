@@ -17,6 +17,7 @@ import onnxruntime as ort
 from adapters.artifacts import find_artifact
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.signature import ModelSignature, TensorSpec
+from mesh.errors import InvalidInput
 
 _ONNX_TO_V2 = {
     "tensor(bool)": "BOOL",
@@ -61,7 +62,7 @@ class OnnxModel(LoadedModel):
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         names = list(outputs) or self.signature.output_names()
-        feeds = {name: _feed(array) for name, array in inputs.items()}
+        feeds = {name: _feed(name, array) for name, array in inputs.items()}
         values = self._session.run(names, feeds)
         return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
@@ -94,9 +95,19 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, _ONNX_TO_V2.get(arg.type, "BYTES"), shape)
 
 
-def _feed(array: np.ndarray) -> np.ndarray:
-    if array.dtype == object:
-        return np.array([v.decode() if isinstance(v, bytes) else v for v in array.ravel()]).reshape(
-            array.shape
-        )
-    return array
+def _feed(name: str, array: np.ndarray) -> np.ndarray:
+    """onnxruntime takes string tensors as Python ``str`` in an object array (a fixed-width
+    numpy string array would cut each value at its first NUL)."""
+    if array.dtype != object:
+        return array
+    text = np.empty(array.size, dtype=object)
+    for index, value in enumerate(array.ravel()):
+        try:
+            text[index] = value.decode() if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {name!r}: element {index} is not UTF-8 text ({exc.reason} at byte {exc.start}), "
+                "and onnxruntime takes BYTES tensors as text",
+                tensor=name,
+            ) from None
+    return text.reshape(array.shape)

@@ -34,7 +34,10 @@ ECHOED: dict[str, tuple[int, np.ndarray]] = {
     "FP16": (TensorProto.FLOAT16, np.array([[0.5, -65504], [65504, 0]], np.float16)),
     "FP32": (TensorProto.FLOAT, np.array([[0.5, -3.4e38], [3.4e38, 1e-38]], np.float32)),
     "FP64": (TensorProto.DOUBLE, np.array([[0.5, -1e300], [1e300, 5e-324]], np.float64)),
-    "BYTES": (TensorProto.STRING, np.array([[b"a", b""], ["\u00fc\u20ac".encode(), b"x y"]], dtype=object)),
+    "BYTES": (  # NULs inside and at the end must come through too
+        TensorProto.STRING,
+        np.array([[b"a\0b", b""], ["\u00fc\u20ac".encode(), b"x y\0"]], dtype=object),
+    ),
 }
 
 
@@ -140,3 +143,17 @@ def _decode(raw: bytes, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
         items.append(raw[offset + 4 : offset + 4 + size])
         offset += 4 + size
     return np.array(items, dtype=object).reshape(shape)
+
+
+def test_bytes_that_are_not_utf8_are_refused_for_an_onnx_string_input(mesh_api, pod, tmp_path: Path) -> None:
+    """onnxruntime takes strings as text only: the pod names the element instead of garbling it."""
+    register(mesh_api, "echo-bytes", "onnx", echo_model(tmp_path / "b", ["BYTES"]), load_now=True, sync=True)
+    request = v2.ModelInferRequest(model_name="echo-bytes")
+    request.inputs.add(name="in_BYTES", datatype="BYTES", shape=[1, 2])
+    request.raw_input_contents.append(b"\2\0\0\0ok\1\0\0\0\x80")
+
+    with grpc.insecure_channel(pod.target) as channel, pytest.raises(grpc.RpcError) as info:
+        v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'in_BYTES': element 1 is not UTF-8 text" in info.value.details()
