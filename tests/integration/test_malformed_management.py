@@ -146,12 +146,15 @@ def test_generated_management_calls_are_answered_and_leave_the_registry_whole(
                     assert error.code() in ANSWERS, (vmodel_id, owner, error.code())
                     continue
                 if status.status != mm.VModelStatusInfo.NOT_FOUND:
-                    active = mesh_api.getModelStatus(mm.GetStatusRequest(modelId=status.activeModelId))
+                    active_request = mm.GetStatusRequest(modelId=status.activeModelId)
+                    active = mesh_api.getModelStatus(active_request, timeout=30)
                     assert active.status != mm.ModelStatusInfo.NOT_FOUND, (vmodel_id, status)
 
     sequence()
     # The sequences went past validation: models were registered, loaded and served.
     assert {("registerModel", "OK"), ("ensureLoaded", "OK"), ("infer", "OK")} <= seen, sorted(seen)
     info = mm.ModelInfo(type="sklearn", path=str(models.sklearn))
-    mesh_api.registerModel(mm.RegisterModelRequest(modelId="last", modelInfo=info, loadNow=True, sync=True))
+    mesh_api.registerModel(
+        mm.RegisterModelRequest(modelId="last", modelInfo=info, loadNow=True, sync=True), timeout=60
+    )
     assert inference.ModelInfer(_infer_request("last"), timeout=30).outputs
