@@ -32,7 +32,11 @@ class LoadedModel(ABC):
 
     @abstractmethod
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run the model on checked inputs; ``outputs`` is empty for the model's defaults."""
+        """Run the model on checked inputs; ``outputs`` is empty for the model's defaults.
+
+        Raises ``MemoryError`` when the framework cannot allocate what the call needs (adapters
+        translate their framework's own out-of-memory errors), so the caller learns that the
+        request was too big for the pod rather than wrong."""
 
     def unload(self) -> None:  # noqa: B027 - most models need nothing beyond dropping references
         """Release what the model holds beyond Python references."""

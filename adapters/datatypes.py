@@ -41,12 +41,19 @@ def numpy_dtype(datatype: str) -> np.dtype:
 
 def v2_datatype(dtype: np.dtype) -> str:
     """The v2 datatype of a numpy dtype; strings and bytes map to ``BYTES``."""
+    name = find_v2_datatype(dtype)
+    if name is None:
+        raise InvalidInput(f"numpy dtype {dtype} has no v2 datatype")
+    return name
+
+
+def find_v2_datatype(dtype: np.dtype) -> str | None:
+    """The v2 datatype of a numpy dtype, or None when none can carry it (complex, datetime, ...)."""
     if dtype.kind in ("U", "S", "O"):
         return "BYTES"
     name = _SEEN.get(dtype)  # on every call, twice: skip building the native-order dtype
     if name is None:
         name = _NUMPY_TO_V2.get(dtype.newbyteorder("="))
-        if name is None:
-            raise InvalidInput(f"numpy dtype {dtype} has no v2 datatype")
-        _SEEN[dtype] = name  # at most two byte orders of each numeric dtype
+        if name is not None:
+            _SEEN[dtype] = name  # at most two byte orders of each numeric dtype
     return name

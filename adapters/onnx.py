@@ -7,6 +7,7 @@ its weights, which is what high-density serving needs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,13 @@ class OnnxModel(LoadedModel):
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         names = list(outputs) or self.signature.output_names()
         feeds = {name: _feed(name, array) for name, array in inputs.items()}
-        values = self._session.run(names, feeds)
+        try:
+            values = self._session.run(names, feeds)
+        except Exception as exc:  # onnxruntime's errors are untyped: its allocator names itself
+            memory = _out_of_memory(exc)
+            if memory is None:
+                raise
+            raise memory from exc
         return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
     def unload(self) -> None:
@@ -88,6 +95,21 @@ class OnnxAdapter(ModelAdapter):
             raise ValueError(f"onnxruntime cannot load {artifact.name}: {exc}") from exc
         size = int(artifact.stat().st_size * self.size_factor) + self.size_overhead
         return OnnxModel(session, size)
+
+
+def _out_of_memory(exc: Exception) -> MemoryError | None:
+    """On the CPU (arena off) a failed ``new`` only says so; the CUDA provider's arena names the
+    size it could not get."""
+    text = str(exc)
+    match = _ALLOCATION_FAILED.search(text)
+    if match is not None:
+        return MemoryError(f"onnxruntime could not allocate a buffer of {int(match.group(1)):,} bytes")
+    if "std::bad_alloc" in text:
+        return MemoryError("onnxruntime could not allocate memory (std::bad_alloc)")
+    return None
+
+
+_ALLOCATION_FAILED = re.compile(r"Failed to allocate memory for requested buffer of size (\d+)")
 
 
 def _spec(arg: Any) -> TensorSpec:

@@ -11,6 +11,7 @@ Runs on CUDA when torch sees one, else on the CPU with one thread per call.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,14 @@ class TorchScriptModel(LoadedModel):
         args = [
             torch.from_numpy(np.array(inputs[spec.name])).to(self._device) for spec in self.signature.inputs
         ]
-        with torch.inference_mode():
-            result = self._module(*args)
+        try:
+            with torch.inference_mode():
+                result = self._module(*args)
+        except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is one too
+            memory = _out_of_memory(exc)
+            if memory is None:
+                raise
+            raise memory from exc
         named = _name_outputs(result)
         wanted = list(outputs) or list(named)
         unknown = [name for name in wanted if name not in named]
@@ -96,6 +103,23 @@ def _signature(module: torch.jit.ScriptModule, declared: Path) -> ModelSignature
     arguments = getattr(module.forward, "schema").arguments[1:]  # noqa: B009 - TorchScript-only attribute; drop self
     inputs = tuple(TensorSpec(arg.name, "FP32", None, accepts=NUMERIC | {"BOOL"}) for arg in arguments)
     return ModelSignature(platform="pytorch_libtorch", inputs=inputs, outputs=())
+
+
+def _out_of_memory(exc: RuntimeError) -> MemoryError | None:
+    """The allocator's failure, whether raised directly or wrapped by the TorchScript interpreter."""
+    text = str(exc)
+    match = _CPU_ALLOCATION_FAILED.search(text)
+    if match is not None:
+        return MemoryError(f"torch could not allocate {int(match.group(1)):,} bytes")
+    match = _GPU_ALLOCATION_FAILED.search(text)
+    if isinstance(exc, torch.OutOfMemoryError) or match is not None:
+        detail = match.group(0) if match is not None else text.splitlines()[0]
+        return MemoryError(f"torch ran out of GPU memory: {detail}")
+    return None
+
+
+_CPU_ALLOCATION_FAILED = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+_GPU_ALLOCATION_FAILED = re.compile(r"CUDA out of memory\. Tried to allocate [\d.]+ [KMGTP]?i?B")
 
 
 def _declared(tensor: dict[str, Any]) -> TensorSpec:

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters import LoadedModel
+from adapters.datatypes import find_v2_datatype
 from adapters.signature import ModelSignature, check_inputs, select_outputs
 from mesh.batching import Batcher
 from mesh.cache import ModelCache
-from mesh.errors import InvalidInput, MeshError
+from mesh.errors import InvalidInput, MeshError, OutOfMemory, UnservableOutput
 from mesh.management import ModelManager, now_ms
 from mesh.records import HOT_MODELS, ModelState, ModelTraffic
 
@@ -253,11 +254,17 @@ class DataPlane:
 
 def _call(model: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
     try:
-        return model.infer(inputs, outputs)
+        results = model.infer(inputs, outputs)
     except MeshError:
         raise
+    except MemoryError as exc:  # numpy's own, or an adapter's for its framework's
+        raise OutOfMemory(str(exc) or type(exc).__name__) from exc
     except Exception as exc:  # the framework refused the values: inputs already matched the signature
         raise InvalidInput(f"the model rejected the input: {type(exc).__name__}: {exc}") from exc
+    for name, array in results.items():
+        if find_v2_datatype(array.dtype) is None:
+            raise UnservableOutput(output=name, dtype=str(array.dtype))
+    return results
 
 
 def _batch_size(request: InferenceRequest) -> int:

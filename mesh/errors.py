@@ -18,9 +18,11 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     │   ├── ArtifactCorrupt                        a download failed its checksum
     │   ├── ArtifactTooLarge                       larger than the whole artifact cache
     │   ├── StorageConfigError                     no or a bad storage-config entry
-    │   └── ModelInUse                             a vmodel still uses the model
+    │   ├── ModelInUse                             a vmodel still uses the model
+    │   └── UnservableOutput                       the model answered a type v2 cannot carry
     ├── CapacityExceeded        RESOURCE_EXHAUSTED model larger than the whole cache
     ├── Busy                    RESOURCE_EXHAUSTED no room now; retry later
+    ├── OutOfMemory             RESOURCE_EXHAUSTED the model ran out of memory on a call
     ├── Unavailable             UNAVAILABLE        retryable: registry down, load timed out
     │   └── NotHere                                a peer does not hold the model (forwarding)
     ├── DeadlineExceeded        DEADLINE_EXCEEDED  the caller's deadline passed
@@ -140,6 +142,19 @@ class ModelInUse(FailedPrecondition):
         )
 
 
+class UnservableOutput(FailedPrecondition):
+    """The model answered with an output no v2 datatype can carry: the model is at fault, not the
+    request, and no retry helps until the model is replaced."""
+
+    def __init__(self, *, output: str, dtype: str) -> None:
+        super().__init__(
+            f"the model's output {output!r} is numpy {dtype}, which no v2 datatype can carry; "
+            "the model cannot be served as it is",
+            output=output,
+            dtype=dtype,
+        )
+
+
 class CapacityExceeded(MeshError):
     """The model can never fit: its size exceeds the pod's whole capacity."""
 
@@ -166,6 +181,19 @@ class QuotaExceeded(MeshError):
 
     def __init__(self, message: str, *, tenant: str, cap: str) -> None:
         super().__init__(message, tenant=tenant, cap=cap)
+
+
+class OutOfMemory(MeshError):
+    """The framework could not allocate memory while running the model on a call.
+
+    No signal: the call's own size is the likely cause, so a forwarding pod relays it rather
+    than trying the call elsewhere. The pod and the model serve on.
+    """
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the model ran out of memory on this request: {detail}")
 
 
 class Busy(MeshError):
