@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -126,7 +127,10 @@ class ModelCache:
         self._adapters = adapters
         self._entries: dict[str, _Entry] = {}
         self._loads: dict[str, asyncio.Task[_Entry]] = {}
+        self._load_waiters: dict[str, int] = {}
+        """Callers awaiting each load in flight."""
         self._idle = asyncio.Event()
+        self._waiting_for_room = 0
         self._policy = eviction_policy
         self._admit = admit
         self._held_elsewhere = held_elsewhere
@@ -156,6 +160,11 @@ class ModelCache:
     @property
     def loads_in_flight(self) -> int:
         return len(self._loads)
+
+    @property
+    def loads_waiting_for_room(self) -> int:
+        """Loads parked until a model that is serving goes idle and can be evicted."""
+        return self._waiting_for_room
 
     def next_victim_age_s(self) -> float | None:
         """Seconds since the idle model the eviction policy would evict next was last used (None: no
@@ -253,12 +262,32 @@ class ModelCache:
         )
 
     async def _load_shared(self, record: ModelRecord) -> _Entry:
-        task = self._loads.get(record.model_id)
+        model_id = record.model_id
+        task = self._loads.get(model_id)
         if task is None:
-            task = asyncio.create_task(self._load(record), name=f"load:{record.model_id}")
-            self._loads[record.model_id] = task
-            task.add_done_callback(lambda _: self._loads.pop(record.model_id, None))
-        return await asyncio.shield(task)
+            task = asyncio.create_task(self._load(record), name=f"load:{model_id}")
+            self._loads[model_id] = task
+            task.add_done_callback(functools.partial(self._load_done, model_id))
+        self._load_waiters[model_id] = self._load_waiters.get(model_id, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            left = self._load_waiters[model_id] - 1
+            if left:
+                self._load_waiters[model_id] = left
+            else:
+                del self._load_waiters[model_id]
+                if task.done():  # the last caller has the model: the load's hold goes
+                    self._let_go_of_load(task)
+
+    def _load_done(self, model_id: str, task: asyncio.Task[_Entry]) -> None:
+        self._loads.pop(model_id, None)
+        if model_id not in self._load_waiters:  # every caller gave up before it finished
+            self._let_go_of_load(task)
+
+    def _let_go_of_load(self, task: asyncio.Task[_Entry]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.let_go(task.result())
 
     async def _load(self, record: ModelRecord) -> _Entry:
         model_id = record.model_id
@@ -284,7 +313,15 @@ class ModelCache:
         seconds = self._clock() - started
         device = entry.model.device if entry.model is not None else "?"
         log.info("loaded %s on %s: %d bytes in %.3fs", model_id, device, entry.size_bytes, seconds)
-        await self._listener.loaded(model_id, entry.size_bytes, seconds)
+        # Held for the load's callers until they have it (``_load_shared`` lets go): idle, a model
+        # whose callers have not resumed yet is another load's likeliest victim (GDSF ranks it by
+        # one hit), and the listener's registry write leaves milliseconds for that. Not a hit.
+        entry.in_use += 1
+        try:
+            await self._listener.loaded(model_id, entry.size_bytes, seconds)
+        except BaseException:
+            self.let_go(entry)
+            raise
         return entry
 
     async def _fetch_and_load(self, record: ModelRecord, adapter: ModelAdapter) -> _Entry:
@@ -355,7 +392,11 @@ class ModelCache:
                     f"requests ({self.used_bytes} of {self.capacity_bytes} bytes in use); retry later",
                     model_id=model_id,
                 )
-            await self._wait_idle(deadline)
+            self._waiting_for_room += 1
+            try:
+                await self._wait_idle(deadline)
+            finally:
+                self._waiting_for_room -= 1
 
     async def _settle(self, entry: _Entry, model: LoadedModel) -> None:
         measured = model.size_bytes

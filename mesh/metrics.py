@@ -34,6 +34,11 @@ class MeshMetrics:
             "mesh_cache_used_bytes", "Bytes of loaded models and reservations", registry=registry
         )
         self.models_loaded = Gauge("mesh_models_loaded", "Models loaded on this pod", registry=registry)
+        self.loads_waiting_for_room = Gauge(
+            "mesh_loads_waiting_for_room",
+            "Loads waiting for a model that is serving to go idle so it can be evicted",
+            registry=registry,
+        )
         self.janitor_rounds = Counter(
             "mesh_janitor_rounds",
             "Housekeeping rounds this pod completed as the fleet's janitor",

@@ -389,6 +389,7 @@ class Pod:
             served = total
             self.metrics.used_bytes.set(self.cache.used_bytes)
             self.metrics.models_loaded.set(sum(1 for m in self.cache.models() if m.loaded))
+            self.metrics.loads_waiting_for_room.set(self.cache.loads_waiting_for_room)
             await self._read_gpus()
             self._publisher.changed()
             await asyncio.sleep(1.0)

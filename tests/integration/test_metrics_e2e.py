@@ -74,6 +74,7 @@ def test_metrics_follow_loads_evictions_unloads_and_calls(small_pod: PodThread, 
         assert value(seen, "mesh_model_evictions_total") == 1.0
         assert value(seen, "mesh_model_unloads_total") == 0.0
         assert value(seen, "mesh_cache_capacity_bytes") == CAPACITY
+        assert value(seen, "mesh_loads_waiting_for_room") == 0.0  # b's load found an idle model to evict
         assert 0 < (value(seen, "mesh_cache_used_bytes") or 0) <= CAPACITY
         assert value(seen, "mesh_requests_total", method="ModelInfer", code="OK") == 3.0
         assert value(seen, "mesh_requests_total", method="ModelInfer", code="NOT_FOUND") == 1.0

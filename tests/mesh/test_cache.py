@@ -89,22 +89,65 @@ async def test_model_in_use_is_not_evicted_and_busy_when_no_room(cache, tmp_path
     assert ("refused", "other") in events.log and ("failed", "other") not in events.log
 
 
+async def _until(condition, what: str) -> None:
+    """Let the loop turn until ``condition()`` holds; the bound only catches a hang."""
+    try:
+        async with asyncio.timeout(5):
+            while not condition():  # noqa: ASYNC110 - counters, with no event to wait on
+                await asyncio.sleep(0)
+    except TimeoutError:
+        raise AssertionError(f"no sign of {what} in 5 s") from None
+
+
 async def test_waiting_load_proceeds_when_a_model_becomes_idle(cache, tmp_path) -> None:
     held = cache.use(record(tmp_path, "held", 80))
     await held.__aenter__()
     waiter = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "next", 40)))
-    await asyncio.sleep(0.05)
+    await _until(lambda: cache.loads_waiting_for_room == 1, "the load to wait for room")
     assert not waiter.done()
     await held.__aexit__(None, None, None)
     assert isinstance(await asyncio.wait_for(waiter, 2), FakeModel)
     assert cache.loaded("held") is None
+    assert cache.loads_waiting_for_room == 0
+
+
+async def test_a_load_is_no_victim_while_the_listener_records_it(adapter, tmp_path) -> None:
+    class SlowRecords(Events):
+        """Records a load only when let: the registry write of a real pod takes milliseconds."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.recording = asyncio.Event()
+            self.let = asyncio.Event()
+
+        async def loaded(self, model_id, size_bytes, load_seconds):
+            self.recording.set()
+            await self.let.wait()
+            await super().loaded(model_id, size_bytes, load_seconds)
+
+    events = SlowRecords()
+    with ThreadPoolExecutor(2) as pool:
+        cache = fake_cache(capacity_bytes=100, executor=pool, listener=events, load_timeout_s=5)
+        first = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "first", 60)))
+        await asyncio.wait_for(events.recording.wait(), 5)
+        second = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "second", 60)))
+        await _until(lambda: cache.loads_waiting_for_room == 1, "the second load to wait for room")
+        events.let.set()
+        assert isinstance(await asyncio.wait_for(first, 5), FakeModel)
+        assert isinstance(await asyncio.wait_for(second, 5), FakeModel)
+        assert [e for e in events.log if e[0] != "loading"] == [
+            ("loaded", "first"),
+            ("evicted", "first"),
+            ("loaded", "second"),
+        ]
+        await cache.close()
 
 
 async def test_single_flight(cache, tmp_path, adapter) -> None:
     adapter.block.clear()
     rec = record(tmp_path, "m", 10)
     waiters = [asyncio.create_task(cache.ensure_loaded(rec)) for _ in range(50)]
-    await asyncio.sleep(0.05)
+    await _until(lambda: adapter.loads == 1, "the load to start")  # and every waiter to join it
     adapter.block.set()
     loaded = await asyncio.gather(*waiters)
     assert adapter.loads == 1 and all(m is loaded[0] for m in loaded)
