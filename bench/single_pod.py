@@ -1,7 +1,7 @@
 """One pod, one small sklearn model: throughput and latency through the pod vs in-process vs MLServer.
 
-    python bench/single_pod.py [--concurrency 32] [--seconds 5] [--rounds 3] [--client grpc|tritonclient]
-                               [--no-mlserver]
+    python bench/single_pod.py [--concurrency 32] [--seconds 5] [--rounds 3]
+                               [--client grpc|tritonclient|h2load] [--no-mlserver]
 
 Every figure is measured in this run: the in-process call is the floor, MLServer
 (``mlserver`` + ``mlserver-sklearn`` in ``bench/.venvs/mlserver``, created on first
@@ -17,8 +17,14 @@ The default client (``grpc``) is a load generator: a grpc.aio channel that sends
 client (``--client tritonclient``: ``tritonclient.grpc.aio``) builds each request and
 result in Python and costs about as much CPU per call as the servers do, so on two
 cores it takes CPU from the server it measures and its own speed caps what it can
-show. CPU use (in cores) of server and client is printed for each run. Also prints the
-pod's resident memory with nothing loaded and per loaded small model.
+show. ``--client h2load`` drives the servers with nghttp2's compiled HTTP/2 load
+generator (Debian's ``nghttp2-client``): one connection, ``--concurrency`` streams, the
+same framed request, latencies from its per-request log. It takes a fraction of the
+grpc client's CPU, so it shows how far each server goes when the client is not what
+limits it. h2load cannot read gRPC trailers: every server's answers are first checked
+through the grpc client, and a run whose answers carry no message (gRPC errors) is
+refused. CPU use (in cores) of server and client is printed for each run. Also prints
+the pod's resident memory with nothing loaded and per loaded small model.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import resource
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -155,13 +165,17 @@ class GrpcCaller(_Caller):
         request = v2.ModelInferRequest(model_name=model)
         request.inputs.add(name=input_name, datatype="FP64", shape=list(ROW.shape))
         request.raw_input_contents.append(ROW.tobytes())
-        self._body = request.SerializeToString()
+        self.body = request.SerializeToString()
         self._parse = v2.ModelInferResponse.FromString
-        self._channel = grpc.aio.insecure_channel(target)
+        self._target = target
+
+    async def __aenter__(self) -> GrpcCaller:
+        self._channel = grpc.aio.insecure_channel(self._target)
         self._call = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        return self
 
     async def infer(self) -> None:
-        answer = self._parse(await self._call(self._body))
+        answer = self._parse(await self._call(self.body))
         if not answer.raw_output_contents:
             raise RuntimeError(f"an answer without outputs: {answer}")
 
@@ -186,6 +200,41 @@ class TritonCaller(_Caller):
 
 
 CLIENTS: dict[str, type[_Caller]] = {"grpc": GrpcCaller, "tritonclient": TritonCaller}
+
+
+H2LOAD_ANSWER_BYTES = 20
+"""Fewer DATA bytes than this per answer means answers without a message: gRPC errors."""
+
+
+def drive_h2load(
+    name: str, target: str, model: str, input_name: str, concurrency: int, seconds: float
+) -> Run:
+    """``concurrency`` streams on one HTTP/2 connection from h2load, each sending its next call
+    when its last one is answered (the grpc client checks the answers first)."""
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        raise SystemExit("--client h2load needs h2load on PATH (Debian: apt-get install nghttp2-client)")
+    asyncio.run(drive(name, target, model, input_name, concurrency=1, seconds=0.0))  # 50 checked calls
+    body = GrpcCaller(target, model, input_name).body
+    with tempfile.TemporaryDirectory(prefix="mesh-h2load-") as tmp:
+        frame, log = Path(tmp) / "request", Path(tmp) / "log.tsv"
+        frame.write_bytes(b"\0" + struct.pack(">I", len(body)) + body)
+        # no --warm-up-time: h2load then logs the warm-up's calls too; the grpc calls above warm up
+        command = [h2load, "-D", f"{round(seconds * 1000)}ms", "-c", "1", "-t", "1", "-m", str(concurrency)]
+        command += ["-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        command += ["--log-file", str(log), f"http://{target}/inference.GRPCInferenceService/ModelInfer"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=True)
+        out = done.stdout
+        latencies_ms = np.loadtxt(log, usecols=2, ndmin=1) / 1000
+    finished = re.search(r"finished in ([\d.]+)s", out)
+    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    data = re.search(r"traffic: .*\((\d+)\) data", out)
+    if finished is None or counts is None or data is None:
+        raise RuntimeError(f"cannot read h2load's report:\n{out}")
+    succeeded, failed = int(counts.group(1)), int(counts.group(2))
+    if failed or int(data.group(1)) < H2LOAD_ANSWER_BYTES * succeeded:
+        raise RuntimeError(f"{name}: {failed} failed calls, or answers with no message (gRPC errors)\n{out}")
+    return Run(name, succeeded, float(finished.group(1)), latencies_ms)
 
 
 def in_process(model_path: Path, seconds: float) -> Run:
@@ -300,12 +349,17 @@ def measured(
         if register is not None:
             with MeshClient(target) as client:
                 client.register("iris", "sklearn", str(register), load_now=True, sync=True)
-        server, client = _cpu_seconds(process.pid), _cpu_seconds(os.getpid(), children=False)
+        server, client = _cpu_seconds(process.pid), _client_cpu_seconds()
         started = time.perf_counter()
-        run = asyncio.run(drive(name, target, "iris", "input-0", args.concurrency, args.seconds, args.client))
+        if args.client == "h2load":
+            run = drive_h2load(name, target, "iris", "input-0", args.concurrency, args.seconds)
+        else:
+            run = asyncio.run(
+                drive(name, target, "iris", "input-0", args.concurrency, args.seconds, args.client)
+            )
         elapsed = time.perf_counter() - started
         run.server_cores = (_cpu_seconds(process.pid) - server) / elapsed
-        run.client_cores = (_cpu_seconds(os.getpid(), children=False) - client) / elapsed
+        run.client_cores = (_client_cpu_seconds() - client) / elapsed
     finally:
         stop(process)
     print(run.line(), flush=True)
@@ -335,6 +389,13 @@ def _cpu_seconds(pid: int, *, children: bool = True) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def _client_cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (h2load, when it drives);
+    the servers are children too, but each is waited for only after its run."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return _cpu_seconds(os.getpid(), children=False) + children.ru_utime + children.ru_stime
 
 
 def start_bare() -> tuple[subprocess.Popen[bytes], str]:
@@ -383,7 +444,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--client", choices=sorted(CLIENTS), default="grpc")
+    parser.add_argument("--client", choices=[*sorted(CLIENTS), "h2load"], default="grpc")
     parser.add_argument("--memory-models", type=int, default=200)
     parser.add_argument("--no-mlserver", action="store_true")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
