@@ -127,8 +127,8 @@ class ModelCache:
         self._adapters = adapters
         self._entries: dict[str, _Entry] = {}
         self._loads: dict[str, asyncio.Task[_Entry]] = {}
-        self._load_waiters: dict[str, int] = {}
-        """Callers awaiting each load in flight."""
+        self._load_waiters: dict[asyncio.Task[_Entry], int] = {}
+        """Callers awaiting each load task (by task: a reload after an unload is another task)."""
         self._idle = asyncio.Event()
         self._waiting_for_room = 0
         self._policy = eviction_policy
@@ -268,21 +268,21 @@ class ModelCache:
             task = asyncio.create_task(self._load(record), name=f"load:{model_id}")
             self._loads[model_id] = task
             task.add_done_callback(functools.partial(self._load_done, model_id))
-        self._load_waiters[model_id] = self._load_waiters.get(model_id, 0) + 1
+        self._load_waiters[task] = self._load_waiters.get(task, 0) + 1
         try:
             return await asyncio.shield(task)
         finally:
-            left = self._load_waiters[model_id] - 1
+            left = self._load_waiters[task] - 1
             if left:
-                self._load_waiters[model_id] = left
+                self._load_waiters[task] = left
             else:
-                del self._load_waiters[model_id]
+                del self._load_waiters[task]
                 if task.done():  # the last caller has the model: the load's hold goes
                     self._let_go_of_load(task)
 
     def _load_done(self, model_id: str, task: asyncio.Task[_Entry]) -> None:
         self._loads.pop(model_id, None)
-        if model_id not in self._load_waiters:  # every caller gave up before it finished
+        if task not in self._load_waiters:  # every caller gave up before it finished
             self._let_go_of_load(task)
 
     def _let_go_of_load(self, task: asyncio.Task[_Entry]) -> None:
