@@ -1,7 +1,7 @@
 """One pod, one small sklearn model: throughput and latency through the pod vs in-process vs MLServer.
 
     python bench/single_pod.py [--concurrency 32] [--seconds 5] [--rounds 3]
-                               [--client grpc|tritonclient|h2load] [--no-mlserver]
+                               [--client h2load|grpc|tritonclient] [--no-mlserver]
 
 Every figure is measured in this run: the in-process call is the floor, MLServer
 (``mlserver`` + ``mlserver-sklearn`` in ``bench/.venvs/mlserver``, created on first
@@ -12,19 +12,20 @@ client, the same concurrency and alternate runs, because these machines are shar
 and noisy; the ratios are printed for the best run of each and as the median of each
 round's own ratio.
 
-The default client (``grpc``) is a load generator: a grpc.aio channel that sends the
-``ModelInferRequest`` built and serialized once and parses every answer. The stock
-client (``--client tritonclient``: ``tritonclient.grpc.aio``) builds each request and
-result in Python and costs about as much CPU per call as the servers do, so on two
-cores it takes CPU from the server it measures and its own speed caps what it can
-show. ``--client h2load`` drives the servers with nghttp2's compiled HTTP/2 load
-generator (Debian's ``nghttp2-client``): one connection, ``--concurrency`` streams, the
-same framed request, latencies from its per-request log. It takes a fraction of the
-grpc client's CPU, so it shows how far each server goes when the client is not what
-limits it. h2load cannot read gRPC trailers: every server's answers are first checked
-through the grpc client, and a run whose answers carry no message (gRPC errors) is
-refused. CPU use (in cores) of server and client is printed for each run. Also prints
-the pod's resident memory with nothing loaded and per loaded small model.
+The client is nghttp2's compiled HTTP/2 load generator h2load (Debian's
+``nghttp2-client``) when it is on PATH: one connection, ``--concurrency`` streams, the
+request built and framed once, latencies from its per-request log. It takes under a
+tenth of a core, so what is measured is each server, not the client's share of a
+two-core machine. h2load cannot read gRPC trailers and counts an error as a success:
+the grpc client first learns the size of each server's good answer, and a run is
+refused unless h2load received exactly that many bytes per call. Without h2load (or
+with ``--client grpc``) the client is a grpc.aio channel that sends the request
+serialized once and parses every answer; it takes a third to most of a core at these
+rates, which the servers then lack. The stock client (``--client tritonclient``:
+``tritonclient.grpc.aio``) builds each request and result in Python and costs about as
+much CPU per call as the servers do. CPU use (in cores) of server and client is
+printed for each run. Also prints the pod's resident memory with nothing loaded and
+per loaded small model.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ class GrpcCaller(_Caller):
         self.body = request.SerializeToString()
         self._parse = v2.ModelInferResponse.FromString
         self._target = target
+        self.answer_sizes: set[int] = set()
+        """The serialized size of every answer seen: h2load's runs are checked against it."""
 
     async def __aenter__(self) -> GrpcCaller:
         self._channel = grpc.aio.insecure_channel(self._target)
@@ -175,7 +178,9 @@ class GrpcCaller(_Caller):
         return self
 
     async def infer(self) -> None:
-        answer = self._parse(await self._call(self.body))
+        raw = await self._call(self.body)
+        self.answer_sizes.add(len(raw))
+        answer = self._parse(raw)
         if not answer.raw_output_contents:
             raise RuntimeError(f"an answer without outputs: {answer}")
 
@@ -201,20 +206,39 @@ class TritonCaller(_Caller):
 
 CLIENTS: dict[str, type[_Caller]] = {"grpc": GrpcCaller, "tritonclient": TritonCaller}
 
+H2LOAD_INSTALL = "Debian and Ubuntu: apt-get install nghttp2-client"
 
-H2LOAD_ANSWER_BYTES = 20
-"""Fewer DATA bytes than this per answer means answers without a message: gRPC errors."""
+
+async def answer_size(target: str, model: str, input_name: str, calls: int = 50) -> int:
+    """The serialized size of the server's answer to the benchmark's request, from ``calls``
+    calls through the grpc client (each parsed and checked); one size for every answer."""
+    async with GrpcCaller(target, model, input_name) as call:
+        for _ in range(calls):
+            await call.infer()
+    if len(call.answer_sizes) != 1:
+        raise RuntimeError(
+            f"{target} answers one request in {sorted(call.answer_sizes)} bytes: h2load's "
+            "byte count cannot show that every call succeeded"
+        )
+    return call.answer_sizes.pop()
 
 
 def drive_h2load(
     name: str, target: str, model: str, input_name: str, concurrency: int, seconds: float
 ) -> Run:
     """``concurrency`` streams on one HTTP/2 connection from h2load, each sending its next call
-    when its last one is answered (the grpc client checks the answers first)."""
+    when its last one is answered.
+
+    h2load counts a gRPC error (HTTP 200, no message, grpc-status in the trailers) as a
+    success, so the grpc client first learns the size of a good answer and the run is
+    refused unless h2load received exactly that many DATA bytes per call: a single error
+    among the calls leaves the count short by one answer. A stream the run's end cut off
+    may have brought its message without its trailers: at most one answer each is allowed.
+    """
     h2load = shutil.which("h2load")
     if h2load is None:
-        raise SystemExit("--client h2load needs h2load on PATH (Debian: apt-get install nghttp2-client)")
-    asyncio.run(drive(name, target, model, input_name, concurrency=1, seconds=0.0))  # 50 checked calls
+        raise SystemExit(f"--client h2load needs h2load on PATH ({H2LOAD_INSTALL})")
+    framed = 5 + asyncio.run(answer_size(target, model, input_name))
     body = GrpcCaller(target, model, input_name).body
     with tempfile.TemporaryDirectory(prefix="mesh-h2load-") as tmp:
         frame, log = Path(tmp) / "request", Path(tmp) / "log.tsv"
@@ -227,13 +251,17 @@ def drive_h2load(
         out = done.stdout
         latencies_ms = np.loadtxt(log, usecols=2, ndmin=1) / 1000
     finished = re.search(r"finished in ([\d.]+)s", out)
-    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    counts = re.search(r"requests: \d+ total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     data = re.search(r"traffic: .*\((\d+)\) data", out)
     if finished is None or counts is None or data is None:
         raise RuntimeError(f"cannot read h2load's report:\n{out}")
-    succeeded, failed = int(counts.group(1)), int(counts.group(2))
-    if failed or int(data.group(1)) < H2LOAD_ANSWER_BYTES * succeeded:
-        raise RuntimeError(f"{name}: {failed} failed calls, or answers with no message (gRPC errors)\n{out}")
+    started, ended, succeeded, failed = (int(g) for g in counts.groups())
+    answers, extra = divmod(int(data.group(1)), framed)
+    if failed or extra or not succeeded <= answers <= succeeded + started - ended:
+        raise RuntimeError(
+            f"{name}: {failed} failed calls, and {int(data.group(1))} DATA bytes for {succeeded} calls "
+            f"answered in {framed} bytes each: some answers were gRPC errors\n{out}"
+        )
     return Run(name, succeeded, float(finished.group(1)), latencies_ms)
 
 
@@ -444,7 +472,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--client", choices=[*sorted(CLIENTS), "h2load"], default="grpc")
+    parser.add_argument(
+        "--client",
+        choices=[*sorted(CLIENTS), "h2load"],
+        help="the load generator every server gets (default: h2load when on PATH, else grpc)",
+    )
     parser.add_argument("--memory-models", type=int, default=200)
     parser.add_argument("--no-mlserver", action="store_true")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
@@ -452,6 +484,13 @@ def main() -> int:
     if args.serve_bare:
         serve_bare()
         return 0
+    if args.client is None:
+        args.client = "h2load" if shutil.which("h2load") else "grpc"
+        if args.client == "grpc":
+            print(
+                f"h2load is not on PATH ({H2LOAD_INSTALL}): driving with the grpc client, which takes "
+                "CPU from the servers it measures on a small machine"
+            )
 
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
         workdir = Path(tmp)
