@@ -137,6 +137,9 @@ class ModelManager:
         self._clock_ms = clock_ms
         self._tasks: set[asyncio.Task[None]] = set()
         self._loader: Callable[[str], Awaitable[None]] = self.load_here
+        self._unrecorded = False
+        """A write of this pod's copies failed: the registry may disagree with the cache until
+        ``repair_copies`` has run."""
 
     def set_loader(self, loader: Callable[[str], Awaitable[None]]) -> None:
         """Where ``ensureLoaded``, ``loadNow`` and vmodel transitions load: the fleet's router."""
@@ -605,7 +608,56 @@ class ModelManager:
         try:
             await self._store.update_model(model_id, change)
         except MeshError as exc:
+            self._unrecorded = True
             log.warning("could not record the state of %s in the registry: %s", model_id, exc)
+
+    async def repair_copies(self) -> int:
+        """After a registry write of this pod's copies failed (the registry was unreachable), make
+        the registry agree with the cache again: a model held here is recorded LOADED here, and a
+        copy recorded here that the cache neither holds nor is loading is dropped. A no-op when no
+        write failed. Stops at the first write that fails and goes on at the next call; returns
+        how many records it corrected."""
+        if not self._unrecorded:
+            return 0
+        self._unrecorded = False
+        fixed = 0
+        for record in self._store.models():
+            change = self._as_cached(record.model_id)
+            if change(record) == record:
+                continue
+            try:
+                await self._store.update_model(record.model_id, change)
+            except MeshError as exc:
+                self._unrecorded = True
+                log.info("this pod's copies are not corrected in the registry yet: %s", exc)
+                break
+            fixed += 1
+        if fixed:
+            log.info("corrected this pod's copies in %d registry record(s) missed while it was away", fixed)
+        return fixed
+
+    def _as_cached(self, model_id: str) -> Callable[[ModelRecord], ModelRecord]:
+        """The record with this pod's copy as the cache has it (read when the write is made)."""
+
+        def change(r: ModelRecord) -> ModelRecord:
+            if self._cache.loading(model_id):
+                return r  # the load records itself when it ends
+            copy = r.copies.get(self.pod_id)
+            model = self._cache.loaded(model_id)
+            now = self._clock_ms()
+            if model is not None:
+                if copy is not None and copy.state is ModelState.LOADED:
+                    return r
+                why = copy.why if copy is not None else ""
+                copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, now, why)}
+                r = replace(r, copies=copies, size_bytes=model.size_bytes)
+                return r.with_event(now, self.pod_id, "recorded as loaded here after a missed registry write")
+            if copy is None:
+                return r
+            dropped = _without_copy(self.pod_id)(r)
+            return dropped.with_event(now, self.pod_id, "copy dropped: not held here (missed registry write)")
+
+        return change
 
 
 def check_tenant(tenant: object, *, model_id: str = "") -> None:

@@ -391,6 +391,8 @@ class Pod:
             self.metrics.models_loaded.set(sum(1 for m in self.cache.models() if m.loaded))
             self.metrics.loads_waiting_for_room.set(self.cache.loads_waiting_for_room)
             await self._read_gpus()
+            if self.manager is not None:
+                await self.manager.repair_copies()
             self._publisher.changed()
             await asyncio.sleep(1.0)
 

@@ -9,14 +9,20 @@ and leases. Resuming a watch and resyncing after compaction are the caller's job
 (``ModelStore``), so they work the same on every registry.
 
 Every call has a timeout; an unreachable etcd surfaces as ``Unavailable`` naming the
-endpoint, never as a hang.
+endpoint, never as a hang. An etcd that stops answering (stalled on its disk, or cut off
+by a partition) costs one timeout, not one per call: once a call times out, calls fail at
+once until etcd answers again (a lease keep-alive, a watch event, or the one call let
+through every ``RETRY_SILENT_S`` to try), so work that records itself in the registry on
+the way (a load, an eviction) is not queued behind a timeout per write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -34,7 +40,12 @@ from mesh.registry.base import (
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+RETRY_SILENT_S = 5.0
+"""While etcd does not answer, one call in this long is let through to try it; the rest fail at once."""
 _MOD = pb.Compare.CompareTarget.MOD
 _EQUAL = pb.Compare.CompareResult.EQUAL
 
@@ -55,6 +66,10 @@ class EtcdRegistry(Registry):
         self.endpoint = endpoint
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
+        self._silent_since: float | None = None
+        """When a call first timed out with no answer from etcd since (None: etcd answers)."""
+        self._silence = ""
+        self._next_try = 0.0
 
     def _connect(self) -> grpc.aio.Channel:
         """The channel, made on first use so it belongs to the event loop that uses it."""
@@ -84,7 +99,7 @@ class EtcdRegistry(Registry):
 
     async def get(self, key: str) -> Entry | None:
         request = pb.RangeRequest(key=key.encode())
-        response = await self._call(self._kv.Range(request, timeout=self._timeout_s))
+        response = await self._call(lambda: self._kv.Range(request, timeout=self._timeout_s))
         if not response.kvs:
             return None
         return _entry(response.kvs[0])
@@ -92,7 +107,7 @@ class EtcdRegistry(Registry):
     async def range(self, prefix: str) -> tuple[list[Entry], int]:
         start = prefix.encode()
         request = pb.RangeRequest(key=start, range_end=prefix_end(start))
-        response = await self._call(self._kv.Range(request, timeout=self._timeout_s))
+        response = await self._call(lambda: self._kv.Range(request, timeout=self._timeout_s))
         return [_entry(kv) for kv in response.kvs], response.header.revision
 
     async def put(
@@ -115,6 +130,7 @@ class EtcdRegistry(Registry):
         call = self._watch.Watch(_drain(requests))
         try:
             async for response in call:
+                self._answered()
                 if response.compact_revision:
                     raise RegistryCompacted(revision=response.compact_revision)
                 if response.canceled:
@@ -134,7 +150,7 @@ class EtcdRegistry(Registry):
 
     async def grant_lease(self, ttl_s: float) -> int:
         request = pb.LeaseGrantRequest(TTL=max(1, round(ttl_s)))
-        response = await self._call(self._lease.LeaseGrant(request, timeout=self._timeout_s))
+        response = await self._call(lambda: self._lease.LeaseGrant(request, timeout=self._timeout_s))
         if response.error:
             raise Unavailable(f"etcd at {self.endpoint} refused a lease: {response.error}")
         return int(response.ID)
@@ -143,8 +159,10 @@ class EtcdRegistry(Registry):
         call = self._lease.LeaseKeepAlive(iter([pb.LeaseKeepAliveRequest(ID=lease)]), timeout=self._timeout_s)
         try:
             async for response in call:
+                self._answered()
                 return bool(response.TTL > 0)
         except grpc.aio.AioRpcError as exc:
+            self._failed(exc)
             raise self._unavailable(exc) from None
         finally:
             call.cancel()
@@ -166,17 +184,53 @@ class EtcdRegistry(Registry):
                 pb.Compare(key=key.encode(), target=_MOD, result=_EQUAL, mod_revision=expected_revision)
             )
         txn = pb.TxnRequest(compare=compare, success=[op])
-        response = await self._call(self._kv.Txn(txn, timeout=self._timeout_s))
+        response = await self._call(lambda: self._kv.Txn(txn, timeout=self._timeout_s))
         if not response.succeeded:
             expected = "absent" if expected_revision == MUST_NOT_EXIST else f"at revision {expected_revision}"
             raise RegistryConflict(f"registry key {key!r} is no longer {expected}", key=key)
         return int(response.header.revision)
 
-    async def _call(self, call: Awaitable[T]) -> T:
+    async def _call(self, start: Callable[[], Awaitable[T]]) -> T:
+        """One unary call; while etcd is silent, only the call due to try again is made."""
+        if self._silent_since is not None:
+            now = time.monotonic()
+            if now < self._next_try:
+                raise Unavailable(
+                    f"the registry (etcd at {self.endpoint}) has not answered for "
+                    f"{now - self._silent_since:.1f}s ({self._silence}); retry",
+                    endpoint=self.endpoint,
+                )
+            self._next_try = now + RETRY_SILENT_S  # this call tries; the others still fail at once
         try:
-            return await call
+            result = await start()
         except grpc.aio.AioRpcError as exc:
+            self._failed(exc)
             raise self._unavailable(exc) from None
+        self._answered()
+        return result
+
+    def _failed(self, exc: grpc.aio.AioRpcError) -> None:
+        if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            return  # refused or reset: such calls fail fast by themselves
+        now = time.monotonic()
+        self._silence = f"{exc.code().name}: {exc.details()}"
+        self._next_try = max(self._next_try, now + RETRY_SILENT_S)
+        if self._silent_since is None:
+            self._silent_since = now
+            log.warning(
+                "etcd at %s did not answer within %gs: registry calls fail at once until it answers "
+                "(one is let through every %gs to try)",
+                self.endpoint,
+                self._timeout_s,
+                RETRY_SILENT_S,
+            )
+
+    def _answered(self) -> None:
+        if self._silent_since is not None:
+            silent_s = time.monotonic() - self._silent_since
+            log.info("etcd at %s answers again after %.1fs", self.endpoint, silent_s)
+            self._silent_since = None
+            self._next_try = 0.0
 
     def _unavailable(self, exc: grpc.aio.AioRpcError) -> Unavailable:
         return Unavailable(

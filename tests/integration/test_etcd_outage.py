@@ -3,9 +3,11 @@ reconnects and resyncs when etcd returns."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import grpc
+import joblib
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
@@ -48,4 +50,54 @@ def test_pod_serves_through_an_etcd_outage(tmp_path: Path, models: ModelSet) -> 
             client.close()
             api.close()
     finally:
+        etcd.stop()
+
+
+def test_loads_go_on_while_etcd_stalls_and_the_registry_is_corrected_after(
+    tmp_path: Path, models: ModelSet
+) -> None:
+    """An etcd that stops answering (stalled on its disk, cut off by a partition) is not the same
+    as one that is gone: every call waits out its timeout. A load records itself three times
+    (the claim, LOADING, LOADED) and each eviction once, so cold calls would each wait several
+    timeouts; the pod pays one and goes on, and once etcd answers again it writes what the
+    registry missed: the copies loaded during the stall, and no copy for the models evicted."""
+    etcd = EtcdProcess(tmp_path / "etcd")
+    etcd.start()
+    # Room for two of these models: each cold load during the stall evicts one.
+    settings = pod_settings(etcd=etcd.endpoint, lease_ttl_s=60, capacity_bytes=200_000)
+    try:
+        with PodThread(settings) as pod:
+            api = MeshClient(pod.target, timeout_s=20)
+            warm, cold = ["warm-0", "warm-1"], [f"cold-{i}" for i in range(4)]
+            for name in warm + cold:
+                api.register(name, "sklearn", str(models.sklearn), load_now=name in warm, sync=name in warm)
+            client = tc.InferenceServerClient(pod.target)
+            tensor = tc.InferInput("input-0", [1, 4], "FP64")
+            tensor.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]]))
+            expected = joblib.load(models.sklearn).predict(np.array([[5.1, 3.5, 1.4, 0.2]])).tolist()
+
+            assert etcd.process is not None
+            etcd.process.send_signal(signal.SIGSTOP)
+            try:
+                # With a 5 s timeout per registry write, each of these calls would need 15 s or more.
+                answers = [client.infer(name, [tensor], client_timeout=12) for name in cold]
+            finally:
+                etcd.process.send_signal(signal.SIGCONT)
+            assert [a.as_numpy("predict").tolist() for a in answers] == [expected] * len(cold)
+
+            def recorded() -> set[str]:
+                return {n for n in warm + cold if api.status(n).status == api.status(n).LOADED}
+
+            held = {m.model_id for m in api.pod_status().loaded}
+            assert held == set(cold[-2:]), f"the pod holds {sorted(held)}"
+            wait_until(
+                lambda: recorded() == held,
+                within_s=30,
+                what=f"the registry recording exactly the copies the pod holds, {sorted(held)}",
+            )
+            client.close()
+            api.close()
+    finally:
+        if etcd.process is not None:
+            etcd.process.send_signal(signal.SIGCONT)
         etcd.stop()
