@@ -219,6 +219,7 @@ class Pod:
             self.metrics_port = self._metrics_server.server_port
         self.metrics.capacity_bytes.set(s.capacity_bytes)
         self._spawn(self._update_gauges(), "gauges")
+        self._spawn(self._repair_copies(), "registry-repair")
         self.janitor = Janitor(
             pod_id=s.pod_id,
             store=self.store,
@@ -391,9 +392,15 @@ class Pod:
             self.metrics.models_loaded.set(sum(1 for m in self.cache.models() if m.loaded))
             self.metrics.loads_waiting_for_room.set(self.cache.loads_waiting_for_room)
             await self._read_gpus()
-            if self.manager is not None:
-                await self.manager.repair_copies()
             self._publisher.changed()
+            await asyncio.sleep(1.0)
+
+    async def _repair_copies(self) -> None:
+        """Each second, write what the registry missed of this pod's copies (a no-op unless a
+        write failed). Its own task: the write let through to try a silent etcd waits its timeout."""
+        assert self.manager is not None
+        while True:
+            await self.manager.repair_copies()
             await asyncio.sleep(1.0)
 
     def _devices(self) -> tuple[DeviceMemory, ...]:
