@@ -88,8 +88,10 @@ def test_loads_go_on_while_etcd_stalls_and_the_registry_is_corrected_after(
             def recorded() -> set[str]:
                 return {n for n in warm + cold if api.status(n).status == api.status(n).LOADED}
 
+            # Room for two, and the last cold model is held: a warm one recorded LOADED was evicted
+            # during the stall (which one goes is the eviction policy's choice).
             held = {m.model_id for m in api.pod_status().loaded}
-            assert held == set(cold[-2:]), f"the pod holds {sorted(held)}"
+            assert cold[-1] in held and len(held) <= 2, f"the pod holds {sorted(held)}"
             wait_until(
                 lambda: recorded() == held,
                 within_s=30,
