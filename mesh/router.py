@@ -39,6 +39,7 @@ from mesh.errors import (
     DeadlineExceeded,
     MeshError,
     ModelLoadFailed,
+    NotFound,
     NotHere,
     QuotaExceeded,
     Unavailable,
@@ -147,7 +148,12 @@ class Router:
         metadata: Metadata = (),
     ) -> bytes:
         """Serve a call that entered at this pod, here or on a peer."""
-        model_id = self._manager.lookup(name, vmodel=vmodel).model_id
+        try:
+            model_id = self._manager.lookup(name, vmodel=vmodel).model_id
+        except NotFound:
+            if not await self._registered_elsewhere(name, vmodel):
+                raise
+            model_id = self._manager.lookup(name, vmodel=vmodel).model_id
 
         async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
             return await self._peers.forward(
@@ -254,6 +260,8 @@ class Router:
         if route == LOADED and not here:
             raise NotHere(f"model {model_id!r} is not loaded on {self.pod_id}", pod_id=self.pod_id)
         if not here:
+            if self._store.model(model_id) is None:  # the sender knows it: this pod's watch is behind
+                await self._store.fetch_model(model_id)
             self._manager.record(model_id)  # unknown model: NOT_FOUND, not "not here"
             await self.claim(model_id, ignore=ignore | self._suspected(), why=why, extra_copy=route == COPY)
         return await self._serve_here(model_id, local)
@@ -400,6 +408,17 @@ class Router:
             return
         if holder:
             raise NotHere(f"pod {holder} already holds model {model_id!r}", pod_id=self.pod_id, holder=holder)
+
+    async def _registered_elsewhere(self, name: str, vmodel: bool | None) -> bool:
+        """Whether the registry holds ``name`` though this pod's mirror does not show it yet: it was
+        registered through another pod a moment ago. One registry read per call for an unknown
+        name; a registry that does not answer counts as no."""
+        try:
+            if vmodel is not False and await self._store.fetch_vmodel(name) is not None:
+                return True
+            return vmodel is not True and await self._store.fetch_model(name) is not None
+        except Unavailable:
+            return False
 
     # the loop
 

@@ -5,14 +5,19 @@
   response halfway, or flip a byte of one (for the fault tests).
 - ``GcsServer``: ``gcp-storage-emulator`` on a free port (``STORAGE_EMULATOR_HOST``).
 - ``HttpFileServer``: a threaded ``http.server`` serving files from memory with ETags,
-  optional ``Content-MD5``, a required header, and the same faults.
+  optional ``Content-MD5``, a required header, the same faults, and gates that hold a
+  download until the test opens them.
+- ``TcpRelay``: relays loopback TCP connections to a service until it is cut (a network
+  partition between one client and that service).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
+import socket
 import ssl
 import threading
 from collections import Counter
@@ -162,6 +167,8 @@ class HttpFileServer(_ServedInThread):
         self.gets: Counter[str] = Counter()
         self.faults = Faults()
         self.required_header: tuple[str, str] | None = None
+        self.gates: dict[str, threading.Event] = {}
+        """A download of one of these paths waits (up to 60 s) until its event is set."""
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         if tls is not None:
@@ -206,6 +213,9 @@ class HttpFileServer(_ServedInThread):
                     return
                 if send_body:
                     files.gets[path] += 1
+                    gate = files.gates.get(path)
+                    if gate is not None:
+                        gate.wait(60)
                 if send_body and files.faults.take(files.faults.corrupt, path):
                     data = _flip_bytes(data)
                 self.send_response(200)
@@ -230,3 +240,70 @@ def _flip_bytes(data: bytes) -> bytes:
     flipped = bytearray(data)
     flipped[len(flipped) // 2] ^= 0xFF
     return bytes(flipped)
+
+
+class TcpRelay:
+    """Relays loopback TCP connections to ``target`` (``host:port``) until ``cut``: then every
+    relayed connection closes and new ones are refused, as in a partition between the clients
+    that connect through ``endpoint`` and the service."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._cut = False
+        threading.Thread(target=self._accept, name="tcp-relay", daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            sockets, self._open = self._open, []
+        self._listener.close()
+        for sock in sockets:
+            _close(sock)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # cut
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                if self._cut:
+                    _close(client)
+                    _close(upstream)
+                    return
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), name="relay-pump", daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(1 << 16):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close(sink)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

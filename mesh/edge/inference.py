@@ -7,6 +7,7 @@ call served elsewhere forwards those bytes unchanged to the pod that serves it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -20,7 +21,7 @@ from mesh import __version__
 from mesh.dataplane import DataPlane, ModelStats, merge_statistics
 from mesh.edge import converters
 from mesh.edge.peers import HOP, MODEL_ID, ROUTE
-from mesh.edge.status import MalformedRequest, edge_method, internal_error
+from mesh.edge.status import MalformedRequest, edge_method, internal_error, interrupted
 from mesh.edge.wire import embed
 from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
@@ -176,6 +177,14 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             except MeshError as exc:
                 self.metrics.observe_request("ModelStreamInfer", exc.code.name, time.perf_counter() - started)
                 yield v2.ModelStreamInferResponse(error_message=exc.message).SerializeToString()
+                continue
+            except asyncio.CancelledError:
+                error = interrupted("ModelStreamInfer")
+                if error is None:
+                    raise
+                elapsed = time.perf_counter() - started
+                self.metrics.observe_request("ModelStreamInfer", error.code.name, elapsed)
+                yield v2.ModelStreamInferResponse(error_message=error.message).SerializeToString()
                 continue
             except Exception:  # as a unary call would be answered: one request fails, the stream goes on
                 self.metrics.observe_request("ModelStreamInfer", "INTERNAL", time.perf_counter() - started)

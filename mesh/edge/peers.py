@@ -9,12 +9,21 @@ and ``mm-model-id`` (the model the entry pod resolved).
 Answers map back to the error tree: the ``mesh-error`` trailer says "not here",
 "load failed" or "no room"; an unreachable peer is ``Unavailable``; anything else
 the peer answered is relayed with its code and message.
+
+When a pod leaves the registry its channel is retired, not cut: a pod whose lease
+ran out while etcd was silent is still serving, and the calls already on their way
+to it finish (for up to ``RETIRE_GRACE_S``). A call cut off when the channel closes
+is ``Unavailable`` (the router tries another pod), never a bare cancellation, which
+would leave the caller without an answer until its deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import grpc
 
@@ -36,6 +45,12 @@ ROUTE = "mesh-route"
 MODEL_ID = "mm-model-id"
 SERVICE = "/inference.GRPCInferenceService/"
 
+_Call: TypeAlias = "grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]"
+
+RETIRE_GRACE_S = 10.0
+"""How long calls in flight to a pod that left the registry may still run before its channel
+closes under them."""
+
 _CODES = {status: code for code, status in GRPC_STATUS.items()}
 _RETRY_ELSEWHERE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -46,8 +61,11 @@ _RETRY_ELSEWHERE = {
 
 
 class PeerClient:
-    def __init__(self, pod_id: str, *, max_message_bytes: int) -> None:
+    def __init__(
+        self, pod_id: str, *, max_message_bytes: int, retire_grace_s: float = RETIRE_GRACE_S
+    ) -> None:
         self.pod_id = pod_id
+        self._retire_grace_s = retire_grace_s
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -55,7 +73,11 @@ class PeerClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._calls: dict[tuple[str, str], tuple[grpc.aio.Channel, _Call]] = {}
+        self._in_flight: Counter[grpc.aio.Channel] = Counter()
+        self._drained: dict[grpc.aio.Channel, asyncio.Event] = {}
+        """Set when the last call in flight on a retiring channel ends."""
+        self._retiring: set[grpc.aio.Channel] = set()
 
     async def forward(
         self,
@@ -68,15 +90,34 @@ class PeerClient:
         timeout_s: float,
         metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> bytes:
-        call = self._calls.get((endpoint, method))
-        if call is None:
-            call = self._channel(endpoint).unary_unary(SERVICE + method)
-            self._calls[(endpoint, method)] = call
+        found = self._calls.get((endpoint, method))
+        if found is None:
+            channel = self._channel(endpoint)
+            found = self._calls[(endpoint, method)] = (channel, channel.unary_unary(SERVICE + method))
+        channel, call = found
         headers = (*metadata, (HOP, self.pod_id), (ROUTE, route), (MODEL_ID, model_id))
+        self._in_flight[channel] += 1
         try:
             response: bytes = await call(payload, timeout=timeout_s, metadata=headers)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, endpoint, model_id) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this call was cancelled: it ends here
+                raise
+            raise Unavailable(  # the channel closed under the call
+                f"pod at {endpoint} left the fleet while model {model_id!r} was being served there",
+                model_id=model_id,
+            ) from None
+        finally:
+            left = self._in_flight[channel] - 1
+            if left:
+                self._in_flight[channel] = left
+            else:
+                del self._in_flight[channel]
+                drained = self._drained.get(channel)
+                if drained is not None:
+                    drained.set()
         return response
 
     async def load(
@@ -119,14 +160,30 @@ class PeerClient:
         )
 
     async def forget(self, endpoint: str) -> None:
+        """Retire the channel to a pod that left the registry: new calls get a new channel, and
+        calls in flight on this one may finish for ``retire_grace_s`` before it closes."""
         channel = self._channels.pop(endpoint, None)
-        self._calls = {key: call for key, call in self._calls.items() if key[0] != endpoint}
-        if channel is not None:
-            await channel.close()
+        self._calls = {key: found for key, found in self._calls.items() if key[0] != endpoint}
+        if channel is None:
+            return
+        self._retiring.add(channel)  # if this is cancelled (the pod stops), ``close`` closes it
+        if self._in_flight[channel]:
+            drained = self._drained[channel] = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._retire_grace_s):
+                    await drained.wait()
+            del self._drained[channel]
+        self._retiring.discard(channel)
+        await channel.close()  # what is still in flight is cut off: Unavailable to its caller
 
     async def close(self) -> None:
-        for endpoint in list(self._channels):
-            await self.forget(endpoint)
+        """Close every channel at once, retiring ones included (the pod is stopping)."""
+        channels = [*self._channels.values(), *self._retiring]
+        self._channels.clear()
+        self._retiring.clear()
+        self._calls.clear()
+        for channel in channels:
+            await channel.close()
 
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         channel = self._channels.get(endpoint)

@@ -2,11 +2,15 @@
 
 ``edge_method`` wraps a servicer method: a ``MeshError`` aborts with its mapped
 status and message; anything else is logged with a trace id and answered with an
-opaque ``INTERNAL`` that names the trace id.
+opaque ``INTERNAL`` that names the trace id. A cancellation that did not come from
+gRPC (a future on the call's path cancelled under it) is answered ``UNAVAILABLE``:
+gRPC sends no status for a handler that ends cancelled, so the caller would wait
+until its deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -16,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from mesh.errors import ErrorCode, InvalidInput, MeshError
+from mesh.errors import ErrorCode, InvalidInput, MeshError, Unavailable
 from mesh.metrics import MeshMetrics
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,17 @@ def internal_error(method: str) -> str:
     return f"internal error (trace id {trace_id})"
 
 
+def interrupted(method: str) -> Unavailable | None:
+    """For a ``CancelledError`` caught in a handler: None when gRPC cancelled the call (the caller
+    left, its deadline passed, the server is stopping), so it ends cancelled; else the error to
+    answer with (the cancellation came from inside the pod)."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        return None
+    log.warning("%s was cancelled from inside the pod; the caller is told to retry", method, exc_info=True)
+    return Unavailable(f"{method} was interrupted inside the pod before it could answer; retry")
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
     if exc.signal is not None:
         context.set_trailing_metadata(((ERROR_TRAILER, exc.signal),))
@@ -95,6 +110,13 @@ def edge_method(method: str) -> Callable[[Handler[S]], Handler[S]]:
             except Exception:
                 observe(grpc.StatusCode.INTERNAL)
                 await context.abort(grpc.StatusCode.INTERNAL, internal_error(method))
+            except asyncio.CancelledError:
+                error = interrupted(method)
+                if error is None:
+                    observe(grpc.StatusCode.CANCELLED)
+                    raise
+                observe(GRPC_STATUS[error.code])
+                await abort(context, error)
             except BaseException:
                 observe(grpc.StatusCode.CANCELLED)
                 raise

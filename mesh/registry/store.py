@@ -119,6 +119,18 @@ class ModelStore:
     def instance(self, pod_id: str) -> InstanceRecord | None:
         return self._instances.get(pod_id)
 
+    async def fetch_model(self, model_id: str) -> ModelRecord | None:
+        """Read a model's record straight from the registry into the mirror: for one that another
+        pod registered a moment ago, before this pod's watch delivers it. ``Unavailable`` if the
+        registry does not answer."""
+        await self._sync_key(self._key("models", model_id))
+        return self._models.get(model_id)
+
+    async def fetch_vmodel(self, vmodel_id: str) -> VModelRecord | None:
+        """``fetch_model`` for a vmodel."""
+        await self._sync_key(self._key("vmodels", vmodel_id))
+        return self._vmodels.get(vmodel_id)
+
     def models(self) -> list[ModelRecord]:
         return [self._models[k] for k in sorted(self._models)]
 

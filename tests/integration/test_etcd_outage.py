@@ -1,9 +1,12 @@
 """etcd goes away: loaded models keep serving, registry writes get UNAVAILABLE, and the pod
-reconnects and resyncs when etcd returns."""
+reconnects and resyncs when etcd returns. A pod cut off from etcd drops out of the others'
+view once its lease runs out, and the calls already forwarded to it are still answered."""
 
 from __future__ import annotations
 
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -15,6 +18,7 @@ import tritonclient.grpc as tc
 from mesh.edge.client import MeshClient
 from mesh.etcd_process import EtcdProcess
 from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
+from tests.storage_servers import HttpFileServer, TcpRelay
 
 
 def test_pod_serves_through_an_etcd_outage(tmp_path: Path, models: ModelSet) -> None:
@@ -102,4 +106,62 @@ def test_loads_go_on_while_etcd_stalls_and_the_registry_is_corrected_after(
     finally:
         if etcd.process is not None:
             etcd.process.send_signal(signal.SIGCONT)
+        etcd.stop()
+
+
+def test_a_call_forwarded_to_a_pod_that_drops_out_of_the_registry_is_answered(
+    tmp_path: Path, models: ModelSet, http_files: HttpFileServer
+) -> None:
+    """A pod cut off from etcd (a partition, or etcd silent past the lease TTL) is dropped from the
+    other pods' view when its lease runs out, though it still serves. A call one of them already
+    forwarded to it is answered: the channel to the dropped pod is retired, not closed under the
+    call (which ended the call with no status at all, and the caller waited out its deadline)."""
+    etcd = EtcdProcess(tmp_path / "etcd")
+    etcd.start()
+    common = {"lease_ttl_s": 2.0, "publish_interval_s": 0.2, "capacity_bytes": 100_000}
+    row = np.array([[5.1, 3.5, 1.4, 0.2]])
+    expected = joblib.load(models.sklearn).predict(row).tolist()
+    try:
+        with (
+            TcpRelay(etcd.endpoint) as relay,
+            PodThread(pod_settings(etcd=etcd.endpoint, cache_dir=tmp_path / "a", **common)) as pod_a,
+        ):
+            api = MeshClient(pod_a.target, timeout_s=20)
+            # Alone in the fleet, pod-a loads this one: the slow model's load then goes to the
+            # emptier pod-b.
+            api.register("filler", "sklearn", str(models.sklearn), load_now=True, sync=True)
+            settings_b = pod_settings(etcd=relay.endpoint, pod_id="pod-b", cache_dir=tmp_path / "b", **common)
+            with PodThread(settings_b):
+                wait_until(lambda: len(api.fleet_status().pods) == 2, within_s=10, what="pod-a seeing pod-b")
+                url = http_files.put("slow/model.joblib", models.sklearn.read_bytes())
+                gate = http_files.gates["slow/model.joblib"] = threading.Event()
+                api.register("slow", "sklearn", url)
+                client = tc.InferenceServerClient(pod_a.target)
+                tensor = tc.InferInput("input-0", [1, 4], "FP64")
+                tensor.set_data_from_numpy(row)
+                try:
+                    with ThreadPoolExecutor(1) as pool:
+                        answer = pool.submit(client.infer, "slow", [tensor], client_timeout=25)
+                        try:
+                            wait_until(
+                                lambda: http_files.gets["slow/model.joblib"] > 0,
+                                within_s=10,
+                                what="pod-b fetching the model for the forwarded call",
+                            )
+                            copies = {c.location: c.copyStatus for c in api.status("slow").modelCopyInfos}
+                            assert list(copies) == ["pod-b"], copies
+                            relay.cut()
+                            wait_until(
+                                lambda: [p.pod_id for p in api.fleet_status().pods] == ["pod-a"],
+                                within_s=15,
+                                what="pod-a dropping pod-b once its lease ran out",
+                            )
+                        finally:
+                            gate.set()
+                        result = answer.result(timeout=30)
+                finally:
+                    client.close()
+                assert result.as_numpy("predict").tolist() == expected
+            api.close()
+    finally:
         etcd.stop()

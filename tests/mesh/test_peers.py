@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -22,14 +23,15 @@ class Behaviour:
         self.seen: list[tuple[bytes, dict[str, str]]] = []
         self.cancelled = asyncio.Event()
         self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         self.seen.append((request, metadata))
         self.arrived.set()
-        if self.mode == "slow":
+        if self.mode in ("slow", "pause"):
             try:
-                await asyncio.sleep(30)
+                await (asyncio.sleep(30) if self.mode == "slow" else self.release.wait())
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
@@ -126,3 +128,60 @@ async def test_a_closed_port_is_unavailable(client: PeerClient) -> None:
         endpoint = f"127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(Unavailable, match="did not answer"):
         await forward(client, endpoint, timeout_s=2)
+
+
+async def test_calls_in_flight_finish_when_their_pod_leaves_the_fleet(peer: tuple[str, Behaviour]) -> None:
+    """A pod whose lease ran out while etcd was silent is still serving: forgetting it retires its
+    channel, and the calls already on their way there are answered, not cut off."""
+    endpoint, behaviour = peer
+    behaviour.mode = "pause"
+    client = PeerClient("pod-a", max_message_bytes=1 << 20, retire_grace_s=30)
+    try:
+        call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
+        await asyncio.wait_for(behaviour.arrived.wait(), 5)
+        forgetting = asyncio.create_task(client.forget(endpoint))
+        done, _ = await asyncio.wait({call, forgetting}, timeout=0.5)
+        assert not done  # the call goes on, and the channel waits for it
+        behaviour.release.set()
+        assert await asyncio.wait_for(call, 5) == b"echo:\x00raw\xff"
+        await asyncio.wait_for(forgetting, 5)
+        behaviour.mode = "echo"
+        assert await forward(client, endpoint) == b"echo:\x00raw\xff"  # a new channel
+        assert not behaviour.cancelled.is_set()
+    finally:
+        await client.close()
+
+
+async def test_a_call_cut_off_by_a_retired_channel_is_unavailable_not_cancelled(
+    peer: tuple[str, Behaviour],
+) -> None:
+    """gRPC ends the calls on a closing channel by cancelling them; that must reach the router as
+    "this pod is gone" (it tries another), not as a cancellation of the caller's own call."""
+    endpoint, behaviour = peer
+    behaviour.mode = "slow"
+    client = PeerClient("pod-a", max_message_bytes=1 << 20, retire_grace_s=0.2)
+    try:
+        call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
+        await asyncio.wait_for(behaviour.arrived.wait(), 5)
+        await asyncio.wait_for(client.forget(endpoint), 5)
+        with pytest.raises(Unavailable, match="left the fleet"):
+            await asyncio.wait_for(call, 5)
+        await asyncio.wait_for(behaviour.cancelled.wait(), 5)  # and the peer's handler stops
+    finally:
+        await client.close()
+
+
+async def test_closing_the_client_closes_a_channel_still_retiring(peer: tuple[str, Behaviour]) -> None:
+    endpoint, behaviour = peer
+    behaviour.mode = "slow"
+    client = PeerClient("pod-a", max_message_bytes=1 << 20, retire_grace_s=30)
+    call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
+    await asyncio.wait_for(behaviour.arrived.wait(), 5)
+    forgetting = asyncio.create_task(client.forget(endpoint))
+    await asyncio.wait({forgetting}, timeout=0.2)
+    forgetting.cancel()  # as the pod's stop cancels its background tasks
+    with contextlib.suppress(asyncio.CancelledError):
+        await forgetting
+    await asyncio.wait_for(client.close(), 5)
+    with pytest.raises(Unavailable, match="left the fleet"):
+        await asyncio.wait_for(call, 5)

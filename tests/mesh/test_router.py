@@ -457,6 +457,26 @@ async def test_a_forwarded_call_is_served_here_or_refused_never_forwarded(harnes
         await harness.router.serve_forwarded("unknown", LOAD, harness.local)
 
 
+async def test_a_model_registered_through_another_pod_a_moment_ago_is_found(harness: Harness) -> None:
+    """Registered through another pod, a model reaches this pod's mirror a moment later, through the
+    watch. A call that comes first, entering here or forwarded here, reads the registry instead of
+    answering NOT_FOUND for a registered model."""
+
+    async def registered_elsewhere(model_id: str) -> None:
+        path = harness.artifacts / f"{model_id}.txt"
+        path.write_text("10")
+        record = ModelRecord(model_id, ModelInfo("fake", str(path)), size_bytes=10)
+        await harness.registry.put(f"{harness.store.prefix}models/{model_id}", record.to_json())
+        assert harness.store.model(model_id) is None  # the watch has not delivered it yet
+
+    await registered_elsewhere("entered")
+    assert await harness.call("entered") == b"served here"
+    await registered_elsewhere("forwarded")
+    assert await harness.router.serve_forwarded("forwarded", LOAD, harness.local) == b"served here"
+    with pytest.raises(NotFound):  # and an unknown name is still unknown
+        await harness.call("never-registered")
+
+
 async def test_a_dead_pods_copy_is_not_used_and_a_leaving_pod_serves_until_it_goes(harness: Harness) -> None:
     await harness.model("m", pod_gone=ModelState.LOADED)  # no instance record: its lease expired
     assert await harness.call("m") == b"served here"
