@@ -130,15 +130,23 @@ async def test_a_closed_port_is_unavailable(client: PeerClient) -> None:
         await forward(client, endpoint, timeout_s=2)
 
 
+async def call_in_flight(
+    endpoint: str, behaviour: Behaviour, *, mode: str, retire_grace_s: float
+) -> tuple[PeerClient, asyncio.Task[bytes]]:
+    """A client whose forward to ``endpoint`` has reached the peer's handler (held there by ``mode``)."""
+    behaviour.mode = mode
+    client = PeerClient("pod-a", max_message_bytes=1 << 20, retire_grace_s=retire_grace_s)
+    call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
+    await asyncio.wait_for(behaviour.arrived.wait(), 5)
+    return client, call
+
+
 async def test_calls_in_flight_finish_when_their_pod_leaves_the_fleet(peer: tuple[str, Behaviour]) -> None:
     """A pod whose lease ran out while etcd was silent is still serving: forgetting it retires its
     channel, and the calls already on their way there are answered, not cut off."""
     endpoint, behaviour = peer
-    behaviour.mode = "pause"
-    client = PeerClient("pod-a", max_message_bytes=1 << 20, retire_grace_s=30)
+    client, call = await call_in_flight(endpoint, behaviour, mode="pause", retire_grace_s=30)
     try:
-        call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
-        await asyncio.wait_for(behaviour.arrived.wait(), 5)
         forgetting = asyncio.create_task(client.forget(endpoint))
         done, _ = await asyncio.wait({call, forgetting}, timeout=0.5)
         assert not done  # the call goes on, and the channel waits for it
@@ -158,11 +166,8 @@ async def test_a_call_cut_off_by_a_retired_channel_is_unavailable_not_cancelled(
     """gRPC ends the calls on a closing channel by cancelling them; that must reach the router as
     "this pod is gone" (it tries another), not as a cancellation of the caller's own call."""
     endpoint, behaviour = peer
-    behaviour.mode = "slow"
-    client = PeerClient("pod-a", max_message_bytes=1 << 20, retire_grace_s=0.2)
+    client, call = await call_in_flight(endpoint, behaviour, mode="slow", retire_grace_s=0.2)
     try:
-        call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
-        await asyncio.wait_for(behaviour.arrived.wait(), 5)
         await asyncio.wait_for(client.forget(endpoint), 5)
         with pytest.raises(Unavailable, match="left the fleet"):
             await asyncio.wait_for(call, 5)
@@ -173,10 +178,7 @@ async def test_a_call_cut_off_by_a_retired_channel_is_unavailable_not_cancelled(
 
 async def test_closing_the_client_closes_a_channel_still_retiring(peer: tuple[str, Behaviour]) -> None:
     endpoint, behaviour = peer
-    behaviour.mode = "slow"
-    client = PeerClient("pod-a", max_message_bytes=1 << 20, retire_grace_s=30)
-    call = asyncio.create_task(forward(client, endpoint, timeout_s=30))
-    await asyncio.wait_for(behaviour.arrived.wait(), 5)
+    client, call = await call_in_flight(endpoint, behaviour, mode="slow", retire_grace_s=30)
     forgetting = asyncio.create_task(client.forget(endpoint))
     await asyncio.wait({forgetting}, timeout=0.2)
     forgetting.cancel()  # as the pod's stop cancels its background tasks
