@@ -30,6 +30,7 @@ from mesh.errors import (
     ModelNotFound,
     NotFound,
     QuotaExceeded,
+    Unavailable,
     UnsupportedModelType,
 )
 from mesh.records import (
@@ -300,6 +301,23 @@ class ModelManager:
             if vmodel:
                 raise NotFound(f"vmodel {name!r} is not registered", model_id=name)
         return self.record_any(name)
+
+    async def lookup_fresh(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
+        """``lookup``, reading the registry itself when this pod's mirror does not know ``name``:
+        it may have been registered through another pod a moment ago, before this pod's watch
+        delivered it. One registry read per call for an unknown name; a registry that does not
+        answer counts as "not registered"."""
+        try:
+            return self.lookup(name, vmodel=vmodel)
+        except NotFound:
+            try:
+                found = vmodel is not False and await self._store.fetch_vmodel(name) is not None
+                found = found or (vmodel is not True and await self._store.fetch_model(name) is not None)
+            except Unavailable:
+                found = False
+            if not found:
+                raise
+        return self.lookup(name, vmodel=vmodel)
 
     async def _load(self, model_id: str, *, sync: bool) -> None:
         record = self._store.model(model_id)

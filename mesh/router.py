@@ -39,7 +39,6 @@ from mesh.errors import (
     DeadlineExceeded,
     MeshError,
     ModelLoadFailed,
-    NotFound,
     NotHere,
     QuotaExceeded,
     Unavailable,
@@ -148,12 +147,7 @@ class Router:
         metadata: Metadata = (),
     ) -> bytes:
         """Serve a call that entered at this pod, here or on a peer."""
-        try:
-            model_id = self._manager.lookup(name, vmodel=vmodel).model_id
-        except NotFound:
-            if not await self._registered_elsewhere(name, vmodel):
-                raise
-            model_id = self._manager.lookup(name, vmodel=vmodel).model_id
+        model_id = (await self._manager.lookup_fresh(name, vmodel=vmodel)).model_id
 
         async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
             return await self._peers.forward(
@@ -408,17 +402,6 @@ class Router:
             return
         if holder:
             raise NotHere(f"pod {holder} already holds model {model_id!r}", pod_id=self.pod_id, holder=holder)
-
-    async def _registered_elsewhere(self, name: str, vmodel: bool | None) -> bool:
-        """Whether the registry holds ``name`` though this pod's mirror does not show it yet: it was
-        registered through another pod a moment ago. One registry read per call for an unknown
-        name; a registry that does not answer counts as no."""
-        try:
-            if vmodel is not False and await self._store.fetch_vmodel(name) is not None:
-                return True
-            return vmodel is not True and await self._store.fetch_model(name) is not None
-        except Unavailable:
-            return False
 
     # the loop
 
