@@ -219,19 +219,19 @@ class DataPlane:
         model = await self._cache.ensure_loaded(record)
         return record.model_id, model.signature
 
-    def ready(self, name: str, *, vmodel: bool | None = None) -> bool:
+    async def ready(self, name: str, *, vmodel: bool | None = None) -> bool:
         """Whether a call for ``name`` would find the model loaded (here or on a live peer)."""
         try:
-            record = self._manager.lookup(name, vmodel=vmodel)
+            record = await self._manager.lookup_fresh(name, vmodel=vmodel)
         except MeshError:
             return False
         return self._cache.loaded(record.model_id) is not None or self._manager.loaded_anywhere(
             record.model_id
         )
 
-    def statistics(self, name: str) -> list[tuple[str, ModelStats]]:
+    async def statistics(self, name: str) -> list[tuple[str, ModelStats]]:
         if name:
-            record = self._manager.lookup(name)
+            record = await self._manager.lookup_fresh(name)
             return [(name, self._stats.get(record.model_id, ModelStats()))]
         return sorted(self._stats.items())
 

@@ -168,11 +168,11 @@ class ModelManager:
         return self.status(model_id)
 
     async def unregister(self, model_id: str) -> None:
+        if await self.fresh_model(model_id) is None:
+            return
         users = self._store.vmodels_using(model_id)
         if users:
             raise ModelInUse(model_id=model_id, vmodel_ids=users)
-        if self._store.model(model_id) is None:
-            return
         await self._store.delete_model(model_id)
         await self._cache.unload(model_id)
 
@@ -196,8 +196,15 @@ class ModelManager:
         copies.sort(key=lambda c: c.time_ms, reverse=True)
         return ModelStatus(state, errors if state is ModelState.LOADING_FAILED else [], copies)
 
+    async def status_fresh(self, model_id: str) -> ModelStatus:
+        """``status``, reading the registry when this pod's mirror does not know the model (see
+        ``fresh_model``); while the registry does not answer, the mirror's answer."""
+        with contextlib.suppress(Unavailable):
+            await self.fresh_model(model_id)
+        return self.status(model_id)
+
     async def ensure_loaded(self, model_id: str, *, sync: bool) -> ModelStatus:
-        if self._store.model(model_id) is None:
+        if await self.fresh_model(model_id) is None:
             raise ModelNotFound(model_id=model_id)
         await self._load(model_id, sync=sync)
         return self.status(model_id)
@@ -302,6 +309,19 @@ class ModelManager:
                 raise NotFound(f"vmodel {name!r} is not registered", model_id=name)
         return self.record_any(name)
 
+    async def fresh_model(self, model_id: str) -> ModelRecord | None:
+        """The model's record, read from the registry when this pod's mirror does not have it: a
+        model registered through another pod reaches this pod's mirror a moment later, through the
+        watch, and a caller may already ask this pod about it. ``Unavailable`` if the registry does
+        not answer then."""
+        record = self._store.model(model_id)
+        return record if record is not None else await self._store.fetch_model(model_id)
+
+    async def fresh_vmodel(self, vmodel_id: str) -> VModelRecord | None:
+        """``fresh_model`` for a vmodel."""
+        record = self._store.vmodel(vmodel_id)
+        return record if record is not None else await self._store.fetch_vmodel(vmodel_id)
+
     async def lookup_fresh(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
         """``lookup``, reading the registry itself when this pod's mirror does not know ``name``:
         it may have been registered through another pod a moment ago, before this pod's watch
@@ -387,9 +407,9 @@ class ModelManager:
                     **options,
                 )
             )
-        elif self._store.model(request.target_model_id) is None:
+        elif await self.fresh_model(request.target_model_id) is None:
             raise ModelNotFound(model_id=request.target_model_id)
-        existing = self._store.vmodel(request.vmodel_id)
+        existing = await self.fresh_vmodel(request.vmodel_id)
         if existing is None:
             await self._create_vmodel(request)
         else:
@@ -475,6 +495,16 @@ class ModelManager:
                 log.info("deleting %s: auto-delete model no vmodel uses", model_id)
                 await self.unregister(model_id)
 
+    async def vmodel_status_fresh(self, vmodel_id: str, *, owner: str) -> VModelStatus:
+        """``vmodel_status``, reading the registry for what this pod's mirror does not have yet (the
+        vmodel, its models); while the registry does not answer, the mirror's answer."""
+        with contextlib.suppress(Unavailable):
+            vmodel = await self.fresh_vmodel(vmodel_id)
+            if vmodel is not None:
+                await self.fresh_model(vmodel.active_model_id)
+                await self.fresh_model(vmodel.target_model_id)
+        return self.vmodel_status(vmodel_id, owner=owner)
+
     def vmodel_status(self, vmodel_id: str, *, owner: str) -> VModelStatus:
         vmodel = self._store.vmodel(vmodel_id)
         if vmodel is None or (owner and vmodel.owner != owner):
@@ -491,7 +521,7 @@ class ModelManager:
         )
 
     async def delete_vmodel(self, vmodel_id: str, *, owner: str) -> None:
-        vmodel = self._store.vmodel(vmodel_id)
+        vmodel = await self.fresh_vmodel(vmodel_id)
         if vmodel is None:
             return
         if owner and vmodel.owner != owner:

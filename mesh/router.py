@@ -164,7 +164,8 @@ class Router:
 
     async def load(self, name: str, *, vmodel: bool | None, deadline: float) -> None:
         """Load the model a name resolves to somewhere in the fleet."""
-        await self.ensure_loaded(self._manager.lookup(name, vmodel=vmodel).model_id, deadline=deadline)
+        model_id = (await self._manager.lookup_fresh(name, vmodel=vmodel)).model_id
+        await self.ensure_loaded(model_id, deadline=deadline)
 
     async def ensure_loaded(
         self, model_id: str, *, deadline: float, excluded: frozenset[str] = frozenset()
@@ -189,7 +190,7 @@ class Router:
         Peers are asked at once; ``Unavailable`` names the pods that could not be reached
         (their copies stay until they answer or their lease expires; retrying is safe).
         """
-        model_id = self._manager.lookup(name, vmodel=vmodel).model_id
+        model_id = (await self._manager.lookup_fresh(name, vmodel=vmodel)).model_id
         record = self._manager.record_any(model_id)
         live = self._store.instances()
         holders = sorted(pod for pod in record.copies if pod in live and pod != self.pod_id)

@@ -157,7 +157,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelReadyResponse:
         name, vmodel = route(request.name, context)
-        return v2.ModelReadyResponse(ready=self._dataplane.ready(name, vmodel=vmodel))
+        return v2.ModelReadyResponse(ready=await self._dataplane.ready(name, vmodel=vmodel))
 
     @edge_method("ModelMetadata")
     async def ModelMetadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -241,9 +241,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelStatisticsResponse:
         if forwarded(context) is not None:  # a fleet-wide read another pod started: this pod's part
-            return self._statistics(self._dataplane.statistics(request.name))
+            return self._statistics(await self._dataplane.statistics(request.name))
         name, _ = route(request.name, context)
-        stats = self._dataplane.statistics(name)
+        stats = await self._dataplane.statistics(name)
         # The fleet answers as one server: add every pod's counts (a pod that does not answer is left out).
         parts = [stats]
         payload = v2.ModelStatisticsRequest(name=name).SerializeToString()

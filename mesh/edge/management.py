@@ -46,7 +46,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
 
     @edge_method("getModelStatus")
     async def getModelStatus(self, request: mm.GetStatusRequest, context: Context) -> mm.ModelStatusInfo:
-        return converters.status_to_proto(self._manager.status(request.modelId))
+        return converters.status_to_proto(await self._manager.status_fresh(request.modelId))
 
     @edge_method("ensureLoaded")
     async def ensureLoaded(self, request: mm.EnsureLoadedRequest, context: Context) -> mm.ModelStatusInfo:
@@ -77,9 +77,8 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     async def getVModelStatus(
         self, request: mm.GetVModelStatusRequest, context: Context
     ) -> mm.VModelStatusInfo:
-        return converters.vmodel_status_to_proto(
-            self._manager.vmodel_status(request.vModelId, owner=request.owner)
-        )
+        status = await self._manager.vmodel_status_fresh(request.vModelId, owner=request.owner)
+        return converters.vmodel_status_to_proto(status)
 
     @edge_method("deleteVModel")
     async def deleteVModel(
@@ -189,8 +188,8 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
 
     @edge_method("DescribeModel")
     async def DescribeModel(self, request: admin.DescribeModelRequest, context: Context) -> admin.ModelDetail:
+        status = await self._manager.status_fresh(request.model_id)
         record = self._manager.record_any(request.model_id)
-        status = self._manager.status(record.model_id)
         traffic = self._manager.traffic(record.model_id)
         detail = admin.ModelDetail(
             model_id=record.model_id,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mesh.cache import ModelCache
+from mesh.dataplane import DataPlane
 from mesh.errors import (
     Busy,
     DeadlineExceeded,
@@ -27,7 +28,7 @@ from mesh.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from mesh.management import ModelManager, now_ms
+from mesh.management import ModelManager, SetVModel, now_ms
 from mesh.records import (
     CopyRecord,
     InstanceRecord,
@@ -36,6 +37,7 @@ from mesh.records import (
     ModelState,
     ModelTraffic,
     TenantRecord,
+    VModelRecord,
 )
 from mesh.registry import MemoryRegistry, ModelStore
 from mesh.router import COPY, EXCLUDE, LOAD, LOADED, WHY, Router
@@ -157,6 +159,7 @@ class Harness:
     peers: FakePeers
     artifacts: Path
     lease: int
+    manager: ModelManager
     self_used: int = 0
     self_leaving: bool = False
 
@@ -196,6 +199,21 @@ class Harness:
             copies={pod.replace("_", "-"): CopyRecord(state, now_ms()) for pod, state in copies.items()},
         )
         assert await self.store.create_model(record) is None
+
+    async def registered_elsewhere(self, model_id: str) -> None:
+        """Register a model as another pod does: straight into the registry. This pod's mirror
+        learns of it a moment later, through the watch."""
+        path = self.artifacts / f"{model_id}.txt"
+        path.write_text("10")
+        record = ModelRecord(model_id, ModelInfo("fake", str(path)), size_bytes=10)
+        await self.registry.put(f"{self.store.prefix}models/{model_id}", record.to_json())
+        assert self.store.model(model_id) is None  # the watch has not delivered it yet
+
+    async def vmodel_set_elsewhere(self, vmodel_id: str, model_id: str) -> None:
+        """``registered_elsewhere`` for a vmodel whose active and target model is ``model_id``."""
+        record = VModelRecord(vmodel_id, model_id, model_id)
+        await self.registry.put(f"{self.store.prefix}vmodels/{vmodel_id}", record.to_json())
+        assert self.store.vmodel(vmodel_id) is None
 
     async def call(self, model_id: str = "m", *, within_s: float = 5.0) -> bytes:
         return await self.router.call(
@@ -248,6 +266,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         peers=peers,
         artifacts=tmp_path,
         lease=await registry.grant_lease(60),
+        manager=manager,
     )
     harness.router = Router(
         pod_id=SELF,
@@ -461,20 +480,64 @@ async def test_a_model_registered_through_another_pod_a_moment_ago_is_found(harn
     """Registered through another pod, a model reaches this pod's mirror a moment later, through the
     watch. A call that comes first, entering here or forwarded here, reads the registry instead of
     answering NOT_FOUND for a registered model."""
-
-    async def registered_elsewhere(model_id: str) -> None:
-        path = harness.artifacts / f"{model_id}.txt"
-        path.write_text("10")
-        record = ModelRecord(model_id, ModelInfo("fake", str(path)), size_bytes=10)
-        await harness.registry.put(f"{harness.store.prefix}models/{model_id}", record.to_json())
-        assert harness.store.model(model_id) is None  # the watch has not delivered it yet
-
-    await registered_elsewhere("entered")
+    await harness.registered_elsewhere("entered")
     assert await harness.call("entered") == b"served here"
-    await registered_elsewhere("forwarded")
+    await harness.registered_elsewhere("forwarded")
     assert await harness.router.serve_forwarded("forwarded", LOAD, harness.local) == b"served here"
     with pytest.raises(NotFound):  # and an unknown name is still unknown
         await harness.call("never-registered")
+    await harness.registered_elsewhere("loaded")  # RepositoryModelLoad
+    await harness.router.load("loaded", vmodel=None, deadline=time.monotonic() + 5)
+    assert harness.cache.loaded("loaded") is not None
+    await harness.registered_elsewhere("unloaded")  # RepositoryModelUnload
+    await harness.router.unload("unloaded", vmodel=None, deadline=time.monotonic() + 5)
+    with pytest.raises(NotFound):
+        await harness.router.load("never-registered", vmodel=None, deadline=time.monotonic() + 5)
+
+    with ThreadPoolExecutor(1) as pool:
+        plane = DataPlane(manager=harness.manager, cache=harness.cache, executor=pool, inline_infer_s=1)
+        await harness.registered_elsewhere("ready")  # ModelReady
+        await harness.cache.ensure_loaded(await harness.manager.fresh_model("ready"))  # type: ignore[arg-type]
+        assert await plane.ready("ready")
+        assert not await plane.ready("never-registered")
+        await harness.registered_elsewhere("counted")  # ModelStatistics
+        assert [name for name, _ in await plane.statistics("counted")] == ["counted"]
+
+
+async def test_management_calls_see_what_another_pod_registered_a_moment_ago(harness: Harness) -> None:
+    """getModelStatus, ensureLoaded and unregisterModel through this pod right after a registration
+    through another: the registry is read, not the mirror that has not caught up."""
+    manager, registry, prefix = harness.manager, harness.registry, harness.store.prefix
+    await harness.registered_elsewhere("status")
+    assert (await manager.status_fresh("status")).state is ModelState.NOT_LOADED
+    assert (await manager.status_fresh("never-registered")).state is ModelState.NOT_FOUND
+    await harness.registered_elsewhere("ensured")
+    await manager.ensure_loaded("ensured", sync=True)
+    assert harness.cache.loaded("ensured") is not None
+    with pytest.raises(NotFound):
+        await manager.ensure_loaded("never-registered", sync=True)
+    await harness.registered_elsewhere("gone")
+    await manager.unregister("gone")  # not a no-op: the model is deleted
+    assert await registry.get(f"{prefix}models/gone") is None
+
+
+async def test_vmodel_calls_see_what_another_pod_set_a_moment_ago(harness: Harness) -> None:
+    manager, registry, prefix = harness.manager, harness.registry, harness.store.prefix
+    await harness.registered_elsewhere("m1")
+    await harness.vmodel_set_elsewhere("shown", "m1")
+    status = await manager.vmodel_status_fresh("shown", owner="")
+    assert (status.status, status.active_model_id, status.active.state) == (
+        "DEFINED",
+        "m1",
+        ModelState.NOT_LOADED,
+    )
+    await harness.registered_elsewhere("m2")  # a target registered elsewhere, an update-only set
+    await harness.vmodel_set_elsewhere("updated", "m1")
+    status = await manager.set_vmodel(SetVModel("updated", "m2", update_only=True, force=True))
+    assert (status.active_model_id, status.target_model_id) == ("m2", "m2")
+    await harness.vmodel_set_elsewhere("deleted", "m1")
+    await manager.delete_vmodel("deleted", owner="")  # not a no-op: the vmodel is deleted
+    assert await registry.get(f"{prefix}vmodels/deleted") is None
 
 
 async def test_a_dead_pods_copy_is_not_used_and_a_leaving_pod_serves_until_it_goes(harness: Harness) -> None:
