@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -88,6 +89,8 @@ class ModelStore:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         """Writers waiting for the mirror to reach a revision: a heap of (revision, seq, future)."""
         self._seq = itertools.count()
+        self._reads: dict[str, asyncio.Future[None]] = {}
+        """Registry reads of one key in progress (``fetch_model``): concurrent askers share one."""
         self._watch_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         self.connected = False
@@ -122,13 +125,13 @@ class ModelStore:
     async def fetch_model(self, model_id: str) -> ModelRecord | None:
         """Read a model's record straight from the registry into the mirror: for one that another
         pod registered a moment ago, before this pod's watch delivers it. ``Unavailable`` if the
-        registry does not answer."""
-        await self._sync_key(self._key("models", model_id))
+        registry does not answer. Concurrent calls for one model share one read."""
+        await self._read_key(self._key("models", model_id))
         return self._models.get(model_id)
 
     async def fetch_vmodel(self, vmodel_id: str) -> VModelRecord | None:
         """``fetch_model`` for a vmodel."""
-        await self._sync_key(self._key("vmodels", vmodel_id))
+        await self._read_key(self._key("vmodels", vmodel_id))
         return self._vmodels.get(vmodel_id)
 
     def models(self) -> list[ModelRecord]:
@@ -288,6 +291,21 @@ class ModelStore:
             await self._wait_for(revision, key)
             return updated
         raise Unavailable(f"registry record {key!r} is changing too fast to update; retry", key=key)
+
+    async def _read_key(self, key: str) -> None:
+        """``_sync_key``, once for every caller that asks for ``key`` while a read of it is on its way
+        (a burst of calls for a model this pod has not seen yet is one registry read, not one each).
+        A caller that gives up does not cancel the read for the others."""
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = asyncio.ensure_future(self._sync_key(key))
+            read.add_done_callback(functools.partial(self._read_done, key))
+        await asyncio.shield(read)
+
+    def _read_done(self, key: str, read: asyncio.Future[None]) -> None:
+        del self._reads[key]
+        if not read.cancelled():
+            read.exception()  # retrieved: every caller may have left before it ended
 
     async def _sync_key(self, key: str) -> None:
         """Bring one key of the mirror up to date after a lost CAS race."""

@@ -17,7 +17,7 @@ from mesh.instance import InstancePublisher
 from mesh.management import now_ms
 from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry, RegistryConflict
-from mesh.registry.base import MUST_NOT_EXIST, RegistryCompacted
+from mesh.registry.base import MUST_NOT_EXIST, Entry, RegistryCompacted
 from mesh.registry.etcd import EtcdRegistry, prefix_end
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
@@ -133,6 +133,37 @@ async def test_store_mirror_reads_its_writes_and_resolves_races(registry: Regist
     await _until(lambda: other.model("m") is None)
     await store.stop()
     await other.stop()
+
+
+class CountingRegistry(MemoryRegistry):
+    """The in-memory registry, counting its single-key reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, key: str) -> Entry | None:
+        self.gets += 1
+        return await super().get(key)
+
+
+async def test_a_burst_of_fetches_for_one_model_is_one_registry_read() -> None:
+    """Calls for a model registered through another pod a moment ago read it from the registry; a
+    burst of them shares one read, and a caller that gives up does not end it for the others."""
+    registry = CountingRegistry()
+    store = ModelStore(registry)
+    await store.start()
+    record = ModelRecord("m", ModelInfo("onnx", "/p"))
+    await registry.put(f"{store.prefix}models/m", record.to_json())
+    gone = asyncio.create_task(store.fetch_model("m"))
+    burst = [asyncio.create_task(store.fetch_model("m")) for _ in range(50)]
+    await asyncio.sleep(0)  # every call is waiting on the read
+    gone.cancel()
+    assert await asyncio.gather(*burst) == [record] * 50
+    assert registry.gets == 1
+    assert await store.fetch_vmodel("v") is None  # another key: a read of its own
+    assert registry.gets == 2
+    await store.stop()
 
 
 async def test_instance_records_vanish_with_their_lease(registry: Registry, ns: str) -> None:
