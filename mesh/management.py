@@ -325,18 +325,17 @@ class ModelManager:
     async def lookup_fresh(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
         """``lookup``, reading the registry itself when this pod's mirror does not know ``name``:
         it may have been registered through another pod a moment ago, before this pod's watch
-        delivered it. One registry read per call for an unknown name; a registry that does not
-        answer counts as "not registered"."""
+        delivered it (a vmodel's active model too). A registry read for each unknown name; a
+        registry that does not answer counts as "not registered"."""
         try:
             return self.lookup(name, vmodel=vmodel)
         except NotFound:
-            try:
-                found = vmodel is not False and await self._store.fetch_vmodel(name) is not None
-                found = found or (vmodel is not True and await self._store.fetch_model(name) is not None)
-            except Unavailable:
-                found = False
-            if not found:
-                raise
+            with contextlib.suppress(Unavailable):
+                found = await self.fresh_vmodel(name) if vmodel is not False else None
+                if found is not None:
+                    await self.fresh_model(found.active_model_id)
+                elif vmodel is not True:
+                    await self.fresh_model(name)
         return self.lookup(name, vmodel=vmodel)
 
     async def _load(self, model_id: str, *, sync: bool) -> None:

@@ -486,6 +486,9 @@ async def test_a_model_registered_through_another_pod_a_moment_ago_is_found(harn
     assert await harness.router.serve_forwarded("forwarded", LOAD, harness.local) == b"served here"
     with pytest.raises(NotFound):  # and an unknown name is still unknown
         await harness.call("never-registered")
+    await harness.registered_elsewhere("active")  # a vmodel and its model, both new here
+    await harness.vmodel_set_elsewhere("named", "active")
+    assert await harness.call("named") == b"served here"
     await harness.registered_elsewhere("loaded")  # RepositoryModelLoad
     await harness.router.load("loaded", vmodel=None, deadline=time.monotonic() + 5)
     assert harness.cache.loaded("loaded") is not None
