@@ -168,13 +168,27 @@ class ModelManager:
         return self.status(model_id)
 
     async def unregister(self, model_id: str) -> None:
-        if await self.fresh_model(model_id) is None:
+        """Delete a model no vmodel uses. The vmodels are read from the registry before and after
+        the delete, and ``set_vmodel`` reads its target after writing: of an unregister and a
+        vmodel set through two pods at once, at least one sees the other and backs out, so no
+        vmodel is left pointing at a deleted model."""
+        record = await self.fresh_model(model_id)
+        if record is None:
             return
-        users = self._store.vmodels_using(model_id)
+        await self._refuse_if_used(model_id)
+        await self._store.delete_model(model_id)
+        try:
+            await self._refuse_if_used(model_id)
+        except ModelInUse:
+            # A vmodel set through another pod took it as its target during the delete: put it back.
+            await self._store.create_model(replace(record, copies={}, failures={}))
+            raise
+        await self._cache.unload(model_id)
+
+    async def _refuse_if_used(self, model_id: str) -> None:
+        users = await self._store.fetch_vmodels_using(model_id)
         if users:
             raise ModelInUse(model_id=model_id, vmodel_ids=users)
-        await self._store.delete_model(model_id)
-        await self._cache.unload(model_id)
 
     def status(self, model_id: str) -> ModelStatus:
         record = self._store.model(model_id)
@@ -410,9 +424,17 @@ class ModelManager:
             raise ModelNotFound(model_id=request.target_model_id)
         existing = await self.fresh_vmodel(request.vmodel_id)
         if existing is None:
-            await self._create_vmodel(request)
+            replaced = await self._create_vmodel(request)
         else:
-            await self._retarget(existing, request)
+            replaced = await self._retarget(existing, request)
+        if await self._store.read_model(request.target_model_id) is None:
+            # Unregistered through another pod while this vmodel was being set (see ``unregister``).
+            await self._back_out(request, replaced)
+            raise ModelNotFound(model_id=request.target_model_id)
+        if replaced is not None:
+            await self._collect_auto_deleted(
+                {replaced.active_model_id, replaced.target_model_id} - {request.target_model_id}
+            )
         current = self._store.vmodel(request.vmodel_id)
         assert current is not None
         if current.active_model_id != current.target_model_id or request.load_now:
@@ -421,7 +443,8 @@ class ModelManager:
             await self._transition(request.vmodel_id)
         return self.vmodel_status(request.vmodel_id, owner="")
 
-    async def _create_vmodel(self, request: SetVModel) -> None:
+    async def _create_vmodel(self, request: SetVModel) -> VModelRecord | None:
+        """Create the vmodel; if another call created it first, retarget that (returned)."""
         if request.update_only:
             raise NotFound(f"vmodel {request.vmodel_id!r} does not exist", model_id=request.vmodel_id)
         if request.expected_target_model_id not in ("", request.target_model_id):
@@ -433,10 +456,10 @@ class ModelManager:
             request.vmodel_id, request.target_model_id, request.target_model_id, request.owner
         )
         raced = await self._store.create_vmodel(record)
-        if raced is not None:
-            await self._retarget(raced, request)
+        return None if raced is None else await self._retarget(raced, request)
 
-    async def _retarget(self, existing: VModelRecord, request: SetVModel) -> None:
+    async def _retarget(self, existing: VModelRecord, request: SetVModel) -> VModelRecord:
+        """Point the vmodel at the request's target; returns the record it replaced."""
         if request.owner and existing.owner and request.owner != existing.owner:
             raise AlreadyExists(
                 f"vmodel {request.vmodel_id!r} belongs to owner {existing.owner!r}",
@@ -453,9 +476,23 @@ class ModelManager:
             active = target if request.force or self.loaded_anywhere(target) else v.active_model_id
             return replace(v, target_model_id=target, active_model_id=active)
 
-        previous = existing.active_model_id
         await self._store.update_vmodel(request.vmodel_id, change)
-        await self._collect_auto_deleted({previous, existing.target_model_id} - {target})
+        return existing
+
+    async def _back_out(self, request: SetVModel, replaced: VModelRecord | None) -> None:
+        """Undo this call's write of a vmodel whose target is gone, unless another write followed."""
+        target = request.target_model_id
+
+        def change(v: VModelRecord) -> VModelRecord | None:
+            if v.target_model_id != target:
+                return v
+            if replaced is None:
+                return None
+            return replace(
+                v, active_model_id=replaced.active_model_id, target_model_id=replaced.target_model_id
+            )
+
+        await self._store.update_vmodel(request.vmodel_id, change)
 
     async def _transition(self, vmodel_id: str) -> None:
         """Load the target, then make it active (ModelMesh: the active model serves until then)."""
@@ -492,7 +529,8 @@ class ModelManager:
             record = self._store.model(model_id)
             if record is not None and record.auto_delete and not self._store.vmodels_using(model_id):
                 log.info("deleting %s: auto-delete model no vmodel uses", model_id)
-                await self.unregister(model_id)
+                with contextlib.suppress(ModelInUse):  # one set through another pod a moment ago does
+                    await self.unregister(model_id)
 
     async def vmodel_status_fresh(self, vmodel_id: str, *, owner: str) -> VModelStatus:
         """``vmodel_status``, reading the registry for what this pod's mirror does not have yet (the

@@ -134,6 +134,29 @@ class ModelStore:
         await self._read_key(self._key("vmodels", vmodel_id))
         return self._vmodels.get(vmodel_id)
 
+    async def read_model(self, model_id: str) -> ModelRecord | None:
+        """``fetch_model``, always with a read of its own that begins now: a writer checking what
+        the registry holds after its write must not take the answer of a read that began before."""
+        await self._sync_key(self._key("models", model_id))
+        return self._models.get(model_id)
+
+    async def fetch_vmodels_using(self, model_id: str) -> list[str]:
+        """``vmodels_using`` as the registry has it now, not as this pod's mirror does (a vmodel set
+        through another pod a moment ago counts); the vmodels read go into the mirror.
+        ``Unavailable`` if the registry does not answer."""
+        prefix = self._key("vmodels", "")
+        entries, _ = await self._registry.range(prefix)
+        found = []
+        for entry in entries:
+            self._apply(WatchEvent(entry.key, entry.value, entry.mod_revision))
+            found.append(entry.key[len(prefix) :])
+        return sorted(
+            vmodel_id
+            for vmodel_id in found
+            if (v := self._vmodels.get(vmodel_id)) is not None
+            and model_id in (v.active_model_id, v.target_model_id)
+        )
+
     def models(self) -> list[ModelRecord]:
         return [self._models[k] for k in sorted(self._models)]
 

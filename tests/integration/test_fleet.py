@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from mesh import samples
 from mesh.edge.client import MeshClient
 from mesh.fleet import LocalFleet
+from mesh_proto import model_mesh_pb2 as mm
 from tests.conftest import wait_until
 
 LEASE_TTL_S = 3.0
@@ -144,6 +145,49 @@ def test_pods_racing_to_load_one_model_load_it_once(fleet: LocalFleet, artifacts
     assert sum(fleet_loads(fleet).values()) == 1
     for client in clients:
         client.close()
+
+
+def test_unregister_and_vmodel_set_through_two_pods_at_once_never_both_succeed(
+    fleet: LocalFleet, artifacts: list[Path]
+) -> None:
+    """One pod unregisters each model while another sets a vmodel on it: one of the two is refused
+    (FAILED_PRECONDITION: in use, or NOT_FOUND: not registered), and afterwards every vmodel that
+    exists has its model."""
+    models = register_all(fleet, artifacts, 24)
+
+    def unregister(model_id: str) -> str:
+        with MeshClient(fleet.targets[1]) as api:
+            try:
+                api.unregister(model_id)
+            except grpc.RpcError as exc:
+                return exc.code().name
+        return "OK"
+
+    def set_vmodel(model_id: str) -> str:
+        with MeshClient(fleet.targets[2]) as api:
+            try:
+                api.set_vmodel(f"v-{model_id}", model_id)
+            except grpc.RpcError as exc:
+                return exc.code().name
+        return "OK"
+
+    with ThreadPoolExecutor(16) as pool:
+        removals, settings = {}, {}
+        for model_id in models:
+            removals[model_id] = pool.submit(unregister, model_id)
+            settings[model_id] = pool.submit(set_vmodel, model_id)
+        outcomes = {m: (removals[m].result(), settings[m].result()) for m in models}
+    assert set(outcomes.values()) <= {
+        ("OK", "NOT_FOUND"),
+        ("FAILED_PRECONDITION", "OK"),
+        ("FAILED_PRECONDITION", "NOT_FOUND"),  # each saw the other and backed out
+    }, outcomes
+    with MeshClient(fleet.targets[0]) as api:
+        for model_id in models:
+            vmodel = api.vmodel_status(f"v-{model_id}")
+            model = api.status(model_id)
+            if vmodel.status != mm.VModelStatusInfo.NOT_FOUND:
+                assert model.status != mm.ModelStatusInfo.NOT_FOUND, (model_id, outcomes[model_id])
 
 
 def test_unknown_model_type_is_invalid_argument(fleet: LocalFleet) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from mesh.errors import (
     Busy,
     DeadlineExceeded,
     MeshError,
+    ModelInUse,
     ModelLoadFailed,
     NotFound,
     NotHere,
@@ -150,11 +152,35 @@ class _Listener:
         await self.manager.unloaded(model_id, evicted=evicted, reason=reason)
 
 
+class RacingRegistry(MemoryRegistry):
+    """The in-memory registry, where another pod's write can land right after one of this pod's:
+    ``after_write[key]`` runs once, after the first put or delete of ``key``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_write: dict[str, Callable[[], Awaitable[object]]] = {}
+
+    async def put(self, key: str, value: bytes, **kwargs: Any) -> int:
+        revision = await super().put(key, value, **kwargs)
+        await self._race(key)
+        return revision
+
+    async def delete(self, key: str, *, expected_revision: int | None = None) -> int:
+        revision = await super().delete(key, expected_revision=expected_revision)
+        await self._race(key)
+        return revision
+
+    async def _race(self, key: str) -> None:
+        other_pod = self.after_write.pop(key, None)
+        if other_pod is not None:
+            await other_pod()
+
+
 @dataclass
 class Harness:
     router: Router
     store: ModelStore
-    registry: MemoryRegistry
+    registry: RacingRegistry
     cache: ModelCache
     peers: FakePeers
     artifacts: Path
@@ -243,7 +269,7 @@ class Harness:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    registry = MemoryRegistry()
+    registry = RacingRegistry()
     store = ModelStore(registry)
     await store.start()
     pool = ThreadPoolExecutor(2)
@@ -541,6 +567,64 @@ async def test_vmodel_calls_see_what_another_pod_set_a_moment_ago(harness: Harne
     await harness.vmodel_set_elsewhere("deleted", "m1")
     await manager.delete_vmodel("deleted", owner="")  # not a no-op: the vmodel is deleted
     assert await registry.get(f"{prefix}vmodels/deleted") is None
+
+
+async def test_unregister_refuses_a_model_a_vmodel_set_elsewhere_a_moment_ago_uses(harness: Harness) -> None:
+    await harness.model("m")
+    await harness.vmodel_set_elsewhere("v", "m")
+    with pytest.raises(ModelInUse, match="used by vmodel"):
+        await harness.manager.unregister("m")
+    assert await harness.registry.get(f"{harness.store.prefix}models/m") is not None
+
+
+async def test_unregister_and_a_vmodel_set_elsewhere_at_once_leave_no_vmodel_without_its_model(
+    harness: Harness,
+) -> None:
+    """Another pod checked that the model exists and sets a vmodel on it just as this pod deletes
+    the model: this pod sees the vmodel after its delete and puts the model back."""
+    manager, registry, prefix = harness.manager, harness.registry, harness.store.prefix
+    await harness.model("m", size=30)
+    await harness.cache.ensure_loaded(harness.store.model("m"))  # type: ignore[arg-type]
+    assert manager.status("m").state is ModelState.LOADED
+    registry.after_write[f"{prefix}models/m"] = lambda: harness.vmodel_set_elsewhere("v", "m")
+    with pytest.raises(ModelInUse, match="used by vmodel"):
+        await manager.unregister("m")
+    entry = await registry.get(f"{prefix}models/m")
+    assert entry is not None
+    restored = ModelRecord.from_json(entry.value)
+    assert (restored.info.path, restored.size_bytes, restored.copies) == (
+        str(harness.artifacts / "m.txt"),
+        30,
+        {},  # every pod dropped its copy when the record went
+    )
+    await manager.ensure_loaded("m", sync=True)  # the vmodel's model serves again
+    assert harness.cache.loaded("m") is not None
+
+
+async def test_a_vmodel_set_as_its_target_is_unregistered_elsewhere_is_backed_out(harness: Harness) -> None:
+    """Another pod, which saw no vmodel on the model, deletes it just as this pod writes a vmodel
+    on it: this pod reads the target after its write, finds it gone and undoes the write."""
+    manager, registry, prefix = harness.manager, harness.registry, harness.store.prefix
+    for model_id in ("m1", "m2", "m3"):
+        await harness.model(model_id)
+
+    def unregistered_elsewhere(model_id: str) -> Callable[[], Awaitable[int]]:
+        return lambda: registry.delete(f"{prefix}models/{model_id}")
+
+    registry.after_write[f"{prefix}vmodels/new"] = unregistered_elsewhere("m1")
+    with pytest.raises(NotFound, match="'m1' is not registered"):
+        await manager.set_vmodel(SetVModel("new", "m1"))
+    assert await registry.get(f"{prefix}vmodels/new") is None
+    assert manager.vmodel_status("new", owner="").status == "NOT_FOUND"
+
+    await manager.set_vmodel(SetVModel("kept", "m2"))
+    registry.after_write[f"{prefix}vmodels/kept"] = unregistered_elsewhere("m3")
+    with pytest.raises(NotFound, match="'m3' is not registered"):
+        await manager.set_vmodel(SetVModel("kept", "m3", force=True))
+    entry = await registry.get(f"{prefix}vmodels/kept")
+    assert entry is not None
+    kept = VModelRecord.from_json(entry.value)
+    assert (kept.active_model_id, kept.target_model_id) == ("m2", "m2")
 
 
 async def test_a_dead_pods_copy_is_not_used_and_a_leaving_pod_serves_until_it_goes(harness: Harness) -> None:
