@@ -50,7 +50,12 @@ class WatchEvent:
 
 class Registry(ABC):
     @abstractmethod
-    async def get(self, key: str) -> Entry | None: ...
+    async def read(self, key: str) -> tuple[Entry | None, int]:
+        """The entry under ``key`` (None: absent) and the revision it was read at."""
+
+    async def get(self, key: str) -> Entry | None:
+        entry, _ = await self.read(key)
+        return entry
 
     @abstractmethod
     async def range(self, prefix: str) -> tuple[list[Entry], int]:

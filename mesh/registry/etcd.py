@@ -97,12 +97,10 @@ class EtcdRegistry(Registry):
     def _lease(self) -> pb_grpc.LeaseStub:
         return pb_grpc.LeaseStub(self._connect())
 
-    async def get(self, key: str) -> Entry | None:
+    async def read(self, key: str) -> tuple[Entry | None, int]:
         request = pb.RangeRequest(key=key.encode())
         response = await self._call(lambda: self._kv.Range(request, timeout=self._timeout_s))
-        if not response.kvs:
-            return None
-        return _entry(response.kvs[0])
+        return (_entry(response.kvs[0]) if response.kvs else None), response.header.revision
 
     async def range(self, prefix: str) -> tuple[list[Entry], int]:
         start = prefix.encode()

@@ -34,8 +34,8 @@ class MemoryRegistry(Registry):
         self._leases: dict[int, set[str]] = {}
         self._next_lease = 1
 
-    async def get(self, key: str) -> Entry | None:
-        return self._data.get(key)
+    async def read(self, key: str) -> tuple[Entry | None, int]:
+        return self._data.get(key), self._revision
 
     async def range(self, prefix: str) -> tuple[list[Entry], int]:
         entries = [entry for key, entry in sorted(self._data.items()) if key.startswith(prefix)]

@@ -331,10 +331,11 @@ class ModelStore:
             read.exception()  # retrieved: every caller may have left before it ended
 
     async def _sync_key(self, key: str) -> None:
-        """Bring one key of the mirror up to date after a lost CAS race."""
-        entry = await self._registry.get(key)
+        """Bring one key of the mirror up to date (after a lost CAS race, or for a key it lacks).
+        An answer older than what the watch delivered meanwhile is dropped."""
+        entry, revision = await self._registry.read(key)
         if entry is None:
-            self._apply(WatchEvent(key, None, 0))
+            self._apply(WatchEvent(key, None, revision))
         else:
             self._apply(WatchEvent(key, entry.value, entry.mod_revision))
 
@@ -403,8 +404,8 @@ class ModelStore:
             return
         mirror = self._mirror[kind]
         current = self._revisions.get(event.key, -1)
-        if event.revision and event.revision < current:
-            return  # a stale event after a fresher direct read
+        if event.revision < current:
+            return  # an older event or read answer than the mirror already holds
         if event.value is None:
             gone = mirror.pop(record_id, None)
             if gone is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,8 +53,10 @@ async def test_compare_and_swap(registry: Registry, ns: str) -> None:
     with pytest.raises(RegistryConflict):
         await registry.delete(key, expected_revision=first)
     assert (await registry.get(key)).value == b"2"  # type: ignore[union-attr]
-    await registry.delete(key, expected_revision=second)
+    gone = await registry.delete(key, expected_revision=second)
     assert await registry.get(key) is None
+    entry, read_at = await registry.read(key)  # an absent key's answer says when it was absent
+    assert entry is None and read_at >= gone
 
 
 async def test_range_reads_only_the_prefix(registry: Registry, ns: str) -> None:
@@ -142,9 +144,9 @@ class CountingRegistry(MemoryRegistry):
         super().__init__()
         self.gets = 0
 
-    async def get(self, key: str) -> Entry | None:
+    async def read(self, key: str) -> tuple[Entry | None, int]:
         self.gets += 1
-        return await super().get(key)
+        return await super().read(key)
 
 
 async def test_a_burst_of_fetches_for_one_model_is_one_registry_read() -> None:
@@ -163,6 +165,40 @@ async def test_a_burst_of_fetches_for_one_model_is_one_registry_read() -> None:
     assert registry.gets == 1
     assert await store.fetch_vmodel("v") is None  # another key: a read of its own
     assert registry.gets == 2
+    await store.stop()
+
+
+class LateAnswers(MemoryRegistry):
+    """The in-memory registry, where a single-key read's answer comes back only after
+    ``meanwhile`` (another pod's write, and this pod's watch delivering it) has run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def read(self, key: str) -> tuple[Entry | None, int]:
+        answer = await super().read(key)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return answer
+
+
+async def test_a_read_answered_after_the_watch_moved_on_does_not_undo_what_it_delivered() -> None:
+    """A call for a model not registered yet reads the registry; the registration lands and the
+    watch delivers it before the read's "absent" comes back: the mirror keeps the model."""
+    registry = LateAnswers()
+    store = ModelStore(registry)
+    await store.start()
+    record = ModelRecord("m", ModelInfo("onnx", "/p"))
+
+    async def registered_elsewhere() -> None:
+        await registry.put(f"{store.prefix}models/m", record.to_json())
+        await _until(lambda: store.model("m") is not None)
+
+    registry.meanwhile = registered_elsewhere
+    assert await store.fetch_model("m") == record
+    assert store.model("m") == record
     await store.stop()
 
 
