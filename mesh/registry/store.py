@@ -89,7 +89,7 @@ class ModelStore:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         """Writers waiting for the mirror to reach a revision: a heap of (revision, seq, future)."""
         self._seq = itertools.count()
-        self._reads: dict[str, asyncio.Future[None]] = {}
+        self._reads: dict[str, asyncio.Task[None]] = {}
         """Registry reads of one key in progress (``fetch_model``): concurrent askers share one."""
         self._watch_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
@@ -103,10 +103,14 @@ class ModelStore:
         self._watch_task = asyncio.create_task(self._follow(), name="registry-mirror")
 
     async def stop(self) -> None:
+        """End the watch and any registry read still on its way (a stalled registry would hold one
+        for up to its timeout)."""
+        tasks = [*self._reads.values()]
         if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+            tasks.append(self._watch_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -321,11 +325,11 @@ class ModelStore:
         A caller that gives up does not cancel the read for the others."""
         read = self._reads.get(key)
         if read is None:
-            read = self._reads[key] = asyncio.ensure_future(self._sync_key(key))
+            read = self._reads[key] = asyncio.create_task(self._sync_key(key), name=f"registry-read:{key}")
             read.add_done_callback(functools.partial(self._read_done, key))
         await asyncio.shield(read)
 
-    def _read_done(self, key: str, read: asyncio.Future[None]) -> None:
+    def _read_done(self, key: str, read: asyncio.Task[None]) -> None:
         del self._reads[key]
         if not read.cancelled():
             read.exception()  # retrieved: every caller may have left before it ended

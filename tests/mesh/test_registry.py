@@ -202,6 +202,26 @@ async def test_a_read_answered_after_the_watch_moved_on_does_not_undo_what_it_de
     await store.stop()
 
 
+class Stalled(MemoryRegistry):
+    """The in-memory registry, where single-key reads never answer (a stalled etcd)."""
+
+    async def read(self, key: str) -> tuple[Entry | None, int]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_stopping_the_store_ends_registry_reads_on_their_way() -> None:
+    store = ModelStore(Stalled())
+    await store.start()
+    fetch = asyncio.create_task(store.fetch_model("m"))
+    await asyncio.sleep(0)  # the fetch is waiting on its read
+    assert not fetch.done()
+    await store.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(fetch, 1)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
 async def test_instance_records_vanish_with_their_lease(registry: Registry, ns: str) -> None:
     store, other = ModelStore(registry, namespace=ns), ModelStore(registry, namespace=ns)
     await store.start()
