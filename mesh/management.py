@@ -323,33 +323,34 @@ class ModelManager:
                 raise NotFound(f"vmodel {name!r} is not registered", model_id=name)
         return self.record_any(name)
 
-    async def fresh_model(self, model_id: str) -> ModelRecord | None:
+    async def fresh_model(self, model_id: str, *, limited: bool = False) -> ModelRecord | None:
         """The model's record, read from the registry when this pod's mirror does not have it: a
         model registered through another pod reaches this pod's mirror a moment later, through the
         watch, and a caller may already ask this pod about it. ``Unavailable`` if the registry does
-        not answer then."""
+        not answer then (or if ``limited`` and past the reads allowed for unknown ids)."""
         record = self._store.model(model_id)
-        return record if record is not None else await self._store.fetch_model(model_id)
+        return record if record is not None else await self._store.fetch_model(model_id, limited=limited)
 
-    async def fresh_vmodel(self, vmodel_id: str) -> VModelRecord | None:
+    async def fresh_vmodel(self, vmodel_id: str, *, limited: bool = False) -> VModelRecord | None:
         """``fresh_model`` for a vmodel."""
         record = self._store.vmodel(vmodel_id)
-        return record if record is not None else await self._store.fetch_vmodel(vmodel_id)
+        return record if record is not None else await self._store.fetch_vmodel(vmodel_id, limited=limited)
 
     async def lookup_fresh(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
         """``lookup``, reading the registry itself when this pod's mirror does not know ``name``:
         it may have been registered through another pod a moment ago, before this pod's watch
-        delivered it (a vmodel's active model too). A registry read for each unknown name; a
-        registry that does not answer counts as "not registered"."""
+        delivered it (a vmodel's active model too). A registry read for each unknown name, up to
+        ``UNKNOWN_READS_PER_S``; past it, and while the registry does not answer, the name counts
+        as not registered."""
         try:
             return self.lookup(name, vmodel=vmodel)
         except NotFound:
             with contextlib.suppress(Unavailable):
-                found = await self.fresh_vmodel(name) if vmodel is not False else None
+                found = await self.fresh_vmodel(name, limited=True) if vmodel is not False else None
                 if found is not None:
-                    await self.fresh_model(found.active_model_id)
+                    await self.fresh_model(found.active_model_id, limited=True)
                 elif vmodel is not True:
-                    await self.fresh_model(name)
+                    await self.fresh_model(name, limited=True)
         return self.lookup(name, vmodel=vmodel)
 
     async def _load(self, model_id: str, *, sync: bool) -> None:

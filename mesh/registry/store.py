@@ -15,6 +15,7 @@ import functools
 import heapq
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -42,6 +43,10 @@ _CAS_ATTEMPTS = 20
 _MIRROR_WAIT_S = 2.0
 """How long a writer waits for the watch to show its write before reading the key directly."""
 _RETRY_MAX_S = 2.0
+UNKNOWN_READS_PER_S = 100.0
+"""Registry reads per second (and burst) for ids the mirror does not know, on the inference path:
+calls for a flood of random names must not become a flood of etcd reads. Past it, such a call is
+answered from the mirror. A burst of calls for one id shares one read and counts once."""
 
 _KINDS: dict[str, Callable[[bytes], Any]] = {
     "models": ModelRecord.from_json,
@@ -70,8 +75,16 @@ _HELD = (ModelState.LOADING, ModelState.LOADED)
 
 
 class ModelStore:
-    def __init__(self, registry: Registry, *, namespace: str = "default") -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        namespace: str = "default",
+        unknown_reads_per_s: float = UNKNOWN_READS_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._registry = registry
+        self._unknown_reads = _TokenBucket(unknown_reads_per_s, clock)
         self.prefix = f"/mesh/{namespace}/"
         self._mirror: dict[str, dict[str, Any]] = {kind: {} for kind in _KINDS}
         self._models: dict[str, ModelRecord] = self._mirror["models"]
@@ -126,16 +139,17 @@ class ModelStore:
     def instance(self, pod_id: str) -> InstanceRecord | None:
         return self._instances.get(pod_id)
 
-    async def fetch_model(self, model_id: str) -> ModelRecord | None:
+    async def fetch_model(self, model_id: str, *, limited: bool = False) -> ModelRecord | None:
         """Read a model's record straight from the registry into the mirror: for one that another
         pod registered a moment ago, before this pod's watch delivers it. ``Unavailable`` if the
-        registry does not answer. Concurrent calls for one model share one read."""
-        await self._read_key(self._key("models", model_id))
+        registry does not answer, or if ``limited`` and this pod is past ``UNKNOWN_READS_PER_S``.
+        Concurrent calls for one model share one read."""
+        await self._read_key(self._key("models", model_id), limited=limited)
         return self._models.get(model_id)
 
-    async def fetch_vmodel(self, vmodel_id: str) -> VModelRecord | None:
+    async def fetch_vmodel(self, vmodel_id: str, *, limited: bool = False) -> VModelRecord | None:
         """``fetch_model`` for a vmodel."""
-        await self._read_key(self._key("vmodels", vmodel_id))
+        await self._read_key(self._key("vmodels", vmodel_id), limited=limited)
         return self._vmodels.get(vmodel_id)
 
     async def read_model(self, model_id: str) -> ModelRecord | None:
@@ -319,12 +333,14 @@ class ModelStore:
             return updated
         raise Unavailable(f"registry record {key!r} is changing too fast to update; retry", key=key)
 
-    async def _read_key(self, key: str) -> None:
+    async def _read_key(self, key: str, *, limited: bool = False) -> None:
         """``_sync_key``, once for every caller that asks for ``key`` while a read of it is on its way
         (a burst of calls for a model this pod has not seen yet is one registry read, not one each).
         A caller that gives up does not cancel the read for the others."""
         read = self._reads.get(key)
         if read is None:
+            if limited and not self._unknown_reads.take():
+                raise Unavailable("too many calls for unknown models to read each from the registry")
             read = self._reads[key] = asyncio.create_task(self._sync_key(key), name=f"registry-read:{key}")
             read.add_done_callback(functools.partial(self._read_done, key))
         await asyncio.shield(read)
@@ -483,3 +499,22 @@ class ModelStore:
                 listener(kind, record_id, record)
             except Exception:
                 log.exception("registry listener failed on %s/%s", kind, record_id)
+
+
+class _TokenBucket:
+    """``rate`` takes a second on average, up to ``rate`` at once."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

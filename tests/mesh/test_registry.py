@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from mesh.errors import Unavailable
 from mesh.etcd_process import EtcdProcess
 from mesh.instance import InstancePublisher
 from mesh.management import now_ms
@@ -165,6 +166,29 @@ async def test_a_burst_of_fetches_for_one_model_is_one_registry_read() -> None:
     assert registry.gets == 1
     assert await store.fetch_vmodel("v") is None  # another key: a read of its own
     assert registry.gets == 2
+    await store.stop()
+
+
+async def test_reads_for_unknown_ids_on_the_inference_path_are_rate_limited() -> None:
+    """A flood of calls for random names does not become a flood of registry reads."""
+    registry = CountingRegistry()
+    now = [100.0]
+    store = ModelStore(registry, unknown_reads_per_s=10, clock=lambda: now[0])
+    await store.start()
+    for i in range(10):
+        assert await store.fetch_model(f"random-{i}", limited=True) is None
+    assert registry.gets == 10
+    with pytest.raises(Unavailable, match="too many calls for unknown models"):
+        await store.fetch_vmodel("random-10", limited=True)
+    assert registry.gets == 10
+    assert await store.fetch_model("asked-by-management") is None  # not limited
+    assert registry.gets == 11
+    now[0] += 0.5  # five more reads' worth
+    for i in range(5):
+        await store.fetch_model(f"later-{i}", limited=True)
+    with pytest.raises(Unavailable):
+        await store.fetch_model("later-5", limited=True)
+    assert registry.gets == 16
     await store.stop()
 
 

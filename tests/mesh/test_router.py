@@ -42,6 +42,7 @@ from mesh.records import (
     VModelRecord,
 )
 from mesh.registry import MemoryRegistry, ModelStore
+from mesh.registry.base import Entry
 from mesh.router import COPY, EXCLUDE, LOAD, LOADED, WHY, Router
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
@@ -159,6 +160,11 @@ class RacingRegistry(MemoryRegistry):
     def __init__(self) -> None:
         super().__init__()
         self.after_write: dict[str, Callable[[], Awaitable[object]]] = {}
+        self.reads = 0
+
+    async def read(self, key: str) -> tuple[Entry | None, int]:
+        self.reads += 1
+        return await super().read(key)
 
     async def put(self, key: str, value: bytes, **kwargs: Any) -> int:
         revision = await super().put(key, value, **kwargs)
@@ -567,6 +573,13 @@ async def test_vmodel_calls_see_what_another_pod_set_a_moment_ago(harness: Harne
     await harness.vmodel_set_elsewhere("deleted", "m1")
     await manager.delete_vmodel("deleted", owner="")  # not a no-op: the vmodel is deleted
     assert await registry.get(f"{prefix}vmodels/deleted") is None
+
+
+async def test_calls_for_a_flood_of_unknown_names_do_not_each_read_the_registry(harness: Harness) -> None:
+    for i in range(300):
+        with pytest.raises(NotFound):
+            await harness.call(f"random-{i}")
+    assert harness.registry.reads <= 200  # a burst of 100, then 100 a second
 
 
 async def test_unregister_refuses_a_model_a_vmodel_set_elsewhere_a_moment_ago_uses(harness: Harness) -> None:
