@@ -164,16 +164,9 @@ class ModelStore:
         ``Unavailable`` if the registry does not answer."""
         prefix = self._key("vmodels", "")
         entries, _ = await self._registry.range(prefix)
-        found = []
         for entry in entries:
             self._apply(WatchEvent(entry.key, entry.value, entry.mod_revision))
-            found.append(entry.key[len(prefix) :])
-        return sorted(
-            vmodel_id
-            for vmodel_id in found
-            if (v := self._vmodels.get(vmodel_id)) is not None
-            and model_id in (v.active_model_id, v.target_model_id)
-        )
+        return self.vmodels_using(model_id, among={entry.key[len(prefix) :] for entry in entries})
 
     def models(self) -> list[ModelRecord]:
         return [self._models[k] for k in sorted(self._models)]
@@ -223,9 +216,12 @@ class ModelStore:
                 loads += loading
         return Unpublished(size, loads)
 
-    def vmodels_using(self, model_id: str) -> list[str]:
+    def vmodels_using(self, model_id: str, *, among: set[str] | None = None) -> list[str]:
+        """The mirror's vmodels (or those of ``among`` it holds) whose active or target is the model."""
         return sorted(
-            v.vmodel_id for v in self._vmodels.values() if model_id in (v.active_model_id, v.target_model_id)
+            v.vmodel_id
+            for v in self._vmodels.values()
+            if model_id in (v.active_model_id, v.target_model_id) and (among is None or v.vmodel_id in among)
         )
 
     # writes

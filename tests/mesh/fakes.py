@@ -1,4 +1,5 @@
-"""Fakes for unit tests of the pod's core: a model adapter whose sizes come from the artifact."""
+"""Fakes for unit tests of the pod's core: a model adapter whose sizes come from the artifact, and
+the in-memory registry counting its reads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.signature import ModelSignature
 from mesh.cache import CacheListener, ModelCache
+from mesh.registry import MemoryRegistry
+from mesh.registry.base import Entry
 from puller import default_fetchers
 
 
@@ -64,3 +67,15 @@ def fake_cache(
         adapters=lambda _: FakeAdapter(),
         **options,
     )
+
+
+class CountingRegistry(MemoryRegistry):
+    """The in-memory registry, counting its single-key reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def read(self, key: str) -> tuple[Entry | None, int]:
+        self.gets += 1
+        return await super().read(key)

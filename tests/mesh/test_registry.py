@@ -22,6 +22,7 @@ from mesh.registry.base import MUST_NOT_EXIST, Entry, RegistryCompacted
 from mesh.registry.etcd import EtcdRegistry, prefix_end
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
+from tests.mesh.fakes import CountingRegistry
 
 _names = itertools.count()
 
@@ -136,18 +137,6 @@ async def test_store_mirror_reads_its_writes_and_resolves_races(registry: Regist
     await _until(lambda: other.model("m") is None)
     await store.stop()
     await other.stop()
-
-
-class CountingRegistry(MemoryRegistry):
-    """The in-memory registry, counting its single-key reads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gets = 0
-
-    async def read(self, key: str) -> tuple[Entry | None, int]:
-        self.gets += 1
-        return await super().read(key)
 
 
 async def test_a_burst_of_fetches_for_one_model_is_one_registry_read() -> None:
