@@ -76,3 +76,58 @@ async def test_cancelled_caller_does_not_break_the_batch() -> None:
     assert (await second)["double"].tolist() == [2.0]
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def arrive(batcher: Batcher, count: int, *, every_turns: int) -> list[dict[str, np.ndarray]]:
+    """``count`` one-row calls, one every ``every_turns`` event-loop turns, as gRPC hands calls to
+    the loop under load; returns their answers."""
+    calls = []
+    for i in range(count):
+        calls.append(asyncio.ensure_future(batcher.infer({"x": np.full((1, 2), float(i))}, ["double"])))
+        for _ in range(every_turns):
+            await asyncio.sleep(0)
+    return await asyncio.gather(*calls)
+
+
+async def test_a_lone_call_runs_at_once() -> None:
+    model = Model()
+    batcher = Batcher(model.execute, max_rows=64)
+    call = asyncio.ensure_future(batcher.infer({"x": np.ones((1, 2))}, ["double"]))
+    turns = 0
+    while not call.done():
+        await asyncio.sleep(0)
+        turns += 1
+    assert turns <= 4
+    assert model.calls == [1]
+
+
+async def test_calls_that_keep_arriving_while_a_round_gathers_run_as_one_round() -> None:
+    model = Model()
+    batcher = Batcher(model.execute, max_rows=64, quiet_turns=16)
+    # 19 calls over about 150 turns, each within 16 turns of the one before: one round after the first
+    answers = await arrive(batcher, 20, every_turns=8)
+    assert model.calls == [1, 19]
+    assert [a["double"].tolist() for a in answers] == [[2.0 * i] for i in range(20)]
+
+
+async def test_a_round_runs_once_calls_stop_arriving() -> None:
+    model = Model()
+    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8)
+    await arrive(batcher, 4, every_turns=20)
+    assert model.calls == [1, 1, 1, 1]
+
+
+async def test_a_round_runs_as_soon_as_it_has_max_rows() -> None:
+    model = Model()
+    batcher = Batcher(model.execute, max_rows=4, quiet_turns=16)
+    await arrive(batcher, 9, every_turns=2)
+    assert model.calls == [1, 4, 4]
+
+
+async def test_a_steady_stream_of_calls_is_cut_into_rounds_after_max_gather_turns() -> None:
+    model = Model()
+    batcher = Batcher(model.execute, max_rows=64, quiet_turns=16, max_gather_turns=10)
+    await arrive(batcher, 12, every_turns=2)
+    assert sum(model.calls) == 12
+    assert len(model.calls) >= 3
+    assert max(model.calls[1:]) <= 6
