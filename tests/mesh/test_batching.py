@@ -120,7 +120,14 @@ async def test_a_round_runs_once_calls_stop_arriving() -> None:
 async def test_a_round_runs_as_soon_as_it_has_max_rows() -> None:
     model = Model()
     batcher = Batcher(model.execute, max_rows=4, quiet_turns=16)
-    await arrive(batcher, 9, every_turns=2)
+    calls = []
+    for i in range(9):  # one every 2 turns: the stream never goes quiet
+        if i == 7:  # calls 2-5 filled a round and were answered while calls kept arriving
+            assert all(call.done() for call in calls[1:5])
+        calls.append(asyncio.ensure_future(batcher.infer({"x": np.full((1, 2), float(i))}, ["double"])))
+        for _ in range(2):
+            await asyncio.sleep(0)
+    await asyncio.gather(*calls)
     assert model.calls == [1, 4, 4]
 
 
