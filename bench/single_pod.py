@@ -8,10 +8,10 @@ Every figure is measured in this run: the in-process call is the floor, MLServer
 use) the baseline. A bare grpc.aio server in its own process that answers every
 ``ModelInfer`` with a fixed response and does nothing else is the reference for
 what gRPC itself costs here; its p99 against MLServer's shows how much of the p99
-target the transport alone leaves. All servers get the same
-client, the same concurrency and alternate runs, because these machines are shared
-and noisy; the ratios are printed for the best run of each and as the median of each
-round's own ratio.
+target the transport alone leaves. All servers get the same client, the same
+concurrency and alternate runs, because these machines are shared and noisy; the
+ratios are printed for the best run of each and as the median of each round's own
+ratio.
 
 The client is nghttp2's compiled HTTP/2 load generator h2load (Debian's
 ``nghttp2-client``) when it is on PATH: one connection, ``--concurrency`` streams, the
