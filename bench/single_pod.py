@@ -5,7 +5,10 @@
 
 Every figure is measured in this run: the in-process call is the floor, MLServer
 (``mlserver`` + ``mlserver-sklearn`` in ``bench/.venvs/mlserver``, created on first
-use) the baseline. A bare grpc.aio server in its own process that answers every
+use) the baseline, in two configurations: its default settings, which run inference
+in one worker process behind the server's (``parallel_workers`` 1), and its fastest
+for a small model, inference in the server's own process (``parallel_workers`` 0).
+A bare grpc.aio server in its own process that answers every
 ``ModelInfer`` with a fixed response and does nothing else is the reference for
 what gRPC itself costs here; its p99 against MLServer's shows how much of the p99
 target the transport alone leaves. All servers get the same client, the same
@@ -304,21 +307,21 @@ def ensure_mlserver() -> Path | None:
     return binary if result.returncode == 0 and binary.exists() else None
 
 
-def start_mlserver(binary: Path, model_path: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+MLSERVER_CONFIGS: dict[str, dict[str, object]] = {
+    "MLServer": {},  # its defaults
+    "MLServer in-process": {"parallel_workers": 0},
+}
+"""The MLServer runs, by name, and the settings each adds to ports and host."""
+
+
+def start_mlserver(
+    binary: Path, model_path: Path, workdir: Path, settings: dict[str, object]
+) -> tuple[subprocess.Popen[bytes], str]:
     repo = workdir / "mlserver"
     (repo / "iris").mkdir(parents=True, exist_ok=True)
     grpc_port, http_port = free_port(), free_port()
-    (repo / "settings.json").write_text(
-        json.dumps(
-            {
-                "grpc_port": grpc_port,
-                "http_port": http_port,
-                "host": "127.0.0.1",
-                "metrics_endpoint": None,
-                "parallel_workers": 0,
-            }
-        )
-    )
+    own = {"grpc_port": grpc_port, "http_port": http_port, "host": "127.0.0.1", "metrics_endpoint": None}
+    (repo / "settings.json").write_text(json.dumps({**own, **settings}))
     (repo / "iris" / "model-settings.json").write_text(
         json.dumps(
             {
@@ -501,14 +504,15 @@ def main() -> int:
         if mlserver is None and not args.no_mlserver:
             print("MLServer could not be installed: comparing against in-process only")
         pod_runs: list[Run] = []
-        ml_runs: list[Run] = []
+        ml_runs: dict[str, list[Run]] = {name: [] for name in MLSERVER_CONFIGS} if mlserver else {}
         bare_runs: list[Run] = []
         for round_index in range(args.rounds):
             process, target = start_pod(workdir)
             pod_runs.append(measured(f"mesh pod #{round_index + 1}", process, target, "", args, model_path))
-            if mlserver is not None:
-                process, target = start_mlserver(mlserver, model_path, workdir)
-                ml_runs.append(measured(f"MLServer #{round_index + 1}", process, target, "iris", args))
+            for name, runs in ml_runs.items():
+                assert mlserver is not None
+                process, target = start_mlserver(mlserver, model_path, workdir, MLSERVER_CONFIGS[name])
+                runs.append(measured(f"{name} #{round_index + 1}", process, target, "iris", args))
             process, target = start_bare()
             bare_runs.append(measured(f"bare grpc.aio #{round_index + 1}", process, target, "", args))
         base_mib, per_model_kib = memory(workdir, model_path, args.memory_models)
@@ -526,22 +530,22 @@ def main() -> int:
         f"(p50 {best_pod.pct(50) / floor.pct(50):.0f}x the bare call)"
     )
     print(best_bare.line())
-    if ml_runs:
-        print(best_of(ml_runs).line())
+    for runs in ml_runs.values():
+        print(best_of(runs).line())
     print()
-    print(f"{'ratio':<36} {'best runs':>10} {'median of rounds':>17}   {'target':>8}")
+    print(f"{'ratio':<48} {'best runs':>10} {'median of rounds':>17}   {'target':>8}")
     comparisons = [("pod / bare grpc.aio throughput", pod_runs, bare_runs, _rps, "")]
-    if ml_runs:
+    for name, runs in ml_runs.items():
         comparisons += [
-            ("pod / MLServer throughput", pod_runs, ml_runs, _rps, ">= 3x"),
-            ("pod / MLServer p99", pod_runs, ml_runs, _p99, "<= 0.33x"),
-            ("bare grpc.aio / MLServer throughput", bare_runs, ml_runs, _rps, "(no-op)"),
-            ("bare grpc.aio / MLServer p99", bare_runs, ml_runs, _p99, "(no-op)"),
+            (f"pod / {name} throughput", pod_runs, runs, _rps, ">= 3x"),
+            (f"pod / {name} p99", pod_runs, runs, _p99, "<= 0.33x"),
+            (f"bare grpc.aio / {name} throughput", bare_runs, runs, _rps, "(no-op)"),
+            (f"bare grpc.aio / {name} p99", bare_runs, runs, _p99, "(no-op)"),
         ]
     for label, ours, theirs, figure, target in comparisons:
         best = figure(best_of(ours)) / figure(best_of(theirs))
         rounds = float(np.median([figure(a) / figure(b) for a, b in zip(ours, theirs, strict=True)]))
-        print(f"{label:<36} {best:>9.2f}x {rounds:>16.2f}x   {target:>8}")
+        print(f"{label:<48} {best:>9.2f}x {rounds:>16.2f}x   {target:>8}")
     print(
         f"pod resident memory, nothing loaded: {base_mib:.0f} MiB; "
         f"per loaded small sklearn model: {per_model_kib:.0f} KiB ({args.memory_models} models)"
