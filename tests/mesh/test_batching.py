@@ -138,3 +138,67 @@ async def test_a_steady_stream_of_calls_is_cut_into_rounds_after_max_gather_turn
     assert sum(model.calls) == 12
     assert len(model.calls) >= 3
     assert max(model.calls[1:]) <= 6
+
+
+class Clock:
+    """A clock the test moves: ``tick`` advances it one step and yields one loop turn."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now = 0.0
+        self.step_s = step_s
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def tick(self, turns: int = 1) -> None:
+        for _ in range(turns):
+            self.now += self.step_s
+            await asyncio.sleep(0)
+
+
+async def burst(batcher: Batcher, clock: Clock, pattern: list[int]) -> None:
+    """One-row calls, each after the given number of clock ticks; returns once all are answered,
+    ticking the clock meanwhile."""
+    calls = []
+    for wait in pattern:
+        await clock.tick(wait)
+        calls.append(asyncio.ensure_future(batcher.infer({"x": np.ones((1, 2))}, ["double"])))
+    while not all(call.done() for call in calls):
+        await clock.tick()
+
+
+async def test_a_round_short_of_the_recent_ones_gathers_through_a_pause_shorter_than_hold_s() -> None:
+    model = Model()
+    clock = Clock(step_s=0.0001)  # 100 µs a turn
+    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=0.005, clock=clock)
+    await burst(batcher, clock, [0, 2, 2, 2, 2, 2])  # the first runs at once: a round of 5 follows
+    assert model.calls == [1, 5]
+    await clock.tick(20)  # the drain ended: the next call runs at once again
+    # 2 calls, a pause of 30 turns (3 ms: past the quiet window, within hold_s), 2 more
+    await burst(batcher, clock, [0, 2, 2, 30, 2])
+    assert model.calls == [1, 5, 1, 4]
+
+
+async def test_a_short_round_runs_once_a_pause_outlasts_hold_s() -> None:
+    model = Model()
+    clock = Clock(step_s=0.0001)
+    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=0.002, clock=clock)
+    await burst(batcher, clock, [0, 2, 2, 2, 2, 2])
+    await clock.tick(20)
+    await burst(batcher, clock, [0, 2, 2, 30, 2])  # the pause is 3 ms: past hold_s
+    # the two gathered calls run 2 ms after the last of them; by the time the pause ends the drain
+    # has ended too, so the first late call runs at once and the second after it
+    assert model.calls == [1, 5, 1, 2, 1, 1]
+
+
+async def test_a_round_as_large_as_the_recent_ones_is_not_held() -> None:
+    model = Model()
+    clock = Clock(step_s=0.0001)
+    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=1.0, clock=clock)
+    await burst(batcher, clock, [0, 2, 2, 2])
+    assert model.calls == [1, 3]
+    await clock.tick(20)
+    # 3 calls gathered after the lone first: as many as the largest recent round, so the quiet
+    # window ends the round; the late calls find no drain, as in the test above
+    await burst(batcher, clock, [0, 2, 2, 2, 30, 2])
+    assert model.calls == [1, 3, 1, 3, 1, 1]
