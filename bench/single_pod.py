@@ -5,9 +5,10 @@
 
 Every figure is measured in this run: the in-process call is the floor, MLServer
 (``mlserver`` + ``mlserver-sklearn`` in ``bench/.venvs/mlserver``, created on first
-use) the baseline, in two configurations: its default settings, which run inference
-in one worker process behind the server's (``parallel_workers`` 1), and its fastest
-for a small model, inference in the server's own process (``parallel_workers`` 0).
+use) the baseline, with inference in the server's own process (``parallel_workers``
+0), its fastest setting for a small model and the one the targets are set against.
+MLServer with its default settings, which run inference in one worker process behind
+the server's (``parallel_workers`` 1), is measured too, for what a stock install does.
 A bare grpc.aio server in its own process that answers every
 ``ModelInfer`` with a fixed response and does nothing else is the reference for
 what gRPC itself costs here; its p99 against MLServer's shows how much of the p99
@@ -307,11 +308,13 @@ def ensure_mlserver() -> Path | None:
     return binary if result.returncode == 0 and binary.exists() else None
 
 
+BASELINE = "MLServer"
 MLSERVER_CONFIGS: dict[str, dict[str, object]] = {
-    "MLServer": {},  # its defaults
-    "MLServer in-process": {"parallel_workers": 0},
+    BASELINE: {"parallel_workers": 0},
+    "MLServer defaults": {},
 }
-"""The MLServer runs, by name, and the settings each adds to ports and host."""
+"""The MLServer runs, by name, and the settings each adds to ports and host; the targets are
+against ``BASELINE``."""
 
 
 def start_mlserver(
@@ -536,9 +539,10 @@ def main() -> int:
     print(f"{'ratio':<48} {'best runs':>10} {'median of rounds':>17}   {'target':>8}")
     comparisons = [("pod / bare grpc.aio throughput", pod_runs, bare_runs, _rps, "")]
     for name, runs in ml_runs.items():
+        baseline = name == BASELINE
         comparisons += [
-            (f"pod / {name} throughput", pod_runs, runs, _rps, ">= 3x"),
-            (f"pod / {name} p99", pod_runs, runs, _p99, "<= 0.33x"),
+            (f"pod / {name} throughput", pod_runs, runs, _rps, ">= 3x" if baseline else ""),
+            (f"pod / {name} p99", pod_runs, runs, _p99, "<= 0.33x" if baseline else ""),
             (f"bare grpc.aio / {name} throughput", bare_runs, runs, _rps, "(no-op)"),
             (f"bare grpc.aio / {name} p99", bare_runs, runs, _p99, "(no-op)"),
         ]
