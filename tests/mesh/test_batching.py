@@ -167,33 +167,31 @@ async def burst(batcher: Batcher, clock: Clock, pattern: list[int]) -> None:
         await clock.tick()
 
 
-async def settle(batcher: Batcher, clock: Clock, sizes: list[int]) -> None:
-    """One burst per size, each a lone call (run at once) and then that many more gathered into a
-    round, with the drain ending between bursts."""
+async def settled(sizes: list[int], *, hold_s: float) -> tuple[Model, Clock, Batcher]:
+    """A batcher (quiet window 8 turns, 100 µs a turn) that has run one burst per size, each a lone
+    call (run at once) and then that many more gathered into a round, with the drain ending
+    between bursts; the model's record of rounds is then cleared."""
+    model = Model()
+    clock = Clock(step_s=0.0001)
+    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=hold_s, clock=clock)
     for size in sizes:
         await burst(batcher, clock, [0] + [2] * size)
         await clock.tick(20)
+    assert model.calls == [n for size in sizes for n in (1, size)]
+    model.calls.clear()
+    return model, clock, batcher
 
 
 async def test_a_round_short_of_the_steady_size_gathers_through_a_pause_shorter_than_hold_s() -> None:
-    model = Model()
-    clock = Clock(step_s=0.0001)  # 100 µs a turn
-    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=0.005, clock=clock)
-    await settle(batcher, clock, [5] * RECENT_ROUNDS)
-    assert model.calls == [1, 5] * RECENT_ROUNDS  # the lone calls do not count as rounds
-    assert batcher.steady_rows() == 5
-    model.calls.clear()
+    model, clock, batcher = await settled([5] * RECENT_ROUNDS, hold_s=0.005)
+    assert batcher.steady_rows() == 5  # the lone calls do not count as rounds
     # 2 calls, a pause of 30 turns (3 ms: past the quiet window, within hold_s), 2 more
     await burst(batcher, clock, [0, 2, 2, 30, 2])
     assert model.calls == [1, 4]
 
 
 async def test_a_short_round_runs_once_a_pause_outlasts_hold_s() -> None:
-    model = Model()
-    clock = Clock(step_s=0.0001)
-    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=0.002, clock=clock)
-    await settle(batcher, clock, [5] * RECENT_ROUNDS)
-    model.calls.clear()
+    model, clock, batcher = await settled([5] * RECENT_ROUNDS, hold_s=0.002)
     await burst(batcher, clock, [0, 2, 2, 30, 2])  # the pause is 3 ms: past hold_s
     # the two gathered calls run 2 ms after the last of them; by the time the pause ends the drain
     # has ended too, so the first late call runs at once and the second after it
@@ -201,11 +199,7 @@ async def test_a_short_round_runs_once_a_pause_outlasts_hold_s() -> None:
 
 
 async def test_a_round_of_the_steady_size_is_not_held() -> None:
-    model = Model()
-    clock = Clock(step_s=0.0001)
-    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=1.0, clock=clock)
-    await settle(batcher, clock, [3] * RECENT_ROUNDS)
-    model.calls.clear()
+    model, clock, batcher = await settled([3] * RECENT_ROUNDS, hold_s=1.0)
     # 3 calls gathered after the lone first: the steady size, so the quiet window ends the round;
     # the late calls find no drain, as in the test above
     await burst(batcher, clock, [0, 2, 2, 2, 30, 2])
@@ -215,11 +209,7 @@ async def test_a_round_of_the_steady_size_is_not_held() -> None:
 async def test_rounds_of_varying_sizes_are_not_held() -> None:
     """Calls that arrive independently of the answers make rounds of any size: a small one is no
     sign of a stalled burst, and holding it would only delay its calls."""
-    model = Model()
-    clock = Clock(step_s=0.0001)
-    batcher = Batcher(model.execute, max_rows=64, quiet_turns=8, hold_s=1.0, clock=clock)
-    await settle(batcher, clock, [5, 3] * (RECENT_ROUNDS // 2))
+    model, clock, batcher = await settled([5, 3] * (RECENT_ROUNDS // 2), hold_s=1.0)
     assert batcher.steady_rows() == 0
-    model.calls.clear()
     await burst(batcher, clock, [0, 2, 2, 30, 2])
     assert model.calls == [1, 2, 1, 1]
