@@ -9,13 +9,12 @@ use) the baseline, with inference in the server's own process (``parallel_worker
 0), its fastest setting for a small model and the one the targets are set against.
 MLServer with its default settings, which run inference in one worker process behind
 the server's (``parallel_workers`` 1), is measured too, for what a stock install does.
-A bare grpc.aio server in its own process that answers every
-``ModelInfer`` with a fixed response and does nothing else is the reference for
-what gRPC itself costs here; its p99 against MLServer's shows how much of the p99
-target the transport alone leaves. All servers get the same client, the same
-concurrency and alternate runs, because these machines are shared and noisy; the
-ratios are printed for the best run of each and as the median of each round's own
-ratio.
+A bare grpc.aio server in its own process that answers every ``ModelInfer`` with a
+fixed response and does nothing else is the reference for what gRPC itself costs
+here; its p99 against MLServer's shows how much of the p99 target the transport alone
+leaves. All servers get the same client, the same concurrency and alternate runs,
+because these machines are shared and noisy; the ratios are printed for the best run
+of each and as the median of each round's own ratio.
 
 The client is nghttp2's compiled HTTP/2 load generator h2load (Debian's
 ``nghttp2-client``) when it is on PATH: one connection, ``--concurrency`` streams, the
@@ -512,8 +511,7 @@ def main() -> int:
         for round_index in range(args.rounds):
             process, target = start_pod(workdir)
             pod_runs.append(measured(f"mesh pod #{round_index + 1}", process, target, "", args, model_path))
-            for name, runs in ml_runs.items():
-                assert mlserver is not None
+            for name, runs in ml_runs.items() if mlserver is not None else ():
                 process, target = start_mlserver(mlserver, model_path, workdir, MLSERVER_CONFIGS[name])
                 runs.append(measured(f"{name} #{round_index + 1}", process, target, "iris", args))
             process, target = start_bare()
