@@ -208,8 +208,10 @@ def test_mesh_up_runs_a_fleet_and_ctrl_c_stops_every_process(models: ModelSet, t
     import tritonclient.grpc as tc
 
     base = free_port_block(2)
+    up_args = ["up", "--pods", "2", "--port", str(base), "--capacity", "32MiB"]
     up = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "up", "--pods", "2", "--port", str(base), "--capacity", "32MiB"],
+        # started with SIGINT ignored, as a shell starts a background job: Ctrl-C still stops it
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "mesh.cli", *up_args],
         stdout=subprocess.PIPE,
         stderr=(tmp_path / "up.log").open("wb"),
         text=True,
