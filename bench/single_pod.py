@@ -309,6 +309,14 @@ def ensure_mlserver() -> Path | None:
     return binary if result.returncode == 0 and binary.exists() else None
 
 
+def grpc_version(python: Path) -> str:
+    """The grpcio another venv's Python imports: its speed varies between releases."""
+    found = subprocess.run(
+        [str(python), "-c", "import grpc; print(grpc.__version__)"], capture_output=True, text=True
+    )
+    return found.stdout.strip() or "unknown"
+
+
 BASELINE = "MLServer"
 MLSERVER_CONFIGS: dict[str, dict[str, object]] = {
     BASELINE: {"parallel_workers": 0},
@@ -550,6 +558,8 @@ def main() -> int:
         f"small sklearn model, batch 1, {args.concurrency} concurrent callers, {args.seconds:g}s per run, "
         f"client {args.client}"
     )
+    mlserver_grpc = f", MLServer's {grpc_version(mlserver.parent / 'python')}" if mlserver else ""
+    print(f"grpcio: the pod's and bare grpc.aio's {grpc.__version__}{mlserver_grpc}")
     print(floor.line())
     print(best_pod.line())
     print(
