@@ -422,10 +422,10 @@ def _up(args: argparse.Namespace) -> int:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops the fleet as Ctrl-C does
-    # Python leaves SIGINT ignored when it starts so (a shell's background job without job
-    # control); Ctrl-C or `kill -INT` stops the fleet whoever started it, as it stops a pod.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM stops the fleet as Ctrl-C does. SIGINT is set too: Python leaves it ignored when it
+    # starts so (a shell's background job without job control), and it stops a pod either way.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, interrupt)
     with tempfile.TemporaryDirectory(prefix="mesh-up-") as workdir:
         storage = (
             ("--storage-config", str(Path(args.storage_config).resolve())) if args.storage_config else ()
