@@ -23,7 +23,7 @@ from adapters.datatypes import find_v2_datatype
 from adapters.signature import ModelSignature, check_inputs, select_outputs
 from mesh.batching import Batcher
 from mesh.cache import ModelCache
-from mesh.errors import InvalidInput, MeshError, OutOfMemory, UnservableOutput
+from mesh.errors import InvalidInput, MeshError, OutOfMemory, Unavailable, UnservableOutput
 from mesh.management import ModelManager, now_ms
 from mesh.records import HOT_MODELS, ModelState, ModelTraffic
 
@@ -145,7 +145,8 @@ class DataPlane:
         self._max_batch_rows = max_batch_rows
         self._stats: dict[str, ModelStats] = {}
         self.traffic = TrafficMeter()
-        # One batcher per loaded model object: a reload after eviction starts afresh.
+        # One batcher per loaded model object: a reload after eviction starts afresh. A batcher
+        # holds its model only weakly (``_execute_ref``), so an evicted model is freed with it.
         self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = weakref.WeakKeyDictionary()
 
     async def infer(
@@ -186,13 +187,27 @@ class DataPlane:
             batcher = self._batchers.get(model)
             if batcher is None:
                 batcher = Batcher(
-                    functools.partial(self._execute, model, stats), max_rows=self._max_batch_rows
+                    functools.partial(self._execute_ref, weakref.ref(model), stats),
+                    max_rows=self._max_batch_rows,
                 )
                 self._batchers[model] = batcher
             results = await batcher.infer(inputs, wanted)
         else:
             results = await self._execute(model, stats, inputs, wanted)
         return list(results.items())
+
+    async def _execute_ref(
+        self,
+        model_ref: weakref.ref[LoadedModel],
+        stats: ModelStats,
+        inputs: dict[str, np.ndarray],
+        wanted: list[str],
+    ) -> dict[str, np.ndarray]:
+        """``_execute`` for a batcher: the model is alive while a call that holds it waits."""
+        model = model_ref()
+        if model is None:
+            raise Unavailable("the model was unloaded before its batch ran; retry")
+        return await self._execute(model, stats, inputs, wanted)
 
     async def _execute(
         self, model: LoadedModel, stats: ModelStats, inputs: dict[str, np.ndarray], wanted: list[str]
@@ -212,6 +227,10 @@ class DataPlane:
             elapsed if stats.average_s is None else (1 - _EWMA) * stats.average_s + _EWMA * elapsed
         )
         return results
+
+    def forget(self, model_id: str) -> None:
+        """Drop what this pod counted for a model that is no longer registered."""
+        self._stats.pop(model_id, None)
 
     async def metadata(self, name: str, *, vmodel: bool | None = None) -> tuple[str, ModelSignature]:
         """The model's signature (loading it if needed, as a call would)."""

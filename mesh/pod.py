@@ -356,6 +356,12 @@ class Pod:
         return [p for p, i in instances if p != self.settings.pod_id and not i.shutting_down]
 
     def _on_registry_change(self, kind: str, record_id: str, record: Any) -> None:
+        if kind == "models" and record is None:  # unregistered: what the pod kept about it goes
+            if self._dataplane is not None:
+                self._dataplane.forget(record_id)
+            if self.router is not None:
+                self.router.forget(record_id)
+            return
         if kind != "instances":
             return
         if record is not None:

@@ -503,6 +503,10 @@ class Router:
         self._suspects = {pod: until for pod, until in self._suspects.items() if until > now}
         return frozenset(self._suspects)
 
+    def forget(self, model_id: str) -> None:
+        """Drop what this pod kept about a model that is no longer registered."""
+        self.last_decision.pop(model_id, None)
+
     def _load_metadata(self, model_id: str, route: str) -> Metadata:
         """On a forwarded load: the pods to ignore and why placement chose the receiver."""
         if route != LOAD:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -96,6 +97,19 @@ def test_statistics_count_calls(models: ModelSet, mesh_api, triton) -> None:
     assert stats.name == "m"
     assert stats.inference_stats.success.count == 3
     assert stats.execution_count == 3 and stats.last_inference > 0
+
+
+def test_an_unregistered_model_leaves_no_statistics_behind(models: ModelSet, mesh_api, triton) -> None:
+    """A pod keeps counts for the models registered, not for every model it ever served."""
+    for model_id in ("kept", "gone"):
+        register(mesh_api, model_id, "onnx", models.onnx)
+        triton.infer(model_id, [_x()])
+    assert {s.name for s in triton.get_inference_statistics().model_stats} == {"kept", "gone"}
+    mesh_api.unregisterModel(mm.UnregisterModelRequest(modelId="gone"), timeout=30)
+    deadline = time.monotonic() + 10
+    while {s.name for s in triton.get_inference_statistics().model_stats} != {"kept"}:
+        assert time.monotonic() < deadline, "the unregistered model's statistics stayed"
+        time.sleep(0.02)
 
 
 def test_stream_infer_answers_and_reports_errors(models: ModelSet, mesh_api, triton) -> None:
