@@ -9,6 +9,10 @@ over one at a time still runs as one round, even when it pauses halfway. This am
 the framework's fixed per-call cost (about 200 µs for a scikit-learn ``predict``), which
 dominates for small models. If a batched call fails, its calls are retried one by one, so an error lands
 only on the request that caused it.
+
+A slow model's rounds may overlap (``overlap``): while a round runs, calls that arrive start the
+next round at once if the model may have another inference thread, instead of waiting a whole
+round for it to end; only when it may not do they queue for the next round.
 """
 
 from __future__ import annotations
@@ -94,8 +98,14 @@ class Batcher:
         max_gather_turns: int = MAX_GATHER_TURNS,
         hold_s: float = HOLD_S,
         clock: Callable[[], float] = time.perf_counter,
+        overlap: Callable[[], bool] | None = None,
     ) -> None:
+        """``overlap`` says whether another round may start while one runs (the model is slow and
+        may have another thread); without it rounds run one after another."""
         self._execute = execute
+        self._overlap = overlap
+        self._rounds: set[asyncio.Task[None]] = set()
+        """Rounds started alongside a running one (``overlap``)."""
         self._max_rows = max_rows
         self._quiet_turns = quiet_turns
         self._max_gather_turns = max_gather_turns
@@ -121,16 +131,21 @@ class Batcher:
         return await call.done
 
     async def close(self) -> None:
-        if self._drain is not None:
-            self._drain.cancel()
+        tasks = [*self._rounds, *([self._drain] if self._drain is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
+                await task
 
     async def _run(self) -> None:
         try:
             gathered = False  # the drain's first round is the call that started it, run at once
             while self._queue:
                 groups = self._take_groups()
+                if self._overlap is not None and self._overlap():
+                    await self._start_rounds(groups)
+                    continue
                 if gathered:
                     self._recent_rows.append(sum(call.rows for group in groups for call in group))
                 for group in groups:
@@ -142,6 +157,17 @@ class Batcher:
             for call in self._queue:
                 if not call.done.done():
                     call.done.cancel()
+
+    async def _start_rounds(self, groups: list[list[_Call]]) -> None:
+        """Start the groups as rounds of their own, gather what arrives meanwhile, and wait for a
+        round to end only while no further round may start."""
+        for group in groups:
+            task = asyncio.create_task(self._run_group(group), name="batch-round")
+            self._rounds.add(task)
+            task.add_done_callback(self._rounds.discard)
+        await self._gather()
+        while self._queue and self._rounds and not (self._overlap is not None and self._overlap()):
+            await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED)
 
     async def _gather(self) -> None:
         """Yield to the loop while calls keep arriving: until ``quiet_turns`` turns in a row bring

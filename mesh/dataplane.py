@@ -2,18 +2,16 @@
 
 Transport-free: the gRPC edge converts protobuf to ``InferenceRequest`` and back.
 Inference runs on the event loop for models whose measured average is below
-``inline_infer_s`` (thread hand-off would cost more than the call), otherwise on a
-bounded executor so the loop keeps serving.
+``inline_infer_s`` (thread hand-off would cost more than the call), otherwise on the
+pod's inference threads, shared fairly between models (``mesh.inference_threads``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +22,7 @@ from adapters.signature import ModelSignature, check_inputs, select_outputs
 from mesh.batching import Batcher
 from mesh.cache import ModelCache
 from mesh.errors import InvalidInput, MeshError, OutOfMemory, Unavailable, UnservableOutput
+from mesh.inference_threads import InferenceThreads
 from mesh.management import ModelManager, now_ms
 from mesh.records import HOT_MODELS, ModelState, ModelTraffic
 
@@ -134,13 +133,13 @@ class DataPlane:
         *,
         manager: ModelManager,
         cache: ModelCache,
-        executor: Executor,
+        threads: InferenceThreads,
         inline_infer_s: float,
         max_batch_rows: int = 0,
     ) -> None:
         self._manager = manager
         self._cache = cache
-        self._executor = executor
+        self._threads = threads
         self._inline_infer_s = inline_infer_s
         self._max_batch_rows = max_batch_rows
         self._stats: dict[str, ModelStats] = {}
@@ -163,7 +162,7 @@ class DataPlane:
             try:
                 holding = time.perf_counter()
                 assert entry.model is not None
-                outputs = await self._run(entry.model, request, stats)
+                outputs = await self._run(record.model_id, entry.model, request, stats)
             finally:
                 self._cache.let_go(entry)
         except MeshError:
@@ -179,7 +178,7 @@ class DataPlane:
         return InferenceResponse(name, record.model_id, request.id, outputs)
 
     async def _run(
-        self, model: LoadedModel, request: InferenceRequest, stats: ModelStats
+        self, model_id: str, model: LoadedModel, request: InferenceRequest, stats: ModelStats
     ) -> list[tuple[str, np.ndarray]]:
         inputs = check_inputs(model.signature, request.inputs)
         wanted = select_outputs(model.signature, request.outputs, default=())
@@ -187,17 +186,24 @@ class DataPlane:
             batcher = self._batchers.get(model)
             if batcher is None:
                 batcher = Batcher(
-                    functools.partial(self._execute_ref, weakref.ref(model), stats),
+                    functools.partial(self._execute_ref, model_id, weakref.ref(model), stats),
                     max_rows=self._max_batch_rows,
+                    overlap=functools.partial(self._may_overlap, model_id, stats),
                 )
                 self._batchers[model] = batcher
             results = await batcher.infer(inputs, wanted)
         else:
-            results = await self._execute(model, stats, inputs, wanted)
+            results = await self._execute(model_id, model, stats, inputs, wanted)
         return list(results.items())
+
+    def _may_overlap(self, model_id: str, stats: ModelStats) -> bool:
+        """Whether a slow model's next batch round may start while one runs: it may have a thread."""
+        slow = self._threads.is_slow(stats.average_s)
+        return slow and self._threads.has_room(model_id, slow)
 
     async def _execute_ref(
         self,
+        model_id: str,
         model_ref: weakref.ref[LoadedModel],
         stats: ModelStats,
         inputs: dict[str, np.ndarray],
@@ -207,20 +213,23 @@ class DataPlane:
         model = model_ref()
         if model is None:
             raise Unavailable("the model was unloaded before its batch ran; retry")
-        return await self._execute(model, stats, inputs, wanted)
+        return await self._execute(model_id, model, stats, inputs, wanted)
 
     async def _execute(
-        self, model: LoadedModel, stats: ModelStats, inputs: dict[str, np.ndarray], wanted: list[str]
+        self,
+        model_id: str,
+        model: LoadedModel,
+        stats: ModelStats,
+        inputs: dict[str, np.ndarray],
+        wanted: list[str],
     ) -> dict[str, np.ndarray]:
-        """One framework call: on the loop for fast models, else on the executor."""
-        started = time.perf_counter()
-        if stats.average_s is not None and stats.average_s < self._inline_infer_s:
-            results = _call(model, inputs, wanted)
-        else:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, _call, model, inputs, wanted
-            )
-        elapsed = time.perf_counter() - started
+        """One framework call: on the loop for fast models, else on an inference thread."""
+        average_s = stats.average_s
+        if average_s is not None and average_s < self._inline_infer_s:
+            results, elapsed = _timed_call(model, inputs, wanted)
+        else:  # timed on its thread: the wait for one is queueing, not the model's own time
+            slow = self._threads.is_slow(average_s)
+            results, elapsed = await self._threads.run(model_id, slow, _timed_call, model, inputs, wanted)
         stats.execution_count += 1
         stats.compute_ns += int(elapsed * 1e9)
         stats.average_s = (
@@ -269,6 +278,14 @@ class DataPlane:
     async def unload_here(self, model_id: str, *, reason: str = "") -> None:
         """Unload a model from this pod only (a no-op when it is not loaded here)."""
         await self._cache.unload(model_id, reason=reason)
+
+
+def _timed_call(
+    model: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[str]
+) -> tuple[dict[str, np.ndarray], float]:
+    started = time.perf_counter()
+    results = _call(model, inputs, outputs)
+    return results, time.perf_counter() - started
 
 
 def _call(model: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server
 from mesh.errors import MeshError
 from mesh.heap import HeapFreezer
+from mesh.inference_threads import InferenceThreads
 from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
@@ -186,7 +187,12 @@ class Pod:
         self._dataplane = dataplane = DataPlane(
             manager=self.manager,
             cache=self.cache,
-            executor=self._infer_pool,
+            threads=InferenceThreads(
+                self._infer_pool,
+                threads=s.infer_threads,
+                fast_threads=s.fast_infer_threads,
+                slow_call_s=s.slow_call_s,
+            ),
             inline_infer_s=s.inline_infer_s,
             max_batch_rows=s.max_batch_rows,
         )

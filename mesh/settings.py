@@ -111,8 +111,18 @@ class MeshSettings(BaseSettings):
     copies_per_round: int = 4
     """Copies the janitor adds or drops per round (0: copies are never scaled)."""
 
-    infer_threads: int = 4
-    """Threads that run inference too heavy for the event loop."""
+    infer_threads: int = Field(default=4, ge=1)
+    """Threads that run inference too heavy for the event loop, shared fairly between models: while
+    others wait, a model holds at most its share of them (``mesh.inference_threads``)."""
+
+    fast_infer_threads: int = Field(default=1, ge=0)
+    """Inference threads that slow models (``slow_call_s``) never take all of, kept for fast ones:
+    a model answering in milliseconds never waits behind calls that take seconds. Below
+    ``infer_threads``."""
+
+    slow_call_s: float = Field(default=0.05, gt=0)
+    """Models whose average call takes at least this long (or that have not answered yet) are slow:
+    they share ``infer_threads - fast_infer_threads`` threads, and their batch rounds may overlap."""
 
     inline_infer_s: float = 0.002
     """Models whose average inference takes less than this run on the event loop."""
@@ -181,6 +191,11 @@ class MeshSettings(BaseSettings):
             raise ValueError(
                 f"copy_down_rate ({self.copy_down_rate:g}) must be below copy_up_rate "
                 f"({self.copy_up_rate:g}), or copies would be added and dropped in turn"
+            )
+        if self.fast_infer_threads >= self.infer_threads:
+            raise ValueError(
+                f"fast_infer_threads ({self.fast_infer_threads}) must be below infer_threads "
+                f"({self.infer_threads}), or slow models would have no thread"
             )
         if self.publish_interval_s > self.lease_ttl_s / 3:
             raise ValueError(

@@ -213,3 +213,49 @@ async def test_rounds_of_varying_sizes_are_not_held() -> None:
     assert batcher.steady_rows() == 0
     await burst(batcher, clock, [0, 2, 2, 30, 2])
     assert model.calls == [1, 2, 1, 1]
+
+
+class GatedModel:
+    """A model whose rounds run until the test lets them go, one gate per round in order."""
+
+    def __init__(self) -> None:
+        self.rounds: list[int] = []
+        self.gates: list[asyncio.Event] = []
+        self.started = asyncio.Condition()
+
+    async def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        async with self.started:
+            self.rounds.append(len(inputs["x"]))
+            self.started.notify_all()
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return {"double": inputs["x"][:, 0] * 2}
+
+
+async def _rounds_started(model: GatedModel, count: int) -> None:
+    async with asyncio.timeout(5), model.started:
+        await model.started.wait_for(lambda: len(model.rounds) >= count)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+async def test_calls_arriving_during_a_round_start_their_own_when_rounds_may_overlap(overlap: bool) -> None:
+    model = GatedModel()
+    batcher = Batcher(model.execute, max_rows=64, overlap=lambda: overlap)
+    first = asyncio.create_task(batcher.infer({"x": np.ones((1, 2))}, ["double"]))
+    await _rounds_started(model, 1)
+    late = [asyncio.create_task(batcher.infer({"x": np.ones((1, 2))}, ["double"])) for _ in range(3)]
+    if overlap:  # the late calls run now, as one round, while the first still runs
+        await _rounds_started(model, 2)
+        assert model.rounds == [1, 3]
+    else:  # they wait for the first round to end
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert model.rounds == [1]
+        model.gates[0].set()
+        await _rounds_started(model, 2)
+    for gate in model.gates:
+        gate.set()
+    for call in (first, *late):
+        np.testing.assert_array_equal((await call)["double"], [2.0])
+    await batcher.close()

@@ -30,6 +30,7 @@ from mesh.errors import (
     QuotaExceeded,
     Unavailable,
 )
+from mesh.inference_threads import InferenceThreads
 from mesh.management import ModelManager, SetVModel, now_ms
 from mesh.records import (
     CopyRecord,
@@ -524,7 +525,8 @@ async def test_a_model_registered_through_another_pod_a_moment_ago_is_found(harn
         await harness.router.load("never-registered", vmodel=None, deadline=time.monotonic() + 5)
 
     with ThreadPoolExecutor(1) as pool:
-        plane = DataPlane(manager=harness.manager, cache=harness.cache, executor=pool, inline_infer_s=1)
+        threads = InferenceThreads(pool, threads=2, fast_threads=1, slow_call_s=1)
+        plane = DataPlane(manager=harness.manager, cache=harness.cache, threads=threads, inline_infer_s=1)
         await harness.registered_elsewhere("ready")  # ModelReady
         await harness.cache.ensure_loaded(await harness.manager.fresh_model("ready"))  # type: ignore[arg-type]
         assert await plane.ready("ready")
