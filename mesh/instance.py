@@ -2,9 +2,12 @@
 
 The record is republished when something in it changes (capacity, use, loads,
 request load), at most once per ``min_interval_s``. Keep-alives go out every third
-of the lease's TTL. If the lease was lost (etcd was down longer than the TTL), a
-new lease is granted and the record published again. Revoking the lease on stop
-removes the record at once; a killed pod's record vanishes when its TTL runs out.
+of the lease's TTL. If the lease was lost (etcd was down or silent longer than the
+TTL), a new lease is granted, the record published again, and then ``on_rejoin`` is
+called: the fleet may have forgotten the copies recorded for this pod meanwhile, and
+they are written back only once the record is there again (the janitor forgets the
+copies of a pod with no instance record). Revoking the lease on stop removes the
+record at once; a killed pod's record vanishes when its TTL runs out.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class InstancePublisher:
         describe: Callable[[], InstanceRecord],
         ttl_s: float,
         min_interval_s: float,
+        on_rejoin: Callable[[], None] = lambda: None,
     ) -> None:
         self._registry = registry
         self._store = store
@@ -41,6 +45,9 @@ class InstancePublisher:
         self._min_interval_s = min_interval_s
         self._lease = 0
         self._published: InstanceRecord | None = None
+        self._on_rejoin = on_rejoin
+        self._rejoining = False
+        """A new lease replaced a lost one and the record under it is not published yet."""
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -107,12 +114,17 @@ class InstancePublisher:
         log.warning("this pod's registry lease expired; rejoining with a new one")
         self._lease = await self._registry.grant_lease(self._ttl_s)
         self._published = None
+        self._rejoining = True
         await self._publish()
 
     async def _publish(self) -> None:
         record = self._describe()
         await self._store.publish_instance(replace(record, published_ms=now_ms()), lease=self._lease)
         self._published = record
+        if self._rejoining:
+            self._rejoining = False
+            log.info("this pod rejoined the fleet under a new registry lease")
+            self._on_rejoin()
 
     async def publish_now(self) -> None:
         """Publish the current record at once (e.g. the shutting-down flag)."""

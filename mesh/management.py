@@ -45,6 +45,7 @@ from mesh.records import (
     VModelRecord,
 )
 from mesh.registry import ModelStore
+from placement.copies import CopyPolicy, ModelDemand, surplus_copy
 from placement.quotas import registration_refusal
 from puller import FetcherTable
 
@@ -129,6 +130,7 @@ class ModelManager:
         pod_id: str,
         failure_ttl_s: float,
         clock_ms: Callable[[], int] = now_ms,
+        copy_policy: CopyPolicy | None = None,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -139,8 +141,11 @@ class ModelManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loader: Callable[[str], Awaitable[None]] = self.load_here
         self._unrecorded = False
-        """A write of this pod's copies failed: the registry may disagree with the cache until
-        ``repair_copies`` has run."""
+        """A write of this pod's copies failed, or the pod rejoined the fleet: the registry may
+        disagree with the cache until ``repair_copies`` has run."""
+        self._rejoined = False
+        self._copy_policy = copy_policy or CopyPolicy()
+        """Which copies the fleet needs (for a copy the registry lost and others replaced)."""
 
     def set_loader(self, loader: Callable[[str], Awaitable[None]]) -> None:
         """Where ``ensureLoaded``, ``loadNow`` and vmodel transitions load: the fleet's router."""
@@ -600,25 +605,41 @@ class ModelManager:
 
     # fleet hygiene
 
-    async def forget_pod(self, pod_id: str) -> int:
+    async def forget_pod(self, pod_id: str, *, unless_live: bool = False) -> int:
         """Remove the copies a pod recorded (it died, or restarted with nothing loaded).
 
-        Returns how many records changed. Failure records stay: they expire by themselves.
+        ``unless_live``: keep them if the pod's instance record is in the mirror when a record is
+        written (it rejoined meanwhile and may be writing its copies back). Returns how many
+        records changed. Failure records stay: they expire by themselves.
         """
+        drop = _without_copy(pod_id)
+
+        def change(r: ModelRecord) -> ModelRecord:
+            return r if unless_live and self._store.instance(pod_id) is not None else drop(r)
+
         changed = 0
         for record in self._store.models():
             if pod_id in record.copies:
-                await self._update_quietly(record.model_id, _without_copy(pod_id))
+                await self._update_quietly(record.model_id, change)
                 changed += 1
         return changed
 
     async def forget_dead_pods(self) -> int:
-        """Remove copies recorded for pods that are not live (their lease expired)."""
+        """Remove copies recorded for pods that are not live (their lease expired).
+
+        A pod is taken for dead only if the registry itself has no instance record for it: this
+        pod's mirror may not show yet the record of a pod that rejoined with a new lease (after an
+        etcd stall longer than the lease) and is writing its copies back.
+        """
         live = self._store.instances()
-        dead = {
+        missing = {
             pod for r in self._store.models() for pod in r.copies if pod not in live and pod != self.pod_id
         }
-        counts = [await self.forget_pod(pod) for pod in sorted(dead)]
+        counts = [
+            await self.forget_pod(pod, unless_live=True)
+            for pod in sorted(missing)
+            if await self._store.fetch_instance(pod) is None
+        ]
         return sum(counts)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -697,30 +718,110 @@ class ModelManager:
             self._unrecorded = True
             log.warning("could not record the state of %s in the registry: %s", model_id, exc)
 
+    def rejoined(self) -> None:
+        """This pod's lease ran out (etcd was silent longer than its TTL) and it rejoined the fleet
+        with a new one, its instance record written: the janitor may have forgotten every copy
+        recorded here. ``repair_copies`` writes them back."""
+        self._rejoined = True
+        self._unrecorded = True
+
     async def repair_copies(self) -> int:
-        """After a registry write of this pod's copies failed (the registry was unreachable), make
-        the registry agree with the cache again: a model held here is recorded LOADED here, and a
-        copy recorded here that the cache neither holds nor is loading is dropped. A no-op when no
-        write failed. Stops at the first write that fails and goes on at the next call; returns
-        how many records it corrected."""
-        if not self._unrecorded:
+        """Make the registry agree with the cache again where it missed this pod's copies: after a
+        write of them failed (the registry was unreachable), after the pod rejoined the fleet with
+        a new lease, and whenever the registry shows a model held here without this pod's copy
+        (the janitor forgot it). A model held here is recorded LOADED here, and a copy recorded here
+        that the cache neither holds nor is loading is dropped. A copy held here that the fleet no
+        longer needs, other pods having loaded the model while the registry did not show it (it
+        lost the copy, or this pod was out of the fleet), is unloaded instead (``_surplus_here``).
+        A no-op when nothing was missed. Stops at the first write that fails and goes on at the next call;
+        returns how many copies it wrote back, dropped or unloaded."""
+        if not self._unrecorded and not self._lost_here():
             return 0
         self._unrecorded = False
-        fixed = 0
+        rejoined, self._rejoined = self._rejoined, False
+        fixed = unloaded = 0
         for record in self._store.models():
             change = self._as_cached(record.model_id)
-            if change(record) == record:
+            surplus = self._surplus_here(record, rejoined=rejoined)
+            if not surplus and change(record) == record:
                 continue
             try:
+                if surplus:
+                    log.info("unloading %s, a copy the fleet no longer needs: %s", record.model_id, surplus)
+                    await self._cache.unload(record.model_id, reason=f"a duplicate: {surplus}")
+                    unloaded += 1
+                    continue
                 await self._store.update_model(record.model_id, change)
             except MeshError as exc:
                 self._unrecorded = True
+                self._rejoined = self._rejoined or rejoined
                 log.info("this pod's copies are not corrected in the registry yet: %s", exc)
                 break
             fixed += 1
-        if fixed:
-            log.info("corrected this pod's copies in %d registry record(s) missed while it was away", fixed)
-        return fixed
+        if rejoined or fixed or unloaded:
+            log.info(
+                "%s: corrected this pod's copies in %d registry record(s), unloaded %d duplicate(s)",
+                "rejoined the fleet" if rejoined else "the registry had missed copies held here",
+                fixed,
+                unloaded,
+            )
+        return fixed + unloaded
+
+    def _lost_here(self) -> bool:
+        """Whether the registry shows a model this pod holds without this pod's copy, while the pod
+        is in the fleet (what a pod writes before its instance record is there may be forgotten)."""
+        if self._store.instance(self.pod_id) is None:
+            return False
+        for model in self._cache.models():
+            record = self._store.model(model.model_id)
+            if record is None or not model.loaded or self._cache.loading(model.model_id):
+                continue
+            copy = record.copies.get(self.pod_id)
+            if copy is None or copy.state is not ModelState.LOADED:
+                return True
+        return False
+
+    def _surplus_here(self, record: ModelRecord, *, rejoined: bool) -> str:
+        """Why the fleet no longer needs this pod's copy of a model ("": it does).
+
+        Asked of a copy held here that the registry lost, and after rejoining the fleet of every
+        copy held here: while the registry did not show it, or showed this pod out of the fleet,
+        calls through other pods found no copy and loaded the model again. The copy yields only to
+        copies loaded after it (a lost copy: to any), so of the copies of a model one never yields.
+        """
+        model_id = record.model_id
+        mine = record.copies.get(self.pod_id)
+        if mine is not None and not rejoined:
+            return ""
+        if self._cache.loading(model_id) or self._cache.loaded(model_id) is None:
+            return ""
+        since = mine.since_ms if mine is not None else -1
+        live = self._store.instances()
+        loaded = {
+            pod: c.since_ms
+            for pod, c in record.copies.items()
+            if c.state is ModelState.LOADED
+            and c.since_ms > since
+            and pod in live
+            and not live[pod].shutting_down
+        }
+        if not loaded:
+            return ""
+        loaded[self.pod_id] = self._clock_ms()
+        traffic = {
+            pod: hot for pod in loaded if pod in live and (hot := live[pod].hot.get(model_id)) is not None
+        }
+        demand = ModelDemand(
+            model_id=model_id,
+            model_type=record.info.type,
+            size_bytes=record.size_bytes,
+            loaded=loaded,
+            rates={pod: t.rate for pod, t in traffic.items()},
+            queue_ms=max((t.queue_ms for t in traffic.values()), default=0.0),
+            min_copies=record.min_copies,
+            max_copies=record.max_copies,
+        )
+        return surplus_copy(demand, self.pod_id, self._copy_policy)
 
     def _as_cached(self, model_id: str) -> Callable[[ModelRecord], ModelRecord]:
         """The record with this pod's copy as the cache has it (read when the write is made)."""
@@ -737,7 +838,7 @@ class ModelManager:
                 why = copy.why if copy is not None else ""
                 copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, now, why)}
                 r = replace(r, copies=copies, size_bytes=model.size_bytes)
-                return r.with_event(now, self.pod_id, "recorded as loaded here after a missed registry write")
+                return r.with_event(now, self.pod_id, "recorded as loaded here again (registry missed it)")
             if copy is None:
                 return r
             dropped = _without_copy(self.pod_id)(r)

@@ -9,6 +9,7 @@ await pod.stop()           # health NOT_SERVING, drain calls, unload, close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -128,6 +129,7 @@ class Pod:
         self._background: set[asyncio.Task[Any]] = set()
         self._endpoints: dict[str, str] = {}
         self._started_ms = now_ms()
+        self._repair_now = asyncio.Event()
         self._request_rate = 0.0
         self.shutting_down = False
         self.port = 0
@@ -150,6 +152,13 @@ class Pod:
             await self._artifacts.start()
         await self.store.start()
         events = _CacheEvents(self.metrics, self._heap)
+        copy_policy = CopyPolicy(
+            up_rate=s.copy_up_rate,
+            up_queue_ms=s.copy_up_queue_ms,
+            down_rate=s.copy_down_rate,
+            cooldown_ms=int(s.copy_cooldown_s * 1000),
+            default_max=s.max_copies,
+        )
         self.cache = ModelCache(
             capacity_bytes=s.capacity_bytes,
             fetchers=self._fetchers,
@@ -167,6 +176,7 @@ class Pod:
             fetchers=self._fetchers,
             pod_id=s.pod_id,
             failure_ttl_s=s.failure_ttl_s,
+            copy_policy=copy_policy,
         )
         events.manager = self.manager
         self._events = events
@@ -212,6 +222,7 @@ class Pod:
             describe=self.describe,
             ttl_s=s.lease_ttl_s,
             min_interval_s=s.publish_interval_s,
+            on_rejoin=self._rejoined,
         )
         events.on_change = self._publisher.changed
         await self._publisher.start()
@@ -238,13 +249,7 @@ class Pod:
             preloads_per_round=s.preloads_per_round,
             load_timeout_s=s.load_timeout_s,
             copies=self.router,
-            copy_policy=CopyPolicy(
-                up_rate=s.copy_up_rate,
-                up_queue_ms=s.copy_up_queue_ms,
-                down_rate=s.copy_down_rate,
-                cooldown_ms=int(s.copy_cooldown_s * 1000),
-                default_max=s.max_copies,
-            ),
+            copy_policy=copy_policy,
             copies_per_round=s.copies_per_round,
             on_round=self.metrics.janitor_rounds.inc,
         )
@@ -407,13 +412,23 @@ class Pod:
             self._publisher.changed()
             await asyncio.sleep(1.0)
 
+    def _rejoined(self) -> None:
+        """The pod rejoined the fleet under a new lease: write its copies back now."""
+        assert self.manager is not None
+        self.manager.rejoined()
+        self._repair_now.set()
+
     async def _repair_copies(self) -> None:
-        """Each second, write what the registry missed of this pod's copies (a no-op unless a
-        write failed). Its own task: the write let through to try a silent etcd waits its timeout."""
+        """Each second, and at once on rejoining the fleet, write what the registry missed of this
+        pod's copies (a no-op unless it missed some). Its own task: the write let through to try a
+        silent etcd waits its timeout, and neither keep-alives nor calls wait for it."""
         assert self.manager is not None
         while True:
+            self._repair_now.clear()
             await self.manager.repair_copies()
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._repair_now.wait()
 
     def _devices(self) -> tuple[DeviceMemory, ...]:
         used = self.cache.used_bytes if self.cache is not None else 0

@@ -150,3 +150,31 @@ def plan_copies(
 def _coldest(loaded: Mapping[str, int], rates: Mapping[str, float]) -> str:
     """The copy serving least; on a tie the newest (then the highest pod id, for determinism)."""
     return max(loaded, key=lambda pod: (-rates.get(pod, 0.0), loaded[pod], pod))
+
+
+def surplus_copy(demand: ModelDemand, pod_id: str, policy: CopyPolicy) -> str:
+    """Why the fleet does not need ``pod_id``'s copy of the model ("": it does).
+
+    For a copy the registry did not show while its pod was cut off from it (the pod's lease ran
+    out, the janitor forgot the pod's copies), when the pod rejoins: meanwhile, seeing no copy,
+    other pods may have loaded the model again. ``plan_copies``' tests for dropping a copy, less
+    the cooldown: the cooldown gives a copy added for traffic time to take it, and neither this
+    copy nor one loaded in its place was added for traffic. ``demand.loaded`` holds ``pod_id``'s
+    copy and the copies it may yield to; ``demand.rates`` the calls each serves.
+    """
+    others = [pod for pod in demand.loaded if pod != pod_id]
+    if not others or pod_id not in demand.loaded:
+        return ""
+    wanted_max = demand.max_copies or policy.default_max
+    if len(others) >= wanted_max:
+        return f"{len(others)} other copies, its maximum is {wanted_max}"
+    if len(others) < max(demand.min_copies, 1) or demand.queue_ms > policy.up_queue_ms / 2:
+        return ""
+    total = sum(demand.rates.get(pod, 0.0) for pod in demand.loaded)
+    rest = total / len(others)
+    if rest >= policy.down_rate:
+        return ""
+    return (
+        f"loaded on {', '.join(sorted(others))} while the registry had lost this copy; "
+        f"{total:.1f} req/s would be {rest:.1f} per copy on {len(others)} < {policy.down_rate:g}"
+    )

@@ -160,6 +160,9 @@ class EtcdRegistry(Registry):
                 self._answered()
                 return bool(response.TTL > 0)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:  # expired while etcd was silent: it answers
+                self._answered()
+                return False
             self._failed(exc)
             raise self._unavailable(exc) from None
         finally:

@@ -152,6 +152,13 @@ class ModelStore:
         await self._read_key(self._key("vmodels", vmodel_id), limited=limited)
         return self._vmodels.get(vmodel_id)
 
+    async def fetch_instance(self, pod_id: str) -> InstanceRecord | None:
+        """A pod's instance record as the registry has it now (into the mirror): whether the pod is
+        live, for a decision that must not rest on a mirror that may lag. ``Unavailable`` if the
+        registry does not answer."""
+        await self._sync_key(self._key("instances", pod_id))
+        return self._instances.get(pod_id)
+
     async def read_model(self, model_id: str) -> ModelRecord | None:
         """``fetch_model``, always with a read of its own that begins now: a writer checking what
         the registry holds after its write must not take the answer of a read that began before."""

@@ -4,8 +4,10 @@ view once its lease runs out, and the calls already forwarded to it are still an
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +19,10 @@ import tritonclient.grpc as tc
 
 from mesh.edge.client import MeshClient
 from mesh.etcd_process import EtcdProcess
+from mesh.registry.etcd import prefix_end
+from mesh_proto import etcd_pb2 as pb
+from mesh_proto import etcd_pb2_grpc as pb_grpc
+from mesh_proto import model_mesh_pb2 as mm
 from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
 from tests.storage_servers import HttpFileServer, TcpRelay
 
@@ -165,3 +171,111 @@ def test_a_call_forwarded_to_a_pod_that_drops_out_of_the_registry_is_answered(
             api.close()
     finally:
         etcd.stop()
+
+
+def test_after_an_etcd_stall_longer_than_the_lease_the_registry_shows_every_live_copy(
+    tmp_path: Path, models: ModelSet
+) -> None:
+    """etcd stalls past the lease TTL: when it answers again every pod's lease has run out, its
+    instance record is gone and the janitor forgets the copies recorded for it, though the pod
+    serves them all along. Each pod rejoins with a new lease and writes back what it holds: the
+    registry shows every copy again, the models read LOADED, and calls for them load no
+    duplicates elsewhere."""
+    etcd = EtcdProcess(tmp_path / "etcd")
+    etcd.start()
+    common = {"lease_ttl_s": 2.0, "publish_interval_s": 0.2, "janitor_interval_s": 0.3}
+    names = [f"m-{i}" for i in range(6)]
+    pod_ids = ["pod-a", "pod-b", "pod-c"]
+    row = np.array([[5.1, 3.5, 1.4, 0.2]])
+    expected = joblib.load(models.sklearn).predict(row).tolist()
+    try:
+        with contextlib.ExitStack() as stack:
+            pods = [
+                stack.enter_context(
+                    PodThread(pod_settings(etcd=etcd.endpoint, pod_id=p, cache_dir=tmp_path / p, **common))
+                )
+                for p in pod_ids
+            ]
+            apis = [stack.enter_context(MeshClient(p.target, timeout_s=20)) for p in pods]
+            wait_until(lambda: len(apis[0].fleet_status().pods) == 3, within_s=10, what="a fleet of three")
+            for i, name in enumerate(names):  # each through another pod: placement spreads them
+                apis[i % 3].register(name, "sklearn", str(models.sklearn), load_now=True, sync=True)
+
+            def held() -> dict[str, set[str]]:
+                """Model -> the pods whose cache holds it loaded."""
+                holders: dict[str, set[str]] = {name: set() for name in names}
+                for pod_id, api in zip(pod_ids, apis, strict=True):
+                    for model in api.pod_status().loaded:
+                        holders[model.model_id].add(pod_id)
+                return holders
+
+            def recorded(api: MeshClient) -> dict[str, set[str]]:
+                """Model -> the pods the registry (this pod's mirror of it) shows holding it."""
+                loaded = mm.ModelStatusInfo.LOADED
+                return {
+                    name: {c.location for c in api.status(name).modelCopyInfos if c.copyStatus == loaded}
+                    for name in names
+                }
+
+            before = held()
+            assert all(len(pods) == 1 for pods in before.values()), before
+            assert len(set().union(*before.values())) >= 2, f"the models went to one pod: {before}"
+            wait_until(
+                lambda: all(recorded(api) == before for api in apis), within_s=10, what="every pod's mirror"
+            )
+
+            old_leases = set(instance_leases(etcd.endpoint).values())
+            assert etcd.process is not None
+            etcd.process.send_signal(signal.SIGSTOP)
+            try:
+                # The stall itself: past the 2 s lease, so etcd expires every pod's lease on waking.
+                time.sleep(3.5)
+            finally:
+                etcd.process.send_signal(signal.SIGCONT)
+            resumed = time.monotonic()
+
+            def whole() -> bool:
+                leases = instance_leases(etcd.endpoint)
+                new = sorted(leases) == pod_ids and not old_leases & set(leases.values())
+                return new and all(len(api.fleet_status().pods) == 3 for api in apis)
+
+            wait_until(whole, within_s=15, what="every pod rejoining the fleet under a new lease")
+            rejoined = time.monotonic()
+            wait_until(
+                lambda: all(recorded(api) == held() for api in apis),
+                within_s=10,
+                what=f"the registry showing the copies the pods hold, {held()} (pod-a: {recorded(apis[0])})",
+            )
+            now = time.monotonic()
+            print(
+                f"the registry matched the pods' caches {now - resumed:.2f}s after etcd resumed, "
+                f"{now - rejoined:.2f}s after every pod was back in the fleet"
+            )
+
+            # Calls for every model through every pod are served by the copies there are.
+            clients = [tc.InferenceServerClient(p.target) for p in pods]
+            for client in clients:
+                stack.callback(client.close)
+            tensor = tc.InferInput("input-0", [1, 4], "FP64")
+            tensor.set_data_from_numpy(row)
+            for client in clients:
+                for name in names:
+                    assert client.infer(name, [tensor]).as_numpy("predict").tolist() == expected
+            after = held()
+            assert {n: len(p) for n, p in after.items()} == {n: len(p) for n, p in before.items()}, (
+                f"copies before the stall {before}, after {after}"
+            )
+            assert all(recorded(api) == after for api in apis)
+    finally:
+        if etcd.process is not None:
+            etcd.process.send_signal(signal.SIGCONT)
+        etcd.stop()
+
+
+def instance_leases(endpoint: str) -> dict[str, int]:
+    """Pod id -> the lease its instance record lives under, read from etcd."""
+    prefix = b"/mesh/default/instances/"
+    with grpc.insecure_channel(endpoint) as channel:
+        request = pb.RangeRequest(key=prefix, range_end=prefix_end(prefix))
+        response = pb_grpc.KVStub(channel).Range(request, timeout=5)
+    return {kv.key[len(prefix) :].decode(): kv.lease for kv in response.kvs}

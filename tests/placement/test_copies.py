@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from placement.cluster import ClusterView, PodView
-from placement.copies import CopyChange, CopyPolicy, ModelDemand, plan_copies
+from placement.copies import CopyChange, CopyPolicy, ModelDemand, plan_copies, surplus_copy
 
 LABELS = frozenset({"type:sklearn"})
 POLICY = CopyPolicy(up_rate=50, up_queue_ms=20, down_rate=10, cooldown_ms=1000, default_max=3)
@@ -108,3 +108,18 @@ def test_hottest_first_within_the_limit_and_planned_room_counts() -> None:
     # taken, so its score has lost the fit bonus
     first, second = (float(c.reason.split("score ")[1].split()[0].rstrip(")")) for c in changes)
     assert [c.pod_id for c in changes] == ["b", "b"] and first - second > 1.5, changes
+
+
+def test_a_copy_the_registry_lost_and_others_replaced_goes_without_a_cooldown() -> None:
+    """Pod "a" writes back a copy the registry lost; "b" loaded the model meanwhile. Both copies
+    are younger than the cooldown (NOW), which does not hold them: the rate test decides."""
+    young = {"a": NOW, "b": NOW}
+    cold = demand(rates={"a": 2, "b": 3}, loaded=young)
+    assert "loaded on b while the registry had lost this copy" in surplus_copy(cold, "a", POLICY)
+    assert plan(cold) == []  # the cooldown holds both for the ordinary copy scaling
+    assert surplus_copy(demand(rates={"a": 8, "b": 7}, loaded=young), "a", POLICY) == ""  # 15 req/s on one
+    assert surplus_copy(demand(rates={"a": 1, "b": 1}, loaded=young, queue_ms=15), "a", POLICY) == ""
+    assert surplus_copy(demand(rates={"a": 0, "b": 0}, loaded=young, min_copies=2), "a", POLICY) == ""
+    assert surplus_copy(demand(rates={"a": 0}, loaded={"a": NOW}), "a", POLICY) == ""  # nobody else has it
+    crowded = demand(rates={"a": 90, "b": 90, "c": 90, "d": 90}, loaded=dict.fromkeys("abcd", NOW))
+    assert surplus_copy(crowded, "a", POLICY) == "3 other copies, its maximum is 3"
