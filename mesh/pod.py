@@ -372,6 +372,9 @@ class Pod:
                 self._dataplane.forget(record_id)
             if self.router is not None:
                 self.router.forget(record_id)
+            if self.cache is not None and self.cache.loaded(record_id) is not None:
+                # Through whichever pod it was unregistered, every copy is unloaded and freed.
+                self._spawn(self.cache.unload(record_id, reason="unregistered"), f"unload:{record_id}")
             return
         if kind != "instances":
             return

@@ -377,3 +377,27 @@ def test_killing_the_janitor_pod_hands_the_role_to_another_within_the_lease(flee
     wait_until(
         lambda: rounds(int(successor.removeprefix("pod-"))) >= 1, within_s=10, what="the new janitor's rounds"
     )
+
+
+def test_unregistering_through_any_pod_unloads_every_copy(fleet: LocalFleet, artifacts: list[Path]) -> None:
+    """A model unregistered through one pod is not left loaded (and counted) on the pods that held it."""
+    with MeshClient(fleet.targets[0]) as api:
+        api.register("leaving", "sklearn", str(artifacts[0]))
+    for target in fleet.targets:  # a copy wherever the calls land, and at least one
+        with tc.InferenceServerClient(target) as client:
+            infer(client, "leaving", rows(0))
+
+    def holders() -> list[int]:
+        held = []
+        for index, target in enumerate(fleet.targets):
+            with MeshClient(target) as api:
+                if any(m.model_id == "leaving" for m in api.pod_status().loaded):
+                    held.append(index)
+        return held
+
+    before = holders()
+    assert before, "the model was loaded nowhere"
+    through = next(i for i in range(len(fleet.targets)) if i != before[0])
+    with MeshClient(fleet.targets[through]) as api:
+        api.unregister("leaving")
+    wait_until(lambda: not holders(), within_s=10, what="every copy of the unregistered model unloading")
