@@ -527,6 +527,8 @@ class Router:
             other = self._shed(model_id, excluded)
             return (other, LOADED) if other is not None else (self.pod_id, LOADED)
         record = self._manager.record_any(model_id)
+        if record.blocked:  # it killed the pods that loaded it: no pod tries again
+            raise ModelLoadFailed(model_id=model_id, reason=record.blocked)
         live = self._store.instances()
         copies = {
             pod: copy.state

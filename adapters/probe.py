@@ -1,0 +1,193 @@
+"""Trial loads, in a worker process, of artifacts whose loading runs code (pickle, joblib).
+
+Unpickling runs whatever the pickle names: an artifact whose loading calls ``os._exit``,
+aborts, crashes a C extension or is killed by the OOM killer would take the pod down, and every
+model it serves with it. ``LoadProbe.check`` loads such an artifact in a worker process first:
+if the worker dies, the load fails with ``LoaderCrashed`` naming how (``exit code 3``, ``killed
+by SIGSEGV``) and the pod serves on. Only then does the pod load it itself.
+
+Workers are forked from multiprocessing's fork server, which imports the adapters once; an idle
+worker is kept for the next trial, and one that died or ran past its timeout is replaced.
+The worker answers a string (the load's error) or nothing: no object from the artifact ever
+travels back to the pod, so nothing the artifact made is unpickled here. What a trial load
+costs (about twice the load's own time, since the pod loads the artifact again) is paid once
+per artifact file: a file that passed is not tried again while its size and mtime stay.
+ONNX and TorchScript files are parsed, not executed, on load: their adapters are not probed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from adapters.artifacts import find_artifact
+from adapters.base import ModelAdapter
+from mesh.errors import LoaderCrashed, ModelLoadFailed
+
+log = logging.getLogger(__name__)
+
+PRELOAD = ("adapters.sklearn", "sklearn.linear_model")
+"""Modules the fork server imports once (sklearn's core with its most used estimators), so a worker
+starts, and a dead one is replaced, in milliseconds; other estimators' modules are imported by the
+worker on first use."""
+_STOP_S = 5.0
+
+
+class LoadProbe:
+    """Loads artifacts in worker processes before the pod does. Thread-safe: loads call ``check``
+    from the pod's load threads, at most ``workers`` at once each with its own worker."""
+
+    def __init__(self, *, workers: int) -> None:
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(list(PRELOAD))
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(workers)
+        self._passed: set[tuple[str, int, int]] = set()
+        self._stopped = False
+
+    def check(self, model_id: str, adapter: ModelAdapter, path: Path, *, timeout_s: float) -> None:
+        """Load ``path`` with ``adapter`` (the worker's own instance of it) in a worker process; blocks.
+
+        Raises:
+            LoaderCrashed: the worker died while loading it.
+            ModelLoadFailed: the load raised (its message, as a load in the pod would give it).
+            TimeoutError: no answer within ``timeout_s`` (the worker is killed).
+        """
+        artifact = find_artifact(path, adapter.suffixes)
+        stat = artifact.stat()
+        key = (str(artifact.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key in self._passed:
+            return
+        with self._slots:
+            worker = self._take(model_id)
+            try:
+                error = worker.load(adapter.model_type, path, timeout_s)
+            except _Died as died:
+                self._discard(worker)
+                reason = f"the loader process died while loading {artifact.name}: {died}"
+                raise LoaderCrashed(model_id=model_id, reason=reason) from None
+            except BaseException:
+                self._discard(worker)
+                raise
+            self._give_back(worker)
+        if error is not None:
+            raise ModelLoadFailed(model_id=model_id, reason=error)
+        self._passed.add(key)
+
+    def workers(self) -> list[int]:
+        """The pids of the worker processes alive now (idle or busy)."""
+        with self._lock:
+            return [w.pid for w in (*self._idle, *self._busy) if w.alive()]
+
+    def stop(self) -> None:
+        """End every worker (busy ones too); a later ``check`` fails. Blocks up to a few seconds."""
+        with self._lock:
+            self._stopped = True
+            workers = [*self._idle, *self._busy]
+            self._idle.clear()
+        for worker in workers:
+            worker.stop()
+
+    def _take(self, model_id: str) -> _Worker:
+        with self._lock:
+            if self._stopped:
+                raise ModelLoadFailed(model_id=model_id, reason="the pod is stopping")
+            worker = self._idle.pop() if self._idle else None
+        if worker is not None and not worker.alive():  # killed while idle
+            worker.stop()
+            worker = None
+        if worker is None:
+            worker = _Worker.start(self._context)
+        with self._lock:
+            self._busy.add(worker)
+        return worker
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            self._busy.discard(worker)
+            if not self._stopped:
+                self._idle.append(worker)
+                return
+        worker.stop()
+
+    def _discard(self, worker: _Worker) -> None:
+        with self._lock:
+            self._busy.discard(worker)
+        worker.stop()
+
+
+class _Died(Exception):
+    """The worker process died; the message says how."""
+
+
+class _Worker:
+    def __init__(self, process: BaseProcess, connection: Connection) -> None:
+        self._process = process
+        self._connection = connection
+        self.pid = process.pid or 0
+
+    @classmethod
+    def start(cls, context: multiprocessing.context.ForkServerContext) -> _Worker:
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_serve, args=(theirs,), name="mesh-load-probe", daemon=True)
+        process.start()
+        theirs.close()
+        return cls(process, ours)
+
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def load(self, model_type: str, path: Path, timeout_s: float) -> str | None:
+        """The load's error, or None; raises ``_Died`` or ``TimeoutError``."""
+        try:
+            self._connection.send((model_type, str(path)))
+            if self._connection.poll(max(timeout_s, 0.0)):
+                answer: str | None = self._connection.recv()
+                return answer
+        except (EOFError, OSError):
+            self._process.join(_STOP_S)
+            raise _Died(self._death()) from None
+        raise TimeoutError(f"no answer from the loader process within {timeout_s:g}s")
+
+    def _death(self) -> str:
+        code = self._process.exitcode
+        if code is None:
+            return "its connection closed"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def stop(self) -> None:
+        self._connection.close()  # an idle worker reads EOF and exits
+        self._process.join(0.5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(_STOP_S)
+
+
+def _serve(connection: Connection) -> None:
+    """The worker: load what the pod sends, answer the error text or None, until the pod hangs up."""
+    from adapters import adapter_for
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pod decides when its workers end
+    while True:
+        try:
+            model_type, path = connection.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            adapter_for(model_type).load(Path(path))
+            answer = None
+        except Exception as exc:  # the error's text only: objects from the artifact stay here
+            answer = f"{type(exc).__name__}: {exc}"
+        connection.send(answer)
