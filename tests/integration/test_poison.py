@@ -16,6 +16,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
@@ -24,6 +25,7 @@ from mesh import samples
 from mesh.edge.client import MeshClient
 from mesh.etcd_process import EtcdProcess
 from mesh.fleet import LocalFleet
+from mesh.launcher import spawn_pod
 from mesh.management import now_ms
 from mesh.records import CopyRecord, ModelRecord, ModelState
 from mesh_proto import model_mesh_pb2 as mm
@@ -149,3 +151,27 @@ def test_a_pod_restarted_with_its_id_counts_the_load_its_last_life_died_in(
         assert record is not None and "pod-b" not in record.copies
         assert [c.what for c in record.crashes] == ["pod pod-b died while loading it"]
         assert api.status("m").errors == ["pod-b: pod pod-b died while loading it"]
+
+
+def test_trial_load_workers_end_with_their_pod(tmp_path: Path, models: ModelSet) -> None:
+    with PodThread(pod_settings()) as pod:
+        MeshClient(pod.target).register("m", "sklearn", str(models.sklearn), load_now=True, sync=True)
+        assert pod.pod.probe is not None
+        workers = [psutil.Process(pid) for pid in pod.pod.probe.workers()]
+        assert len(workers) == 1
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+    process, target = spawn_pod(tmp_path, "--metrics-port", "-1", "--capacity", "64MiB")
+    try:
+        MeshClient(target).register("m", "sklearn", str(models.sklearn), load_now=True, sync=True)
+        children = psutil.Process(process.pid).children(recursive=True)
+        # The fork server, its worker, and multiprocessing's resource tracker.
+        assert len(children) == 3, [c.cmdline() for c in children]
+    finally:
+        process.kill()  # no goodbye: the fork server and the worker see their pipes close
+        process.wait()
+    wait_until(
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        within_s=10,
+        what="the killed pod's fork server and worker ending",
+    )
