@@ -607,6 +607,24 @@ class ModelManager:
             for pod, c in record.copies.items()
         )
 
+    async def clear_failures(self, model_id: str) -> ModelRecord:
+        """Forget the model's load failures and deaths while loading it, lifting its block (an
+        operator's call: the next call may load it again). Returns the record as it was."""
+        if await self.fresh_model(model_id) is None:
+            raise ModelNotFound(model_id=model_id)
+        before: list[ModelRecord] = []
+
+        def change(r: ModelRecord) -> ModelRecord:
+            before[:] = [r]
+            r = replace(r, failures={}, crashes=(), blocked="")
+            return r.with_event(self._clock_ms(), self.pod_id, "load failures cleared by an operator")
+
+        await self._store.update_model(model_id, change)
+        if not before:
+            raise ModelNotFound(model_id=model_id)
+        log.info("load failures of %s cleared (%d deaths while loading it)", model_id, len(before[0].crashes))
+        return before[0]
+
     # fleet hygiene
 
     async def forget_pod(self, pod_id: str) -> int:

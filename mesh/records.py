@@ -89,7 +89,8 @@ class ModelRecord:
     pod's loader process that died trying it. They do not expire."""
     blocked: str = ""
     """Why no pod may load or serve the model (set after too many ``crashes``; empty: none). It does
-    not expire: it goes when the model is registered again or an operator clears it."""
+    not expire: it goes when the model is registered again or an operator clears it
+    (``ModelManager.clear_failures``)."""
 
     def with_event(self, time_ms: int, pod_id: str, what: str) -> ModelRecord:
         return replace(self, history=(*self.history, ModelEvent(time_ms, pod_id, what))[-HISTORY:])
@@ -105,7 +106,8 @@ class ModelRecord:
         deaths = "; ".join(f"{c.pod_id}: {c.what}" for c in crashes[-limit:])
         return replace(
             record,
-            blocked=f"pods died loading it ({deaths}); no pod loads it again until it is registered again",
+            blocked=f"pods died loading it ({deaths}); no pod loads it again until it is registered "
+            "again or an operator clears it (mesh clear)",
         )
 
     def state(self, *, now_ms: int, failure_ttl_ms: int) -> ModelState:

@@ -8,6 +8,9 @@ crash, no pod tries it again, and another model answers through every pod all al
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -133,6 +136,21 @@ def test_pods_that_die_loading_a_model_block_it_until_it_is_registered_again(
         api.mm.ensureLoaded(mm.EnsureLoadedRequest(modelId="m", sync=True), timeout=30)
         assert "pods died loading it" in _refused(pod.target, "m")
 
+        cleared = subprocess.run(
+            [sys.executable, "-m", "mesh.cli", "clear", "m", "--target", pod.target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cleared.returncode == 0, cleared.stderr
+        forgotten = r"m: blocked, 2 crash\(es\) and [0-2] load failure\(s\) forgotten; it may load again\n"
+        assert re.fullmatch(forgotten, cleared.stdout), cleared.stdout
+        assert api.status("m").errors == []
+        assert infer(pod.target, "m") == expected
+
+        _claim(pod, "m", "gone-3")  # blocked again, and cleared by registering it again
+        _claim(pod, "m", "gone-4")
+        wait_until(lambda: bool(api.status("m").errors), within_s=10, what="the model blocked again")
         api.unregister("m")
         api.register("m", "sklearn", str(models.sklearn))
         assert infer(pod.target, "m") == expected

@@ -95,7 +95,8 @@ async def test_the_limit_th_crash_blocks_the_model_past_its_failures_ttl(member:
     record = _record(member)
     assert record.blocked == (
         "pods died loading it (pod-a: the loader process died: exit code 3; "
-        "gone-1: pod gone-1 died while loading it); no pod loads it again until it is registered again"
+        "gone-1: pod gone-1 died while loading it); no pod loads it again until it is registered again "
+        "or an operator clears it (mesh clear)"
     )
     member.clock.now_ms += int(TTL_S * 1000) * 10
     status = member.manager.status("m")
