@@ -8,8 +8,9 @@ by SIGSEGV``) and the pod serves on. Only then does the pod load it itself.
 
 Workers are forked from multiprocessing's fork server, which imports the adapters once; an idle
 worker is kept for the next trial, and one that died or ran past its timeout is replaced.
-The worker answers a string (the load's error) or nothing: no object from the artifact ever
-travels back to the pod, so nothing the artifact made is unpickled here. What a trial load
+The worker answers in plain bytes (the load's error text, or nothing): the pod unpickles nothing
+the worker sends, so nothing the artifact made there is unpickled in the pod. A worker that dies
+before it is ready says nothing about the artifact: that is ``Unavailable``, not a crash. What a trial load
 costs (about twice the load's own time, since the pod loads the artifact again) is paid once
 per artifact file: a file that passed is not tried again while its size and mtime stay.
 ONNX and TorchScript files are parsed, not executed, on load: their adapters are not probed.
@@ -17,6 +18,7 @@ ONNX and TorchScript files are parsed, not executed, on load: their adapters are
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import signal
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from adapters.artifacts import find_artifact
 from adapters.base import ModelAdapter
-from mesh.errors import LoaderCrashed, ModelLoadFailed
+from mesh.errors import LoaderCrashed, ModelLoadFailed, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,11 @@ PRELOAD = ("adapters.sklearn", "sklearn.linear_model")
 starts, and a dead one is replaced, in milliseconds; other estimators' modules are imported by the
 worker on first use."""
 _STOP_S = 5.0
+_START_S = 60.0
+"""How long a new worker may take to say it is ready (the first also starts the fork server)."""
+_READY = b"ready"
+_MAX_ERROR = 4000
+"""Characters of a load's error text a worker sends back."""
 
 
 class LoadProbe:
@@ -59,6 +66,7 @@ class LoadProbe:
             LoaderCrashed: the worker died while loading it.
             ModelLoadFailed: the load raised (its message, as a load in the pod would give it).
             TimeoutError: no answer within ``timeout_s`` (the worker is killed).
+            Unavailable: no worker process could be started (nothing is known of the artifact).
         """
         artifact = find_artifact(path, adapter.suffixes)
         stat = artifact.stat()
@@ -135,11 +143,19 @@ class _Worker:
 
     @classmethod
     def start(cls, context: multiprocessing.context.ForkServerContext) -> _Worker:
+        """A new worker, once it said it is ready; ``Unavailable`` if it did not."""
         ours, theirs = context.Pipe()
         process = context.Process(target=_serve, args=(theirs,), name="mesh-load-probe", daemon=True)
         process.start()
         theirs.close()
-        return cls(process, ours)
+        worker = cls(process, ours)
+        try:
+            if ours.poll(_START_S) and ours.recv_bytes(len(_READY)) == _READY:
+                return worker
+        except (EOFError, OSError):
+            pass
+        worker.stop()
+        raise Unavailable(f"the loader process could not start: {worker._death()}")
 
     def alive(self) -> bool:
         return self._process.is_alive()
@@ -147,10 +163,10 @@ class _Worker:
     def load(self, model_type: str, path: Path, timeout_s: float) -> str | None:
         """The load's error, or None; raises ``_Died`` or ``TimeoutError``."""
         try:
-            self._connection.send((model_type, str(path)))
+            self._connection.send_bytes(json.dumps([model_type, str(path)]).encode())
             if self._connection.poll(max(timeout_s, 0.0)):
-                answer: str | None = self._connection.recv()
-                return answer
+                answer = self._connection.recv_bytes(4 * _MAX_ERROR)
+                return answer.decode("utf-8", "replace") if answer else None
         except (EOFError, OSError):
             self._process.join(_STOP_S)
             raise _Died(self._death()) from None
@@ -180,14 +196,15 @@ def _serve(connection: Connection) -> None:
     from adapters import adapter_for
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pod decides when its workers end
+    connection.send_bytes(_READY)
     while True:
         try:
-            model_type, path = connection.recv()
+            model_type, path = json.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return
         try:
             adapter_for(model_type).load(Path(path))
-            answer = None
+            answer = b""
         except Exception as exc:  # the error's text only: objects from the artifact stay here
-            answer = f"{type(exc).__name__}: {exc}"
-        connection.send(answer)
+            answer = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR].encode("utf-8", "replace")
+        connection.send_bytes(answer)

@@ -637,9 +637,13 @@ class ModelManager:
         """
         changed = 0
         for record in self._store.models():
-            if pod_id in record.copies:
-                await self._update_quietly(record.model_id, self._died_holding(pod_id))
-                changed += 1
+            copy = record.copies.get(pod_id)
+            if copy is None:
+                continue
+            if copy.state is ModelState.LOADING:
+                log.warning("pod %s died while loading %s: a crash of the model", pod_id, record.model_id)
+            await self._update_quietly(record.model_id, self._died_holding(pod_id))
+            changed += 1
         return changed
 
     def _died_holding(self, pod_id: str) -> Callable[[ModelRecord], ModelRecord]:
@@ -648,7 +652,6 @@ class ModelManager:
             r = _without_copy(pod_id)(r)
             if copy is None or copy.state is not ModelState.LOADING:
                 return r
-            log.warning("pod %s died while loading %s: counted against the model", pod_id, r.model_id)
             what = f"pod {pod_id} died while loading it"
             return r.with_crash(self._clock_ms(), pod_id, what, limit=self._max_load_crashes)
 
