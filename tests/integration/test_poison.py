@@ -87,6 +87,48 @@ def test_a_poison_pickle_kills_no_pod_and_fails_fleet_wide(fleet: LocalFleet, tm
     assert 2 <= len(trials) <= 3, [e.what for e in detail.history]  # none after the model was blocked
 
 
+def test_without_trial_loads_two_pods_die_at_most_and_the_model_fails_fleet_wide(
+    tmp_path: Path, etcd: EtcdProcess
+) -> None:
+    """The registry's own defence, for a poison no trial load catches: each pod that dies loading
+    the model counts once its lease ends, no other pod loads it while a load of it is in doubt,
+    and the second death blocks it."""
+    env = ENV | {"MESH_NAMESPACE": f"poison-{uuid.uuid4().hex[:8]}", "MESH_PROBE_LOADS": "false"}
+    with LocalFleet(tmp_path, pods=3, capacity="64MiB", etcd=etcd.endpoint, env=env) as fleet:
+        poison = samples.poison_pickle(tmp_path / "poison", exit_code=3)
+        good = samples.sklearn_classifier(tmp_path / "good")
+        with MeshClient(fleet.targets[0]) as api:
+            api.register("poison", "sklearn", str(poison))
+            api.register("good", "sklearn", str(good))
+        expected = infer(fleet.targets[0], "good")
+
+        def alive() -> list[int]:
+            return [i for i, p in enumerate(fleet.processes) if p is not None and p.poll() is None]
+
+        codes: list[str] = []
+        deadline = time.monotonic() + 30
+        while not codes or codes[-1] != "StatusCode.FAILED_PRECONDITION":
+            assert time.monotonic() < deadline, f"no FAILED_PRECONDITION within 30 s: {codes}"
+            survivors = alive()
+            assert len(survivors) >= 1, codes
+            with pytest.raises(InferenceServerException) as refused:
+                infer(fleet.targets[survivors[len(codes) % len(survivors)]], "poison")
+            codes.append(str(refused.value.status()))
+            assert codes[-1] in ("StatusCode.UNAVAILABLE", "StatusCode.FAILED_PRECONDITION"), refused.value
+            time.sleep(0.1)  # the scenario: a client that retries a retryable answer
+        survivors = alive()
+        assert len(survivors) >= 1
+        for index in survivors:  # however often it is called now, nobody else dies
+            assert "pods died loading it" in _refused(fleet.targets[index], "poison")
+            assert infer(fleet.targets[index], "good") == expected
+        assert alive() == survivors
+        with MeshClient(fleet.targets[survivors[0]]) as api:
+            status = api.status("poison")
+        assert status.status == mm.ModelStatusInfo.LOADING_FAILED
+        assert status.errors[0].startswith("pods died loading it (pod-")
+        assert status.errors[0].count("died while loading it") == 2
+
+
 def _claim(pod: PodThread, model_id: str, dead_pod: str) -> None:
     """Record ``dead_pod`` as loading ``model_id``, as a pod that died mid-load leaves it."""
 
