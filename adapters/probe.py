@@ -4,7 +4,10 @@ Unpickling runs whatever the pickle names: an artifact whose loading calls ``os.
 aborts, crashes a C extension or is killed by the OOM killer would take the pod down, and every
 model it serves with it. ``LoadProbe.check`` loads such an artifact in a worker process first:
 if the worker dies, the load fails with ``LoaderCrashed`` naming how (``exit code 3``, ``killed
-by SIGSEGV``) and the pod serves on. Only then does the pod load it itself.
+by SIGSEGV``) and the pod serves on. Only then does the pod load it itself. The worker also runs
+the loaded model once on a row of zeros (when its signature gives every input's shape): a model
+whose every call kills its process fails the same way. An error from that call is ignored (zeros
+may be no valid input); only a death counts. A model that dies only on some inputs is not caught.
 
 Workers are forked from multiprocessing's fork server, which imports the adapters once; an idle
 worker is kept for the next trial, and one that died or ran past its timeout is replaced.
@@ -18,17 +21,22 @@ ONNX and TorchScript files are parsed, not executed, on load: their adapters are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+import numpy as np
+
 from adapters.artifacts import find_artifact
-from adapters.base import ModelAdapter
+from adapters.base import LoadedModel, ModelAdapter
+from adapters.datatypes import V2_TO_NUMPY
 from mesh.errors import LoaderCrashed, ModelLoadFailed, Unavailable
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,8 @@ _STOP_S = 5.0
 _START_S = 60.0
 """How long a new worker may take to say it is ready (the first also starts the fork server)."""
 _READY = b"ready"
+_LOADED = b"+"
+"""A worker's first answer when the load worked; its second follows the trial call."""
 _MAX_ERROR = 4000
 """Characters of a load's error text a worker sends back."""
 
@@ -79,7 +89,10 @@ class LoadProbe:
                 error = worker.load(adapter.model_type, path, timeout_s)
             except _Died as died:
                 self._discard(worker)
-                reason = f"the loader process died while loading {artifact.name}: {died}"
+                doing = (
+                    f"running {artifact.name} once on zeros" if died.loaded else f"loading {artifact.name}"
+                )
+                reason = f"the loader process died while {doing}: {died}"
                 raise LoaderCrashed(model_id=model_id, reason=reason) from None
             except BaseException:
                 self._discard(worker)
@@ -132,7 +145,11 @@ class LoadProbe:
 
 
 class _Died(Exception):
-    """The worker process died; the message says how."""
+    """The worker process died; the message says how. ``loaded``: after the load, in the trial call."""
+
+    def __init__(self, how: str, *, loaded: bool) -> None:
+        super().__init__(how)
+        self.loaded = loaded
 
 
 class _Worker:
@@ -162,14 +179,19 @@ class _Worker:
 
     def load(self, model_type: str, path: Path, timeout_s: float) -> str | None:
         """The load's error, or None; raises ``_Died`` or ``TimeoutError``."""
+        deadline = time.monotonic() + timeout_s
+        loaded = False
         try:
             self._connection.send_bytes(json.dumps([model_type, str(path)]).encode())
-            if self._connection.poll(max(timeout_s, 0.0)):
+            while self._connection.poll(max(deadline - time.monotonic(), 0.0)):
                 answer = self._connection.recv_bytes(4 * _MAX_ERROR)
+                if answer == _LOADED:
+                    loaded = True
+                    continue
                 return answer.decode("utf-8", "replace") if answer else None
         except (EOFError, OSError):
             self._process.join(_STOP_S)
-            raise _Died(self._death()) from None
+            raise _Died(self._death(), loaded=loaded) from None
         raise TimeoutError(f"no answer from the loader process within {timeout_s:g}s")
 
     def _death(self) -> str:
@@ -203,8 +225,25 @@ def _serve(connection: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            adapter_for(model_type).load(Path(path))
-            answer = b""
+            model = adapter_for(model_type).load(Path(path))
         except Exception as exc:  # the error's text only: objects from the artifact stay here
-            answer = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR].encode("utf-8", "replace")
-        connection.send_bytes(answer)
+            connection.send_bytes(f"{type(exc).__name__}: {exc}"[:_MAX_ERROR].encode("utf-8", "replace"))
+            continue
+        connection.send_bytes(_LOADED)
+        zeros = _zeros(model)
+        if zeros is not None:
+            with contextlib.suppress(Exception):  # zeros may be no valid input: only a death counts
+                model.infer(zeros, ())
+        del model
+        connection.send_bytes(b"")
+
+
+def _zeros(model: LoadedModel) -> dict[str, np.ndarray] | None:
+    """One row of zeros per input, when the signature gives every input's shape and a numeric type."""
+    inputs = {}
+    for spec in model.signature.inputs:
+        if spec.shape is None or spec.datatype not in V2_TO_NUMPY or spec.datatype == "BYTES":
+            return None
+        shape = tuple(1 if size < 0 else size for size in spec.shape)
+        inputs[spec.name] = np.zeros(shape, dtype=V2_TO_NUMPY[spec.datatype])
+    return inputs or None

@@ -118,3 +118,13 @@ def test_stop_ends_every_worker(tmp_path: Path) -> None:
     assert not _alive(worker)
     with pytest.raises(ModelLoadFailed, match="stopping"):
         probe.check("n", adapter_for("sklearn"), samples.sklearn_classifier(tmp_path / "n"), timeout_s=60)
+
+
+def test_a_model_whose_calls_kill_their_process_fails_its_trial_call(
+    probe: LoadProbe, tmp_path: Path
+) -> None:
+    path = samples.poison_estimator(tmp_path / "calls", exit_code=5)
+    with pytest.raises(LoaderCrashed) as failed:
+        probe.check("calls", adapter_for("sklearn"), path, timeout_s=60)
+    died = "the loader process died while running model.joblib once on zeros: exit code 5"
+    assert failed.value.reason == died

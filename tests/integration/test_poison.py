@@ -60,18 +60,22 @@ def infer(target: str, model_id: str) -> list[int]:
 
 def test_a_poison_pickle_kills_no_pod_and_fails_fleet_wide(fleet: LocalFleet, tmp_path: Path) -> None:
     poison = samples.poison_pickle(tmp_path / "poison", exit_code=3)
+    deadly_calls = samples.poison_estimator(tmp_path / "calls", exit_code=5)
     good = samples.sklearn_classifier(tmp_path / "good")
     with MeshClient(fleet.targets[0]) as api:
         api.register("poison", "sklearn", str(poison))
+        api.register("deadly-calls", "sklearn", str(deadly_calls))
         api.register("good", "sklearn", str(good))
     expected = infer(fleet.targets[0], "good")
 
     for round_ in range(3):  # past the failure TTL too: a crash does not expire
         for index, target in enumerate(fleet.targets):
-            with pytest.raises(InferenceServerException) as refused:
-                infer(target, "poison")
-            assert refused.value.status() == "StatusCode.FAILED_PRECONDITION", (round_, index, refused.value)
-            assert "exit code 3" in str(refused.value) or "pods died loading it" in str(refused.value)
+            for model_id, code in (("poison", 3), ("deadly-calls", 5)):
+                with pytest.raises(InferenceServerException) as refused:
+                    infer(target, model_id)
+                where = (round_, index, model_id, refused.value)
+                assert refused.value.status() == "StatusCode.FAILED_PRECONDITION", where
+                assert f"exit code {code}" in str(refused.value)
             assert infer(target, "good") == expected
         dead = [i for i, p in enumerate(fleet.processes) if p is None or p.poll() is not None]
         assert dead == [], f"pods {dead} died"
@@ -85,6 +89,10 @@ def test_a_poison_pickle_kills_no_pod_and_fails_fleet_wide(fleet: LocalFleet, tm
     assert "the loader process died while loading model.joblib: exit code 3" in status.errors[0]
     trials = [e for e in detail.history if "loader process died" in e.what]
     assert 2 <= len(trials) <= 3, [e.what for e in detail.history]  # none after the model was blocked
+    with MeshClient(fleet.targets[2]) as api:
+        status = api.status("deadly-calls")
+    assert status.status == mm.ModelStatusInfo.LOADING_FAILED
+    assert "the loader process died while running model.joblib once on zeros: exit code 5" in status.errors[0]
 
 
 def test_without_trial_loads_two_pods_die_at_most_and_the_model_fails_fleet_wide(
