@@ -10,13 +10,15 @@ whose every call kills its process fails the same way. An error from that call i
 may be no valid input); only a death counts. A model that dies only on some inputs is not caught.
 
 Workers are forked from multiprocessing's fork server, which imports the adapters once; an idle
-worker is kept for the next trial, and one that died or ran past its timeout is replaced.
+worker is kept for the next trial, and one that died or ran past its timeout is replaced. (The fork
+server imports the program's main module, as multiprocessing does: a program that runs a pod must
+guard its entry point with ``if __name__ == "__main__"``; ``mesh serve`` and pytest do.)
+
 The worker answers in plain bytes (the load's error text, or nothing): the pod unpickles nothing
-the worker sends, so nothing the artifact made there is unpickled in the pod. A worker that dies
-before it is ready says nothing about the artifact: that is ``Unavailable``, not a crash. What a trial load
-costs (about twice the load's own time, since the pod loads the artifact again) is paid once
-per artifact file: a file that passed is not tried again while its size and mtime stay.
-ONNX and TorchScript files are parsed, not executed, on load: their adapters are not probed.
+the worker sends. A worker that dies before it is ready says nothing about the artifact: that is
+``Unavailable``, not a crash. A trial costs about the load's own time again, paid once per artifact
+file: a file that passed is not tried again while its size and mtime stay. ONNX and TorchScript
+files are parsed, not executed, on load: their adapters are not tried first.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class LoadProbe:
             try:
                 error = worker.load(adapter.model_type, path, timeout_s)
             except _Died as died:
+                log.warning("the loader process died trying %s (%s): %s", model_id, artifact.name, died)
                 self._discard(worker)
                 doing = (
                     f"running {artifact.name} once on zeros" if died.loaded else f"loading {artifact.name}"
