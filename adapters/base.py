@@ -50,6 +50,10 @@ class ModelAdapter(ABC):
     # In-memory bytes per artifact byte before any load was measured, and a fixed overhead.
     size_factor: ClassVar[float] = 1.5
     size_overhead: ClassVar[int] = 64 * 1024
+    runs_code_on_load: ClassVar[bool] = False
+    """True for formats whose loading runs code from the artifact (pickle): the pod loads such an
+    artifact in a worker process first (``adapters.probe``), so one that kills its loader does not
+    kill the pod."""
 
     def predict_size(self, path: Path) -> int:
         """A conservative estimate of the loaded size, from the artifact's size alone."""

@@ -45,6 +45,7 @@ class SklearnAdapter(ModelAdapter):
     model_type = "sklearn"
     suffixes = (".joblib", ".pkl", ".pickle")
     size_factor = 1.2
+    runs_code_on_load = True  # unpickling runs whatever the pickle names
 
     def load(self, path: Path) -> SklearnModel:
         artifact = find_artifact(path, self.suffixes)

@@ -7,6 +7,9 @@ Invariants:
 - A model serving a request (``in_use`` > 0) or loading is never evicted.
 - Concurrent requests for one unloaded model share one load.
 - At most ``load_concurrency`` loads run at once; each has a timeout.
+- An artifact whose loading runs code (pickle) is loaded in a worker process first
+  (``Probe``), within the load's timeout and before room is made for it; the worker's
+  memory is not counted in ``used_bytes``.
 
 The cache knows nothing of the registry: it reports loads, failures and evictions
 to a ``CacheListener``.
@@ -48,6 +51,12 @@ _RELOADS = 3
 Admit = Callable[[ModelRecord, int], Awaitable[None]]
 """Called before a load reserves room, with the record and predicted size; may make room elsewhere
 (a tenant over its cap unloads its own models) or refuse with ``QuotaExceeded``."""
+
+
+class Probe(Protocol):
+    """Loads an artifact in a worker process before the pod does (``adapters.probe.LoadProbe``)."""
+
+    def check(self, model_id: str, adapter: ModelAdapter, path: Path, *, timeout_s: float) -> None: ...
 
 
 class CacheListener(Protocol):
@@ -116,6 +125,7 @@ class ModelCache:
         eviction_policy: EvictionPolicy = EvictionPolicy.GDSF,
         admit: Admit | None = None,
         held_elsewhere: Callable[[list[str]], set[str]] | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.capacity_bytes = capacity_bytes
         self._fetchers = fetchers
@@ -135,6 +145,8 @@ class ModelCache:
         self._admit = admit
         self._held_elsewhere = held_elsewhere
         """Which of the given models other live pods hold too (their copies here go first)."""
+        self._probe = probe
+        """Tries artifacts whose loading runs code (``runs_code_on_load``) outside the pod first."""
         self._inflation = 0.0
         """GDSF's L: the highest priority evicted so far."""
 
@@ -237,9 +249,16 @@ class ModelCache:
         await self._release(entry, evicted=False, reason=reason)
         return True
 
-    async def close(self) -> None:
-        for task in list(self._loads.values()):
+    async def cancel_loads(self) -> None:
+        """Cancel the loads in flight and wait until each has dropped its claim (the pod is stopping:
+        a claim left LOADING would count as a crash against its model)."""
+        tasks = list(self._loads.values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.cancel_loads()
         for model_id in list(self._entries):
             entry = self._entries.pop(model_id)
             if entry.model is not None:
@@ -303,6 +322,9 @@ class ModelCache:
             except (QuotaExceeded, Busy) as exc:  # refused for now, not failed: no failure record
                 await self._listener.refused(model_id, exc)
                 raise
+            except asyncio.CancelledError:  # the pod is stopping: not the model's fault
+                await self._listener.refused(model_id, Unavailable("the pod is stopping"))
+                raise
             except MeshError as exc:
                 await self._listener.failed(model_id, exc)
                 raise
@@ -348,9 +370,11 @@ class ModelCache:
             size = max(raw, record.size_bytes)
             raise CapacityExceeded(model_id=model_id, size_bytes=size, capacity_bytes=self.capacity_bytes)
         predicted = min(max(predicted, record.size_bytes), self.capacity_bytes)
+        deadline = self._clock() + self._load_timeout_s
+        if self._probe is not None and adapter.runs_code_on_load:
+            await self._try_outside(model_id, adapter, path, deadline)
         if self._admit is not None:
             await self._admit(record, predicted)
-        deadline = self._clock() + self._load_timeout_s
         entry = await self._reserve(model_id, predicted, deadline)
         try:
             started = self._clock()
@@ -359,9 +383,7 @@ class ModelCache:
             entry.load_ms = (self._clock() - started) * 1000
         except TimeoutError:
             self._drop(entry)
-            raise Unavailable(
-                f"loading model {model_id!r} timed out after {self._load_timeout_s:g}s", model_id=model_id
-            ) from None
+            raise self._timed_out(model_id) from None
         except BaseException:
             self._drop(entry)
             raise
@@ -372,6 +394,22 @@ class ModelCache:
             await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)
             raise
         return entry
+
+    async def _try_outside(self, model_id: str, adapter: ModelAdapter, path: Path, deadline: float) -> None:
+        """Load the artifact in a worker process first: one that kills its loader fails here
+        (``LoaderCrashed``) instead of killing the pod. Before any room is made for it."""
+        assert self._probe is not None
+        check = functools.partial(
+            self._probe.check, model_id, adapter, path, timeout_s=max(deadline - self._clock(), 0.001)
+        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, check)
+        except TimeoutError:
+            raise self._timed_out(model_id) from None
+
+    def _timed_out(self, model_id: str) -> Unavailable:
+        message = f"loading model {model_id!r} timed out after {self._load_timeout_s:g}s"
+        return Unavailable(message, model_id=model_id)
 
     async def _reserve(self, model_id: str, size: int, deadline: float) -> _Entry:
         """Evict idle models until ``size`` fits, then hold the space; waits for busy models."""

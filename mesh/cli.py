@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     unregister = with_target(commands.add_parser("unregister", help="unregister a model"))
     unregister.add_argument("model_id")
 
+    clear = with_target(
+        commands.add_parser("clear", help="forget a model's load failures and crashes: it may load again")
+    )
+    clear.add_argument("model_id")
+
     status = with_target(
         commands.add_parser("status", help="a model's copies, placement and history; or the fleet's")
     )
@@ -187,6 +192,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "unregister":
             client.unregister(args.model_id)
             print(f"unregistered {args.model_id}")
+        elif args.command == "clear":
+            cleared = client.clear_failures(args.model_id)
+            was = "blocked, " if cleared.blocked else ""
+            print(
+                f"{args.model_id}: {was}{cleared.crashes} crash(es) and {cleared.failures} load failure(s) "
+                "forgotten; it may load again"
+            )
         elif args.command == "status":
             if args.model_id:
                 _print_detail(client.describe(args.model_id))

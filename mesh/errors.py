@@ -13,6 +13,7 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     ├── AlreadyExists           ALREADY_EXISTS     re-registration with other info
     ├── FailedPrecondition      FAILED_PRECONDITION
     │   ├── ModelLoadFailed                        the model's last load failed
+    │   │   └── LoaderCrashed                      the process loading it died
     │   ├── ArtifactNotFound                       nothing at the model's path
     │   ├── ArtifactAccessDenied                   storage refused our credentials
     │   ├── ArtifactCorrupt                        a download failed its checksum
@@ -102,6 +103,11 @@ class ModelLoadFailed(FailedPrecondition):
         super().__init__(f"model {model_id!r} failed to load: {reason}", model_id=model_id, reason=reason)
         self.model_id = model_id
         self.reason = reason
+
+
+class LoaderCrashed(ModelLoadFailed):
+    """The process loading the model died (an exit, a signal): the artifact kills whoever loads
+    it. It counts against the model as a pod that died loading it does (``ModelRecord.crashes``)."""
 
 
 class ArtifactNotFound(FailedPrecondition):

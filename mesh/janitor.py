@@ -7,7 +7,8 @@ it: a hand-over within one lease TTL plus one round.
 
 Each round the leader:
 
-1. removes copies recorded for pods whose instance record (lease) is gone;
+1. removes copies recorded for pods whose instance record (lease) is gone; a copy such a
+   pod left LOADING counts against the model as a crash, and enough crashes block it;
 2. removes load-failure records older than the failure TTL, so those models read as
    not loaded again and load on the next call or pre-load;
 3. pre-loads models that were evicted while in use and have no copy now into idle
@@ -173,6 +174,7 @@ class Janitor:
                 c.state in (ModelState.LOADED, ModelState.LOADING) and p in live for p, c in r.copies.items()
             )
             and not r.failures
+            and not r.blocked
             and r.last_used_ms  # evicted while in use; never one unloaded on request or never loaded
         ]
         for model_id, pod_id in choose_preloads(self._view(), candidates, limit=self._preloads):
@@ -202,6 +204,8 @@ class Janitor:
             loaded = {
                 p: c.since_ms for p, c in r.copies.items() if c.state is ModelState.LOADED and p in live
             }
+            if r.blocked:
+                continue  # it killed pods that loaded it: never a new copy
             if not loaded or (len(loaded) == 1 and r.model_id not in rates and r.min_copies <= 1):
                 continue  # not loaded, or one idle copy of a model that wants no more: nothing to decide
             demands.append(

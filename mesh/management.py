@@ -24,6 +24,7 @@ from mesh.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidInput,
+    LoaderCrashed,
     MeshError,
     ModelInUse,
     ModelLoadFailed,
@@ -129,6 +130,7 @@ class ModelManager:
         fetchers: FetcherTable,
         pod_id: str,
         failure_ttl_s: float,
+        max_load_crashes: int = 2,
         clock_ms: Callable[[], int] = now_ms,
         copy_policy: CopyPolicy | None = None,
     ) -> None:
@@ -137,6 +139,8 @@ class ModelManager:
         self._fetchers = fetchers
         self.pod_id = pod_id
         self._failure_ttl_ms = int(failure_ttl_s * 1000)
+        self._max_load_crashes = max_load_crashes
+        """Deaths while loading a model (pods, or their loader processes) that block it fleet-wide."""
         self._clock_ms = clock_ms
         self._tasks: set[asyncio.Task[None]] = set()
         self._loader: Callable[[str], Awaitable[None]] = self.load_here
@@ -206,6 +210,8 @@ class ModelManager:
         state = record.state(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
         failures = record.recent_failures(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
         errors = [f"{pod}: {failure.reason}" for pod, failure in sorted(failures.items())]
+        if record.blocked:
+            errors.insert(0, record.blocked)
         copies = [CopyStatus(pod, copy.state, copy.since_ms) for pod, copy in record.copies.items()]
         copies += [
             CopyStatus(pod, ModelState.LOADING_FAILED, f.time_ms)
@@ -293,10 +299,13 @@ class ModelManager:
         return self._store.vmodels()
 
     def record(self, model_id: str) -> ModelRecord:
-        """The model's record, or ``ModelNotFound``; a recent failure here is ``ModelLoadFailed``."""
+        """The model's record, or ``ModelNotFound``; a recent failure here, or a model blocked for
+        killing the pods that loaded it, is ``ModelLoadFailed``."""
         record = self._store.model(model_id)
         if record is None:
             raise ModelNotFound(model_id=model_id)
+        if record.blocked:
+            raise ModelLoadFailed(model_id=model_id, reason=record.blocked)
         failure = record.failures.get(self.pod_id)  # on every call: no copy of the failures
         if (
             failure is not None
@@ -603,26 +612,62 @@ class ModelManager:
             for pod, c in record.copies.items()
         )
 
+    async def clear_failures(self, model_id: str) -> ModelRecord:
+        """Forget the model's load failures and deaths while loading it, lifting its block (an
+        operator's call: the next call may load it again). Returns the record as it was."""
+        if await self.fresh_model(model_id) is None:
+            raise ModelNotFound(model_id=model_id)
+        before: list[ModelRecord] = []
+
+        def change(r: ModelRecord) -> ModelRecord:
+            before[:] = [r]
+            r = replace(r, failures={}, crashes=(), blocked="")
+            return r.with_event(self._clock_ms(), self.pod_id, "load failures cleared by an operator")
+
+        await self._store.update_model(model_id, change)
+        if not before:
+            raise ModelNotFound(model_id=model_id)
+        log.info("load failures of %s cleared (%d deaths while loading it)", model_id, len(before[0].crashes))
+        return before[0]
+
     # fleet hygiene
 
     async def forget_pod(self, pod_id: str, *, unless_live: bool = False) -> int:
         """Remove the copies a pod recorded (it died, or restarted with nothing loaded).
 
-        ``unless_live``: keep them if the pod's instance record is in the mirror when a record is
-        written (it rejoined meanwhile and may be writing its copies back). Returns how many
-        records changed. Failure records stay: they expire by themselves.
+        A copy it left LOADING means the pod died while loading the model (a pod that stops
+        gracefully drops its claims first): that counts against the model as a crash (see
+        ``ModelRecord.with_crash``). ``unless_live``: keep the copies if the pod's instance record
+        is in the mirror when a record is written (it rejoined meanwhile and may be writing its
+        copies back). Returns how many records changed. Failure records stay: they expire by
+        themselves.
         """
-        drop = _without_copy(pod_id)
+        died = self._died_holding(pod_id)
 
         def change(r: ModelRecord) -> ModelRecord:
-            return r if unless_live and self._store.instance(pod_id) is not None else drop(r)
+            return r if unless_live and self._store.instance(pod_id) is not None else died(r)
 
         changed = 0
         for record in self._store.models():
-            if pod_id in record.copies:
-                await self._update_quietly(record.model_id, change)
-                changed += 1
+            copy = record.copies.get(pod_id)
+            if copy is None:
+                continue
+            if copy.state is ModelState.LOADING:
+                log.warning("pod %s left %s LOADING: counted as a crash", pod_id, record.model_id)
+            await self._update_quietly(record.model_id, change)
+            changed += 1
         return changed
+
+    def _died_holding(self, pod_id: str) -> Callable[[ModelRecord], ModelRecord]:
+        def change(r: ModelRecord) -> ModelRecord:
+            copy = r.copies.get(pod_id)
+            r = _without_copy(pod_id)(r)
+            if copy is None or copy.state is not ModelState.LOADING:
+                return r
+            what = f"pod {pod_id} died while loading it"
+            return r.with_crash(self._clock_ms(), pod_id, what, limit=self._max_load_crashes)
+
+        return change
 
     async def forget_dead_pods(self) -> int:
         """Remove copies recorded for pods that are not live (their lease expired).
@@ -676,6 +721,9 @@ class ModelManager:
         def change(r: ModelRecord) -> ModelRecord:
             now = self._clock_ms()
             copies = {pod: c for pod, c in r.copies.items() if pod != self.pod_id}
+            if isinstance(error, LoaderCrashed):  # the artifact kills whoever loads it
+                r = replace(r, copies=copies)
+                return r.with_crash(now, self.pod_id, str(reason), limit=self._max_load_crashes)
             failures = {**r.failures, self.pod_id: FailureRecord(now, str(reason))}
             r = replace(r, copies=copies, failures=failures)
             return r.with_event(now, self.pod_id, f"load failed: {str(reason)[:300]}")

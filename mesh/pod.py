@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 
 from adapters import supported_types
+from adapters.probe import LoadProbe
 from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.dataplane import DataPlane
@@ -113,6 +114,7 @@ class Pod:
         self._artifacts: ArtifactCache | None = None
         self._load_pool = ThreadPoolExecutor(settings.load_concurrency + 1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
+        self.probe = LoadProbe(workers=settings.load_concurrency) if settings.probe_loads else None
         self.store = ModelStore(self._registry, namespace=settings.namespace)
         self.peers = PeerClient(settings.pod_id, max_message_bytes=settings.max_message_bytes)
         self._events: _CacheEvents | None = None
@@ -169,6 +171,7 @@ class Pod:
             eviction_policy=EvictionPolicy(s.eviction_policy),
             admit=self._admit,
             held_elsewhere=lambda ids: self.manager.replicated(ids) if self.manager is not None else set(),
+            probe=self.probe,
         )
         self.manager = ModelManager(
             store=self.store,
@@ -177,6 +180,7 @@ class Pod:
             pod_id=s.pod_id,
             failure_ttl_s=s.failure_ttl_s,
             copy_policy=copy_policy,
+            max_load_crashes=s.max_load_crashes,
         )
         events.manager = self.manager
         self._events = events
@@ -282,10 +286,14 @@ class Pod:
             await self.janitor.stop()  # resigns: another pod takes the role at its next round
         if self.manager is not None:
             await self.manager.stop()
+        if self.cache is not None:
+            await self.cache.cancel_loads()  # before the lease goes: a claim left would count as a crash
         if self._publisher is not None:
             await self._publisher.stop()  # revokes the lease: peers stop sending calls here
         if self.cache is not None:
             await self.cache.close()
+        if self.probe is not None:
+            await asyncio.to_thread(self.probe.stop)
         if self._artifacts is not None and self._fetchers is not None:
             await self._artifacts.close()
             self._fetchers.close()

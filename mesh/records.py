@@ -84,11 +84,35 @@ class ModelRecord:
     """Most copies the janitor adds under load (0: the fleet's default)."""
     history: tuple[ModelEvent, ...] = ()
     """Recent loads, evictions, unloads and failures, oldest first (at most ``HISTORY``)."""
+    crashes: tuple[ModelEvent, ...] = ()
+    """Deaths while loading the model, oldest first: a pod that died with its copy LOADING, or a
+    pod's loader process that died trying it. They do not expire."""
+    blocked: str = ""
+    """Why no pod may load or serve the model (set after too many ``crashes``; empty: none). It does
+    not expire: it goes when the model is registered again or an operator clears it
+    (``ModelManager.clear_failures``)."""
 
     def with_event(self, time_ms: int, pod_id: str, what: str) -> ModelRecord:
         return replace(self, history=(*self.history, ModelEvent(time_ms, pod_id, what))[-HISTORY:])
 
+    def with_crash(self, time_ms: int, pod_id: str, what: str, *, limit: int) -> ModelRecord:
+        """The record with one more death while loading it, on ``pod_id`` (also that pod's load
+        failure and a line of history); the ``limit``-th such death blocks the model fleet-wide."""
+        crashes = (*self.crashes, ModelEvent(time_ms, pod_id, what))[-HISTORY:]
+        failures = {**self.failures, pod_id: FailureRecord(time_ms, what)}
+        record = replace(self, crashes=crashes, failures=failures).with_event(time_ms, pod_id, what)
+        if len(crashes) < limit or self.blocked:
+            return record
+        deaths = "; ".join(f"{c.pod_id}: {c.what}" for c in crashes[-limit:])
+        return replace(
+            record,
+            blocked=f"pods died loading it ({deaths}); no pod loads it again until it is registered "
+            "again or an operator clears it (mesh clear)",
+        )
+
     def state(self, *, now_ms: int, failure_ttl_ms: int) -> ModelState:
+        if self.blocked:
+            return ModelState.LOADING_FAILED
         states = {copy.state for copy in self.copies.values()}
         if ModelState.LOADED in states:
             return ModelState.LOADED
@@ -119,6 +143,7 @@ class ModelRecord:
         }
         data["failures"] = {pod: FailureRecord(**f) for pod, f in data["failures"].items()}
         data["history"] = tuple(ModelEvent(**e) for e in data.get("history", ()))
+        data["crashes"] = tuple(ModelEvent(**e) for e in data.get("crashes", ()))
         return cls(**data)
 
 

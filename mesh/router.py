@@ -531,6 +531,8 @@ class Router:
             other = self._shed(model_id, excluded)
             return (other, LOADED) if other is not None else (self.pod_id, LOADED)
         record = self._manager.record_any(model_id)
+        if record.blocked:  # it killed the pods that loaded it: no pod tries again
+            raise ModelLoadFailed(model_id=model_id, reason=record.blocked)
         live = self._store.instances()
         copies = {
             pod: copy.state
@@ -546,6 +548,14 @@ class Router:
         holder = choose_copy(loading, self.in_flight, salt=salt)
         if holder is not None:
             return holder, LOAD
+        silent = self._lost_load(record, live, suspected)
+        if silent is not None:
+            raise Unavailable(
+                f"model {model_id!r} was loading on {silent}, which stopped answering and may have died "
+                f"of it: no other pod loads it until {silent}'s lease has ended and its fate is recorded; "
+                "retry later",
+                model_id=model_id,
+            )
         decision = choose_load_pod(self.view(excluded), self._model_view(record, load_failures))
         self.last_decision[model_id] = decision
         if decision.pod_id is None:
@@ -554,6 +564,22 @@ class Router:
                 raise self._load_failed(model_id, failures)
             raise Unavailable(f"no pod can load model {model_id!r}: {decision.reason}", model_id=model_id)
         return decision.pod_id, LOAD
+
+    def _lost_load(self, record: ModelRecord, live: Collection[str], suspected: frozenset[str]) -> str | None:
+        """A pod whose copy of the model is LOADING but that went silent (it stopped answering, or
+        its lease ended and the janitor has not counted its copy yet). It may have died of this very
+        model: loading it elsewhere now could kill the next pod too, so no pod does until the
+        registry knows (``ModelManager.forget_pod`` turns the copy into a crash of the model)."""
+        return next(
+            (
+                pod
+                for pod, copy in sorted(record.copies.items())
+                if copy.state is ModelState.LOADING
+                and pod != self.pod_id
+                and (pod not in live or pod in suspected)
+            ),
+            None,
+        )
 
     def _shed(self, model_id: str, excluded: set[str]) -> str | None:
         """Another copy to send this call to, when this pod serves more than its share of the model.

@@ -29,6 +29,53 @@ def sklearn_classifier(
     return path
 
 
+class _Exit:
+    """Unpickles as a call of ``os._exit(code)``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        import os
+
+        return os._exit, (self.code,)
+
+
+def poison_pickle(directory: Path, *, exit_code: int = 3, name: str = "model.joblib") -> Path:
+    """A joblib artifact whose loading ends the loading process at once with ``exit_code``
+    (``os._exit``: no exception, no cleanup), as a crashing extension or the OOM killer would."""
+    import joblib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    joblib.dump(_Exit(exit_code), path)
+    return path
+
+
+class ExitsOnPredict:
+    """An estimator that loads fine and ends its process at once on every call of ``predict``."""
+
+    n_features_in_ = 4
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        import os
+
+        os._exit(self.code)
+
+
+def poison_estimator(directory: Path, *, exit_code: int = 5, name: str = "model.joblib") -> Path:
+    """A joblib artifact that loads, and whose every call ends the process with ``exit_code``."""
+    import joblib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    joblib.dump(ExitsOnPredict(exit_code), path)
+    return path
+
+
 def sklearn_regressor(directory: Path, *, features: int = 4, seed: int = 0) -> Path:
     import joblib
     from sklearn.linear_model import Ridge

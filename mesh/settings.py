@@ -87,6 +87,16 @@ class MeshSettings(BaseSettings):
     failure_ttl_s: float = 60.0
     """How long a failed load is remembered before a request may retry it."""
 
+    probe_loads: bool = True
+    """Load artifacts whose loading runs code (pickle: sklearn) in a worker process before the pod
+    loads them, so one that kills its loader (``os._exit``, a segfault, the OOM killer) fails its
+    load instead of killing the pod. Costs about the load's own time again, once per artifact file."""
+
+    max_load_crashes: int = Field(default=2, ge=1)
+    """Deaths while loading a model (a pod that died with the load in flight, or a loader process
+    that died trying it) after which no pod loads or serves it, fleet-wide, until it is registered
+    again. Crashes do not expire."""
+
     janitor_interval_s: float = 3.0
     """Seconds between janitor rounds (one pod, elected through the registry, runs them)."""
 

@@ -67,6 +67,10 @@ class MeshClient:
         )
         return self.admin.SetTenant(request, timeout=self._timeout)
 
+    def clear_failures(self, model_id: str) -> admin.ClearFailuresResponse:
+        request = admin.ClearFailuresRequest(model_id=model_id)
+        return self.admin.ClearFailures(request, timeout=self._timeout)
+
     def tenants(self) -> admin.ListTenantsResponse:
         return self.admin.ListTenants(admin.ListTenantsRequest(), timeout=self._timeout)
 

@@ -231,6 +231,15 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
     ) -> admin.ListTenantsResponse:
         return admin.ListTenantsResponse(tenants=[_tenant_status(t) for t in self._manager.tenants()])
 
+    @edge_method("ClearFailures")
+    async def ClearFailures(
+        self, request: admin.ClearFailuresRequest, context: Context
+    ) -> admin.ClearFailuresResponse:
+        before = await self._manager.clear_failures(request.model_id)
+        return admin.ClearFailuresResponse(
+            crashes=len(before.crashes), failures=len(before.failures), blocked=bool(before.blocked)
+        )
+
 
 def _tenant_status(use: TenantUse) -> admin.TenantStatus:
     return admin.TenantStatus(

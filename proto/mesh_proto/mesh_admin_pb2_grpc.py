@@ -64,6 +64,11 @@ class MeshAdminStub:
                 request_serializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.ClearFailures = channel.unary_unary(
+                '/mesh.v1.MeshAdmin/ClearFailures',
+                request_serializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresRequest.SerializeToString,
+                response_deserializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -112,6 +117,14 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearFailures(self, request, context):
+        """Forgets a model's load failures and the deaths while loading it, lifting the block that
+        pods dying while loading it set: the next call may load it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +157,11 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsRequest.FromString,
                     response_serializer=mesh__proto_dot_mesh__admin__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'ClearFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearFailures,
+                    request_deserializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresRequest.FromString,
+                    response_serializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +326,33 @@ class MeshAdmin:
             '/mesh.v1.MeshAdmin/ListTenants',
             mesh__proto_dot_mesh__admin__pb2.ListTenantsRequest.SerializeToString,
             mesh__proto_dot_mesh__admin__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdmin/ClearFailures',
+            mesh__proto_dot_mesh__admin__pb2.ClearFailuresRequest.SerializeToString,
+            mesh__proto_dot_mesh__admin__pb2.ClearFailuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,138 @@
+"""Deaths while loading count against the model: a copy a dead pod left LOADING, or a loader process
+that died; enough of them block the model fleet-wide until it is registered again. A pod that
+stops gracefully drops its claims, so stopping is never counted as a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from mesh.cache import ModelCache
+from mesh.errors import LoaderCrashed, ModelLoadFailed
+from mesh.management import ModelManager
+from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
+from mesh.registry import MemoryRegistry, ModelStore
+from puller import default_fetchers
+from tests.mesh.fakes import FakeAdapter, fake_cache
+from tests.mesh.test_cache import Events, _until
+
+TTL_S = 60.0
+
+
+@dataclass
+class Clock:
+    now_ms: int = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@dataclass
+class Member:
+    store: ModelStore
+    manager: ModelManager
+    clock: Clock
+
+
+@pytest.fixture
+async def member() -> AsyncIterator[Member]:
+    registry = MemoryRegistry()
+    store = ModelStore(registry)
+    await store.start()
+    lease = await registry.grant_lease(60)
+    await store.publish_instance(InstanceRecord("pod-a", "pod-a", capacity_bytes=1000), lease=lease)
+    pool = ThreadPoolExecutor(1)
+    clock = Clock()
+    manager = ModelManager(
+        store=store,
+        cache=fake_cache(capacity_bytes=1000, executor=pool, listener=Events()),
+        fetchers=default_fetchers(),
+        pod_id="pod-a",
+        failure_ttl_s=TTL_S,
+        max_load_crashes=2,
+        clock_ms=clock,
+    )
+    await store.create_model(ModelRecord("m", ModelInfo("fake", "m.txt")))
+    yield Member(store, manager, clock)
+    await store.stop()
+    pool.shutdown()
+
+
+async def _copy(store: ModelStore, pod_id: str, state: ModelState) -> None:
+    def change(r: ModelRecord) -> ModelRecord:
+        return replace(r, copies={**r.copies, pod_id: CopyRecord(state, 1)})
+
+    await store.update_model("m", change)
+
+
+def _record(member: Member) -> ModelRecord:
+    record = member.store.model("m")
+    assert record is not None
+    return record
+
+
+async def test_a_dead_pods_loading_copy_is_a_crash_and_its_loaded_copy_is_not(member: Member) -> None:
+    await _copy(member.store, "gone-1", ModelState.LOADED)
+    await _copy(member.store, "gone-2", ModelState.LOADING)
+    assert await member.manager.forget_dead_pods() == 2
+    record = _record(member)
+    assert record.copies == {} and not record.blocked
+    assert [(c.pod_id, c.what) for c in record.crashes] == [("gone-2", "pod gone-2 died while loading it")]
+    assert member.manager.status("m").errors == ["gone-2: pod gone-2 died while loading it"]
+    assert member.manager.record("m") == record  # one crash, elsewhere: this pod may still load it
+
+
+async def test_the_limit_th_crash_blocks_the_model_past_its_failures_ttl(member: Member) -> None:
+    crash = LoaderCrashed(model_id="m", reason="the loader process died: exit code 3")
+    await member.manager.failed("m", crash)
+    await _copy(member.store, "gone-1", ModelState.LOADING)
+    await member.manager.forget_dead_pods()
+    record = _record(member)
+    assert record.blocked == (
+        "pods died loading it (pod-a: the loader process died: exit code 3; "
+        "gone-1: pod gone-1 died while loading it); no pod loads it again until it is registered again "
+        "or an operator clears it (mesh clear)"
+    )
+    member.clock.now_ms += int(TTL_S * 1000) * 10
+    status = member.manager.status("m")
+    assert status.state is ModelState.LOADING_FAILED and status.errors == [record.blocked]
+    with pytest.raises(ModelLoadFailed, match="pods died loading it"):
+        member.manager.record("m")
+    assert ModelRecord.from_json(record.to_json()) == record
+
+
+async def test_a_load_that_fails_without_dying_is_no_crash(member: Member) -> None:
+    for _ in range(3):
+        await member.manager.failed("m", ModelLoadFailed(model_id="m", reason="ValueError: cannot unpickle"))
+    assert _record(member).crashes == () and not _record(member).blocked
+
+
+async def test_loads_cancelled_by_a_stopping_pod_drop_their_claims(tmp_path: Path) -> None:
+    adapter = FakeAdapter()
+    adapter.block.clear()
+    events = Events()
+    pool = ThreadPoolExecutor(2)
+    cache = ModelCache(
+        capacity_bytes=100,
+        fetchers=default_fetchers(),
+        executor=pool,
+        listener=events,
+        adapters=lambda _: adapter,
+    )
+    path = tmp_path / "m.txt"
+    path.write_text("10")
+    load = asyncio.create_task(cache.ensure_loaded(ModelRecord("m", ModelInfo("fake", str(path)))))
+    await _until(lambda: adapter.loads == 1, "the load to start")
+    await cache.cancel_loads()
+    assert events.log == [("loading", "m"), ("refused", "m")]
+    assert not cache.loading("m")
+    adapter.block.set()
+    with pytest.raises(asyncio.CancelledError):
+        await load
+    await cache.close()
+    pool.shutdown()
