@@ -49,13 +49,13 @@ def registrable(value: str) -> bool:
     return 0 < len(value) <= 512 and "/" not in value
 
 
-def check_bounded(what: str, value: str, limit: int) -> None:
-    """Refuse ``value`` when its UTF-8 is longer than ``limit`` bytes."""
+def check_bounded(what: str, value: str, limit: int, *, quote: bool = True) -> None:
+    """Refuse ``value`` when its UTF-8 is longer than ``limit`` bytes; the refusal quotes its
+    start unless ``quote`` is False (a model key may hold what must not be echoed)."""
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > limit:
-        raise InvalidInput(
-            f"{what} is {size} bytes of UTF-8; at most {limit} are allowed ({quoted(value, 40)})"
-        )
+        start = f" ({quoted(value, 40)})" if quote else ""
+        raise InvalidInput(f"{what} is {size} bytes of UTF-8; at most {limit} are allowed{start}")
 
 
 def check_path(model_id: str, path: str) -> None:
@@ -75,7 +75,7 @@ def parse_model_key(model_id: str, text: str) -> dict[str, Any]:
     if not text:
         return {}
     what = f"model {quoted(model_id)}: modelInfo.key"
-    check_bounded(what, text, MAX_KEY_BYTES)
+    check_bounded(what, text, MAX_KEY_BYTES, quote=False)
     deep = InvalidInput(f"{what} is nested deeper than {MAX_KEY_DEPTH} levels")
     try:
         key = json.loads(text)

@@ -138,6 +138,13 @@ def test_paths_and_keys_past_their_bounds_are_refused(
     assert reason in error.details()
 
 
+def test_an_oversized_key_is_refused_without_echoing_it(mesh_api, models: ModelSet) -> None:
+    key = json.dumps({"secret_access_key": "wJalrXUtnFEMI/K7MDENG", "pad": "p" * 20_000})
+    error = _refused(register, mesh_api, "m", "sklearn", models.sklearn, key=key)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 16384" in error.details() and "wJalrXUtnFEMI" not in error.details()
+
+
 def test_a_key_at_its_bounds_registers(mesh_api, models: ModelSet) -> None:
     key = {"storage_params": {"deep": json.loads('{"a":' * 29 + "1" + "}" * 29)}, "pad": "p" * 15_000}
     status = register(mesh_api, "m", "sklearn", models.sklearn, key=json.dumps(key))
