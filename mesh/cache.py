@@ -39,6 +39,7 @@ from mesh.errors import (
     QuotaExceeded,
     Unavailable,
     UnsupportedModelType,
+    quoted,
 )
 from mesh.records import ModelRecord
 from placement.eviction import EvictionCandidate, EvictionPolicy, choose_victims, gdsf_priority
@@ -275,7 +276,7 @@ class ModelCache:
             if entry.model is not None and self._entries.get(record.model_id) is entry:
                 return entry
         raise Busy(
-            f"model {record.model_id!r} was evicted {_RELOADS} times before it could serve: "
+            f"model {quoted(record.model_id)} was evicted {_RELOADS} times before it could serve: "
             "the pod is over-committed; retry later",
             model_id=record.model_id,
         )
@@ -408,7 +409,7 @@ class ModelCache:
             raise self._timed_out(model_id) from None
 
     def _timed_out(self, model_id: str) -> Unavailable:
-        message = f"loading model {model_id!r} timed out after {self._load_timeout_s:g}s"
+        message = f"loading model {quoted(model_id)} timed out after {self._load_timeout_s:g}s"
         return Unavailable(message, model_id=model_id)
 
     async def _reserve(self, model_id: str, size: int, deadline: float) -> _Entry:
@@ -426,7 +427,7 @@ class ModelCache:
                 return entry
             if self._clock() >= deadline:
                 raise Busy(
-                    f"no room for model {model_id!r} ({size} bytes): every loaded model is serving "
+                    f"no room for model {quoted(model_id)} ({size} bytes): every loaded model is serving "
                     f"requests ({self.used_bytes} of {self.capacity_bytes} bytes in use); retry later",
                     model_id=model_id,
                 )
@@ -450,7 +451,7 @@ class ModelCache:
             )
             if victims is None:
                 raise Busy(
-                    f"model {entry.model_id!r} measured {measured} bytes, more than the "
+                    f"model {quoted(entry.model_id)} measured {measured} bytes, more than the "
                     f"{entry.size_bytes} predicted, and no idle model can make room; retry later",
                     model_id=entry.model_id,
                 )

@@ -35,6 +35,22 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+QUOTE_CHARS = 200
+"""How much of a caller's id, path or key a message quotes: enough for any id in ordinary use,
+and a bounded message whatever the caller sent (a status message travels in a trailer, which
+gRPC clients cap at 8-16 KiB)."""
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``value`` as ``repr`` quotes it, cut after ``limit`` characters with its length named:
+    how every message quotes what a caller sent (an id, a path, a model key, a type)."""
+    if not isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 class ErrorCode(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
@@ -73,7 +89,7 @@ class InvalidInput(MeshError):
 class UnsupportedModelType(InvalidInput):
     def __init__(self, *, model_type: str, supported: list[str]) -> None:
         super().__init__(
-            f"unknown model type {model_type!r}; supported types: {', '.join(sorted(supported))}",
+            f"unknown model type {quoted(model_type)}; supported types: {', '.join(sorted(supported))}",
             model_type=model_type,
         )
 
@@ -84,7 +100,7 @@ class NotFound(MeshError):
 
 class ModelNotFound(NotFound):
     def __init__(self, *, model_id: str) -> None:
-        super().__init__(f"model {model_id!r} is not registered", model_id=model_id)
+        super().__init__(f"model {quoted(model_id)} is not registered", model_id=model_id)
         self.model_id = model_id
 
 
@@ -100,7 +116,9 @@ class ModelLoadFailed(FailedPrecondition):
     signal = "load-failed"
 
     def __init__(self, *, model_id: str, reason: str) -> None:
-        super().__init__(f"model {model_id!r} failed to load: {reason}", model_id=model_id, reason=reason)
+        super().__init__(
+            f"model {quoted(model_id)} failed to load: {reason}", model_id=model_id, reason=reason
+        )
         self.model_id = model_id
         self.reason = reason
 
@@ -143,7 +161,8 @@ class StorageConfigError(FailedPrecondition):
 class ModelInUse(FailedPrecondition):
     def __init__(self, *, model_id: str, vmodel_ids: list[str]) -> None:
         super().__init__(
-            f"model {model_id!r} is used by vmodel(s) {', '.join(sorted(vmodel_ids))}",
+            f"model {quoted(model_id)} is used by vmodel(s) "
+            f"{', '.join(quoted(v) for v in sorted(vmodel_ids))}",
             model_id=model_id,
         )
 
@@ -169,7 +188,7 @@ class CapacityExceeded(MeshError):
 
     def __init__(self, *, model_id: str, size_bytes: int, capacity_bytes: int) -> None:
         super().__init__(
-            f"model {model_id!r} needs {size_bytes} bytes but the pod's whole capacity is "
+            f"model {quoted(model_id)} needs {size_bytes} bytes but the pod's whole capacity is "
             f"{capacity_bytes} bytes",
             model_id=model_id,
             size_bytes=size_bytes,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adapters import ADAPTERS, supported_types
+from mesh.bounds import check_id, check_path, parse_model_key, registrable
 from mesh.cache import ModelCache
 from mesh.errors import (
     AlreadyExists,
@@ -33,6 +33,7 @@ from mesh.errors import (
     QuotaExceeded,
     Unavailable,
     UnsupportedModelType,
+    quoted,
 )
 from mesh.records import (
     CopyRecord,
@@ -334,7 +335,7 @@ class ModelManager:
                 self._promote_if_ready(record)
                 return self.record_any(record.active_model_id)
             if vmodel:
-                raise NotFound(f"vmodel {name!r} is not registered", model_id=name)
+                raise NotFound(f"vmodel {quoted(name)} is not registered", model_id=name)
         return self.record_any(name)
 
     async def fresh_model(self, model_id: str, *, limited: bool = False) -> ModelRecord | None:
@@ -343,12 +344,16 @@ class ModelManager:
         watch, and a caller may already ask this pod about it. ``Unavailable`` if the registry does
         not answer then (or if ``limited`` and past the reads allowed for unknown ids)."""
         record = self._store.model(model_id)
-        return record if record is not None else await self._store.fetch_model(model_id, limited=limited)
+        if record is not None or not registrable(model_id):
+            return record  # an id no registration accepts is never in the registry: no read
+        return await self._store.fetch_model(model_id, limited=limited)
 
     async def fresh_vmodel(self, vmodel_id: str, *, limited: bool = False) -> VModelRecord | None:
         """``fresh_model`` for a vmodel."""
         record = self._store.vmodel(vmodel_id)
-        return record if record is not None else await self._store.fetch_vmodel(vmodel_id, limited=limited)
+        if record is not None or not registrable(vmodel_id):
+            return record
+        return await self._store.fetch_vmodel(vmodel_id, limited=limited)
 
     async def lookup_fresh(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
         """``lookup``, reading the registry itself when this pod's mirror does not know ``name``:
@@ -393,37 +398,29 @@ class ModelManager:
             existing.info != record.info or existing.auto_delete != record.auto_delete
         ):
             raise AlreadyExists(
-                f"model {record.model_id!r} is already registered with different info "
-                f"(type={existing.info.type!r}, path={existing.info.path!r})",
+                f"model {quoted(record.model_id)} is already registered with different info "
+                f"(type={quoted(existing.info.type)}, path={quoted(existing.info.path)})",
                 model_id=record.model_id,
             )
 
     def _validate(self, model_id: str, info: ModelInfo) -> dict[str, Any]:
         """Checks a registration; returns the mesh's options from the model key JSON."""
-        if not model_id:
-            raise InvalidInput("modelId must not be empty")
-        if "/" in model_id or len(model_id) > 512:
-            raise InvalidInput(f"modelId {model_id!r} must be at most 512 characters and contain no '/'")
+        check_id("modelId", model_id)
         if info.type not in ADAPTERS:
             raise UnsupportedModelType(model_type=info.type, supported=supported_types())
-        if not info.path:
-            raise InvalidInput(f"model {model_id!r}: modelInfo.path must name the artifact")
-        key: dict[str, object] = {}
-        if info.key:
-            try:
-                key = json.loads(info.key)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"model {model_id!r}: modelInfo.key is not JSON: {exc}") from None
-            if not isinstance(key, dict):
-                raise InvalidInput(f"model {model_id!r}: modelInfo.key must be a JSON object")
+        check_path(model_id, info.path)
+        key = parse_model_key(model_id, info.key)
         self._fetchers.check(info.path, storage=key)
         return model_options(model_id, key)
 
     # vmodels
 
     async def set_vmodel(self, request: SetVModel) -> VModelStatus:
-        if not request.vmodel_id or not request.target_model_id:
-            raise InvalidInput("vModelId and targetModelId must not be empty")
+        check_id("vModelId", request.vmodel_id)
+        if request.owner:
+            check_id("owner", request.owner)
+        if not request.target_model_id:  # a new target is checked as a registration; others exist
+            raise InvalidInput("targetModelId must not be empty")
         if request.model_info is not None:
             options = self._validate(request.target_model_id, request.model_info)
             await self._create(
@@ -461,11 +458,11 @@ class ModelManager:
     async def _create_vmodel(self, request: SetVModel) -> VModelRecord | None:
         """Create the vmodel; if another call created it first, retarget that (returned)."""
         if request.update_only:
-            raise NotFound(f"vmodel {request.vmodel_id!r} does not exist", model_id=request.vmodel_id)
+            raise NotFound(f"vmodel {quoted(request.vmodel_id)} does not exist", model_id=request.vmodel_id)
         if request.expected_target_model_id not in ("", request.target_model_id):
             raise FailedPrecondition(
-                f"vmodel {request.vmodel_id!r} does not exist, so its target is not "
-                f"{request.expected_target_model_id!r}"
+                f"vmodel {quoted(request.vmodel_id)} does not exist, so its target is not "
+                f"{quoted(request.expected_target_model_id)}"
             )
         record = VModelRecord(
             request.vmodel_id, request.target_model_id, request.target_model_id, request.owner
@@ -477,13 +474,14 @@ class ModelManager:
         """Point the vmodel at the request's target; returns the record it replaced."""
         if request.owner and existing.owner and request.owner != existing.owner:
             raise AlreadyExists(
-                f"vmodel {request.vmodel_id!r} belongs to owner {existing.owner!r}",
+                f"vmodel {quoted(request.vmodel_id)} belongs to owner {quoted(existing.owner)}",
                 model_id=request.vmodel_id,
             )
         expected = request.expected_target_model_id
         if expected and existing.target_model_id != expected:
             raise FailedPrecondition(
-                f"vmodel {request.vmodel_id!r} targets {existing.target_model_id!r}, not {expected!r}"
+                f"vmodel {quoted(request.vmodel_id)} targets {quoted(existing.target_model_id)}, "
+                f"not {quoted(expected)}"
             )
         target = request.target_model_id
 
@@ -577,7 +575,9 @@ class ModelManager:
         if vmodel is None:
             return
         if owner and vmodel.owner != owner:
-            raise FailedPrecondition(f"vmodel {vmodel_id!r} belongs to owner {vmodel.owner!r}, not {owner!r}")
+            raise FailedPrecondition(
+                f"vmodel {quoted(vmodel_id)} belongs to owner {quoted(vmodel.owner)}, not {quoted(owner)}"
+            )
         await self._store.update_vmodel(vmodel_id, lambda _: None)
         await self._collect_auto_deleted({vmodel.active_model_id, vmodel.target_model_id})
 
@@ -897,9 +897,9 @@ class ModelManager:
 
 def check_tenant(tenant: object, *, model_id: str = "") -> None:
     if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
-        prefix = f"model {model_id!r}: " if model_id else ""
+        prefix = f"model {quoted(model_id)}: " if model_id else ""
         raise InvalidInput(
-            f"{prefix}tenant {tenant!r} must be 1-63 letters, digits, '.', '_' or '-', "
+            f"{prefix}tenant {quoted(tenant)} must be 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
 
@@ -916,11 +916,14 @@ def model_options(model_id: str, key: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise InvalidInput(f"model {model_id!r}: {name} must be an integer >= {least}, not {value!r}")
+            raise InvalidInput(
+                f"model {quoted(model_id)}: {name} must be an integer >= {least}, not {quoted(value)}"
+            )
         options[name] = value
     if options.get("max_copies") and options.get("min_copies", 1) > options["max_copies"]:
         raise InvalidInput(
-            f"model {model_id!r}: min_copies {options['min_copies']} > max_copies {options['max_copies']}"
+            f"model {quoted(model_id)}: min_copies {options['min_copies']} > "
+            f"max_copies {options['max_copies']}"
         )
     return options
 

@@ -42,6 +42,7 @@ from mesh.errors import (
     NotHere,
     QuotaExceeded,
     Unavailable,
+    quoted,
 )
 from mesh.management import ModelManager, now_ms
 from mesh.records import CopyRecord, InstanceRecord, ModelRecord, ModelState
@@ -210,7 +211,8 @@ class Router:
                 raise result
         if failed:
             raise Unavailable(
-                f"model {model_id!r} could not be unloaded everywhere: {'; '.join(failed)}", model_id=model_id
+                f"model {quoted(model_id)} could not be unloaded everywhere: {'; '.join(failed)}",
+                model_id=model_id,
             )
 
     async def ask_every_pod(
@@ -253,7 +255,7 @@ class Router:
         """
         here = self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
         if route == LOADED and not here:
-            raise NotHere(f"model {model_id!r} is not loaded on {self.pod_id}", pod_id=self.pod_id)
+            raise NotHere(f"model {quoted(model_id)} is not loaded on {self.pod_id}", pod_id=self.pod_id)
         if not here:
             if self._store.model(model_id) is None:  # the sender knows it: this pod's watch is behind
                 await self._store.fetch_model(model_id)
@@ -311,20 +313,24 @@ class Router:
         if victims is None:
             used = sum(c.size_bytes for c in copies)
             raise QuotaExceeded(
-                f"tenant {tenant!r} has {used} bytes loaded across the fleet and model "
-                f"{record.model_id!r} needs {size_bytes} more; its loaded-bytes cap is {cap} bytes "
+                f"tenant {quoted(tenant)} has {used} bytes loaded across the fleet and model "
+                f"{quoted(record.model_id)} needs {size_bytes} more; its loaded-bytes cap is {cap} bytes "
                 "and no idle model of the tenant can make room",
                 tenant=tenant,
                 cap="max_loaded_bytes",
             )
         for victim in victims:
-            why = f"tenant {tenant!r} at its loaded-bytes cap ({cap} bytes): room for {record.model_id!r}"
+            why = (
+                f"tenant {quoted(tenant)} at its loaded-bytes cap ({cap} bytes): "
+                f"room for {quoted(record.model_id)}"
+            )
             log.info("unloading %s from %s: %s", victim.model_id, victim.pod_id, why)
             try:
                 await self.drop_copy(victim.model_id, victim.pod_id, why=why, deadline=deadline)
             except MeshError as exc:
                 raise Unavailable(
-                    f"tenant {tenant!r} is at its loaded-bytes cap and its model {victim.model_id!r} "
+                    f"tenant {quoted(tenant)} is at its loaded-bytes cap and its model "
+                    f"{quoted(victim.model_id)} "
                     f"could not be unloaded from {victim.pod_id} to make room: {exc.message}",
                     model_id=record.model_id,
                 ) from None
@@ -402,7 +408,8 @@ class Router:
             log.warning("could not claim the load of %s in the registry (%s); loading anyway", model_id, exc)
             return
         if holder:
-            raise NotHere(f"pod {holder} already holds model {model_id!r}", pod_id=self.pod_id, holder=holder)
+            message = f"pod {holder} already holds model {quoted(model_id)}"
+            raise NotHere(message, pod_id=self.pod_id, holder=holder)
 
     # the loop
 
@@ -464,9 +471,11 @@ class Router:
             raise no_room
         if timed_out or time.monotonic() >= deadline:
             tried = "; ".join(reasons) or "no pod answered in time"
-            raise DeadlineExceeded(f"model {model_id!r}: the deadline passed ({tried})", model_id=model_id)
+            message = f"model {quoted(model_id)}: the deadline passed ({tried})"
+            raise DeadlineExceeded(message, model_id=model_id)
         raise Unavailable(
-            f"model {model_id!r} could not be served after {len(reasons)} attempt(s): {'; '.join(reasons)}",
+            f"model {quoted(model_id)} could not be served after {len(reasons)} attempt(s): "
+            f"{'; '.join(reasons)}",
             model_id=model_id,
         )
 
@@ -562,7 +571,8 @@ class Router:
             failures = self._recent_failures(record) | load_failures
             if failures:
                 raise self._load_failed(model_id, failures)
-            raise Unavailable(f"no pod can load model {model_id!r}: {decision.reason}", model_id=model_id)
+            message = f"no pod can load model {quoted(model_id)}: {decision.reason}"
+            raise Unavailable(message, model_id=model_id)
         return decision.pod_id, LOAD
 
     def _lost_load(self, record: ModelRecord, live: Collection[str], suspected: frozenset[str]) -> str | None:

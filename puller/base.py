@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-from mesh.errors import InvalidInput
+from mesh.errors import InvalidInput, quoted
 from puller.config import StorageConfig, check_model_key, storage_uri
 
 
@@ -107,7 +107,7 @@ class FetcherTable:
             return self._fetchers[scheme]
         except KeyError:
             raise UnsupportedScheme(
-                f"unsupported storage scheme {scheme!r} in {uri!r}; supported: local paths and "
+                f"unsupported storage scheme {quoted(scheme)} in {quoted(uri)}; supported: local paths and "
                 f"{', '.join(s + '://' for s in self.schemes())}",
             ) from None
 
@@ -122,4 +122,13 @@ def scheme_of(uri: str) -> str:
     """The URI's scheme, or ``""`` for a plain path."""
     if "://" not in uri:
         return ""
-    return urlsplit(uri).scheme.lower()
+    return split_uri(uri).scheme.lower()
+
+
+def split_uri(uri: str) -> SplitResult:
+    """``urlsplit``, with ``InvalidInput`` for what it cannot split (``http://[::1``: an unclosed
+    IPv6 address; a host that Unicode normalization would change)."""
+    try:
+        return urlsplit(uri)
+    except ValueError as exc:
+        raise InvalidInput(f"{quoted(uri)} is not a valid URI: {exc}") from None

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mesh.errors import InvalidInput, StorageConfigError
+from mesh.errors import InvalidInput, StorageConfigError, quoted
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,8 @@ def locate(uri: str, storage: Mapping[str, Any], config: StorageConfig) -> Stora
     entry_type = entry.get("type")
     if entry_type is not None and SCHEME_TYPES.get(str(entry_type), str(entry_type)) != kind:
         raise StorageConfigError(
-            f"storage key {storage.get('storage_key')!r} is of type {entry_type!r}, "
-            f"but {uri!r} needs {kind!r}"
+            f"storage key {quoted(storage.get('storage_key'))} is of type {quoted(entry_type)}, "
+            f"but {quoted(uri)} needs {kind!r}"
         )
     params = {**entry, **dict(storage.get("storage_params") or {}), "type": kind}
     bucket = parts.netloc
@@ -211,7 +211,7 @@ def _entry_for(kind: str, storage: Mapping[str, Any], config: StorageConfig) -> 
         if entry is None:
             known = ", ".join(config.keys()) or "none"
             raise StorageConfigError(
-                f"storage key {key!r} is not in the storage config (keys: {known})", storage_key=key
+                f"storage key {quoted(key)} is not in the storage config (keys: {known})", storage_key=key
             )
         return entry
     for candidate in (f"default_{kind}", "default"):
@@ -233,18 +233,20 @@ def storage_uri(path: str, storage: Mapping[str, Any], config: StorageConfig) ->
         bucket = params.get("bucket") or storage.get("bucket") or params.get("default_bucket")
         if not bucket:
             raise StorageConfigError(
-                f"path {path!r}: storage key {key!r} names no bucket (set storage_params.bucket)"
+                f"path {quoted(path)}: storage key {quoted(key)} names no bucket (set storage_params.bucket)"
             )
         return f"{'s3' if kind == 's3' else 'gs'}://{bucket}/{relative}"
     if kind == "http":
         if not params.get("url"):
-            raise StorageConfigError(f"path {path!r}: storage key {key!r} has no url")
+            raise StorageConfigError(f"path {quoted(path)}: storage key {quoted(key)} has no url")
         return f"{str(params['url']).rstrip('/')}/{relative}"
     if kind == "pvc":
         if not params.get("name"):
-            raise StorageConfigError(f"path {path!r}: storage key {key!r} names no claim (name)")
+            raise StorageConfigError(f"path {quoted(path)}: storage key {quoted(key)} names no claim (name)")
         return f"pvc://{params['name']}/{relative}"
-    raise StorageConfigError(f"path {path!r}: storage key {key!r} has no known type (s3, gcs, http, pvc)")
+    raise StorageConfigError(
+        f"path {quoted(path)}: storage key {quoted(key)} has no known type (s3, gcs, http, pvc)"
+    )
 
 
 def pem_file(directory: Path, name: str, text: str) -> Path:

@@ -10,21 +10,21 @@ import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-from mesh.errors import ArtifactNotFound, InvalidInput
-from puller.base import Artifact, ArtifactFetcher
+from mesh.errors import ArtifactNotFound, InvalidInput, quoted
+from puller.base import Artifact, ArtifactFetcher, split_uri
 
 
 def split_pvc_uri(uri: str) -> tuple[str, PurePosixPath]:
     """``(claim, relative path)`` of a ``pvc://`` URI; ``InvalidInput`` for malformed ones."""
-    parts = urlsplit(uri)
+    parts = split_uri(uri)
     claim = unquote(parts.netloc)
     relative = PurePosixPath(unquote(parts.path).lstrip("/"))
     if not claim or claim in {".", ".."} or "/" in claim:
-        raise InvalidInput(f"{uri!r}: a pvc URI is pvc://<claim>/<path>")
+        raise InvalidInput(f"{quoted(uri)}: a pvc URI is pvc://<claim>/<path>")
     if ".." in relative.parts:
-        raise InvalidInput(f"{uri!r}: the path must stay inside the claim (no '..')")
+        raise InvalidInput(f"{quoted(uri)}: the path must stay inside the claim (no '..')")
     return claim, relative
 
 
@@ -41,7 +41,9 @@ class PvcFetcher(ArtifactFetcher):
         mount = Path(os.path.realpath(self.root / claim))
         target = Path(os.path.realpath(mount / relative))
         if target != mount and mount not in target.parents:
-            raise InvalidInput(f"{uri!r} resolves outside its claim's mount (a symlink leaves it); refused")
+            raise InvalidInput(
+                f"{quoted(uri)} resolves outside its claim's mount (a symlink leaves it); refused"
+            )
         return target
 
     async def fetch(self, uri: str, *, storage: Mapping[str, Any]) -> Artifact:

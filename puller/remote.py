@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from mesh.errors import InvalidInput
-from puller.base import Artifact, ArtifactFetcher
+from mesh.errors import InvalidInput, quoted
+from puller.base import Artifact, ArtifactFetcher, split_uri
 from puller.cache import ArtifactCache
 from puller.config import StorageConfig, locate
 from puller.store import RemoteStore
@@ -20,11 +19,11 @@ class RemoteFetcher(ArtifactFetcher):
         self._config = config
 
     def check(self, uri: str, *, storage: Mapping[str, Any]) -> None:
-        parts = urlsplit(uri)
+        parts = split_uri(uri)
         if not parts.netloc:
-            raise InvalidInput(f"{uri!r} names no bucket or host")
+            raise InvalidInput(f"{quoted(uri)} names no bucket or host")
         if parts.scheme not in {"http", "https"} and not parts.path.strip("/"):
-            raise InvalidInput(f"{uri!r} names a bucket but no object or prefix in it")
+            raise InvalidInput(f"{quoted(uri)} names a bucket but no object or prefix in it")
 
     def close(self) -> None:
         self.store.close()

@@ -75,7 +75,16 @@ class MeshClient:
         return self.admin.ListTenants(admin.ListTenantsRequest(), timeout=self._timeout)
 
     def list_models(self, prefix: str = "") -> admin.ListModelsResponse:
-        return self.admin.ListModels(admin.ListModelsRequest(prefix=prefix), timeout=self._timeout)
+        """Every model and vmodel whose id starts with ``prefix``: all pages, in one answer."""
+        listing = admin.ListModelsResponse()
+        request = admin.ListModelsRequest(prefix=prefix)
+        while True:
+            page = self.admin.ListModels(request, timeout=self._timeout)
+            listing.models.extend(page.models)
+            listing.vmodels.extend(page.vmodels)
+            if not page.next_page_token:
+                return listing
+            request.page_token = page.next_page_token
 
     def pod_status(self) -> admin.PodStatusResponse:
         return self.admin.PodStatus(admin.PodStatusRequest(), timeout=self._timeout)

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from mesh import __version__
 from mesh.dataplane import DataPlane, ModelStats, merge_statistics
 from mesh.edge import converters
-from mesh.edge.peers import HOP, MODEL_ID, ROUTE
+from mesh.edge.peers import HOP, MODEL_ID, MODEL_ID_BIN, ROUTE
 from mesh.edge.status import MalformedRequest, edge_method, internal_error, interrupted
 from mesh.edge.wire import embed
 from mesh.errors import InvalidInput, MeshError, Unimplemented
@@ -37,7 +37,7 @@ RAW_METHODS = frozenset({"ModelInfer", "ModelStreamInfer", "ModelMetadata"})
 
 _TRANSPORT_HEADERS = frozenset({"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding"})
 _NOT_CARRIED = ("mm-", "mesh-", ":", "grpc-")
-_HOP_KEYS = frozenset({HOP, ROUTE, MODEL_ID, EXCLUDE, WHY})
+_HOP_KEYS = frozenset({HOP, ROUTE, MODEL_ID, MODEL_ID_BIN, EXCLUDE, WHY})
 _ROUTING_KEYS = {  # key -> whether it names a vmodel
     "mm-vmodel-id": True,
     "mm-vmodel-id-bin": True,
@@ -78,9 +78,9 @@ def read_metadata(context: grpc.aio.ServicerContext) -> CallMetadata:
             carried.append((key, value))
             continue
         if key in _HOP_KEYS:  # mm-model-id is both: the id a hop carries and a routing key
-            hop_keys[key] = _text(value)
+            hop_keys[key] = _text(key, value)
         if routed is None and key in _ROUTING_KEYS:  # the first one wins
-            routed = _text(value), _ROUTING_KEYS[key]
+            routed = _text(key, value), _ROUTING_KEYS[key]
     if not hop_keys and routed is None and not carried:
         return _PLAIN  # most calls: nothing but transport headers
     return CallMetadata(_hop(hop_keys), routed, tuple(carried))
@@ -92,10 +92,11 @@ _PLAIN = CallMetadata(None, None, ())
 def _hop(found: dict[str, str]) -> Hop | None:
     if HOP not in found:
         return None
-    if not found.get(MODEL_ID) or not found.get(ROUTE):
-        raise InvalidInput(f"a forwarded call needs {MODEL_ID} and {ROUTE} metadata")
+    model_id = found.get(MODEL_ID) or found.get(MODEL_ID_BIN)
+    if not model_id or not found.get(ROUTE):
+        raise InvalidInput(f"a forwarded call needs {MODEL_ID} (or {MODEL_ID_BIN}) and {ROUTE} metadata")
     ignore = frozenset(p for p in found.get(EXCLUDE, "").split(",") if p)
-    return Hop(found[MODEL_ID], found[ROUTE], ignore, found.get(WHY, ""))
+    return Hop(model_id, found[ROUTE], ignore, found.get(WHY, ""))
 
 
 def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
@@ -110,8 +111,16 @@ def route(name: str, context: grpc.aio.ServicerContext) -> tuple[str, bool | Non
     return read_metadata(context).routed or (name, None)
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(key: str, value: str | bytes) -> str:
+    """A metadata value as text: a ``-bin`` value must be UTF-8."""
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"metadata {key} is not UTF-8 text ({exc.reason} at byte {exc.start} of {len(value)})"
+        ) from None
 
 
 RawRequest = type[v2.ModelInferRequest] | type[v2.ModelMetadataRequest]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import TypeAlias
@@ -12,6 +13,7 @@ from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.edge import converters
 from mesh.edge.status import edge_method
+from mesh.errors import InvalidInput, quoted
 from mesh.management import ModelManager, SetVModel, TenantUse
 from mesh.metrics import MeshMetrics
 from mesh_proto import mesh_admin_pb2 as admin
@@ -105,28 +107,40 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
     async def ListModels(
         self, request: admin.ListModelsRequest, context: Context
     ) -> admin.ListModelsResponse:
-        response = admin.ListModelsResponse()
-        for record in self._manager.registered():
-            if not record.model_id.startswith(request.prefix):
-                continue
-            status = self._manager.status(record.model_id)
-            response.models.add(
-                model_id=record.model_id,
-                type=record.info.type,
-                path=record.info.path,
-                status=status.state.value,
-                size_bytes=record.size_bytes,
-                errors=status.errors,
-            )
-        for vmodel in self._manager.vmodels():
-            if vmodel.vmodel_id.startswith(request.prefix):
-                response.vmodels.add(
+        after = _after(request.page_token)
+        models = sorted(
+            (r for r in self._manager.registered() if r.model_id.startswith(request.prefix)),
+            key=lambda r: r.model_id,
+        )
+        vmodels = sorted(
+            (v for v in self._manager.vmodels() if v.vmodel_id.startswith(request.prefix)),
+            key=lambda v: v.vmodel_id,
+        )
+        page = _Page(request.page_size)
+        for record in models:
+            if after < ("m", record.model_id):
+                status = self._manager.status(record.model_id)
+                summary = admin.ModelSummary(
+                    model_id=record.model_id,
+                    type=record.info.type,
+                    path=record.info.path,
+                    status=status.state.value,
+                    size_bytes=record.size_bytes,
+                    errors=status.errors,
+                )
+                if not page.add(("m", record.model_id), summary):
+                    return page.response
+        for vmodel in vmodels:
+            if after < ("v", vmodel.vmodel_id):
+                entry = admin.VModelSummary(
                     vmodel_id=vmodel.vmodel_id,
                     active_model_id=vmodel.active_model_id,
                     target_model_id=vmodel.target_model_id,
                     owner=vmodel.owner,
                 )
-        return response
+                if not page.add(("v", vmodel.vmodel_id), entry):
+                    return page.response
+        return page.response
 
     @edge_method("PodStatus")
     async def PodStatus(self, request: admin.PodStatusRequest, context: Context) -> admin.PodStatusResponse:
@@ -239,6 +253,55 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
         return admin.ClearFailuresResponse(
             crashes=len(before.crashes), failures=len(before.failures), blocked=bool(before.blocked)
         )
+
+
+PAGE_BYTES = 3 * 2**20
+"""Most bytes of entries in one ``ListModels`` page: stock gRPC clients accept answers of 4 MiB."""
+
+_Position: TypeAlias = tuple[str, str]
+"""Where an entry sorts in a listing: ``("m", model id)`` before ``("v", vmodel id)``."""
+
+
+class _Page:
+    """One ``ListModels`` answer being filled: up to ``size`` entries (0: no count) and
+    ``PAGE_BYTES``; the first entry that does not fit ends it with a token for the next page."""
+
+    def __init__(self, size: int) -> None:
+        self.response = admin.ListModelsResponse()
+        self._size = size
+        self._count = 0
+        self._bytes = 0
+        self._last: _Position = ("", "")
+
+    def add(self, position: _Position, entry: admin.ModelSummary | admin.VModelSummary) -> bool:
+        """Adds ``entry``, or ends the page (False) when it does not fit."""
+        entry_bytes = entry.ByteSize() + 8  # field tag and length
+        full = self._size and self._count >= self._size
+        if self._count and (full or self._bytes + entry_bytes > PAGE_BYTES):
+            kind, key = self._last
+            self.response.next_page_token = base64.urlsafe_b64encode(f"{kind}/{key}".encode()).decode()
+            return False
+        if isinstance(entry, admin.ModelSummary):
+            self.response.models.append(entry)
+        else:
+            self.response.vmodels.append(entry)
+        self._count += 1
+        self._bytes += entry_bytes
+        self._last = position
+        return True
+
+
+def _after(token: str) -> _Position:
+    """The position a page token names (the previous page's last entry); ``("", "")``: none."""
+    if not token:
+        return ("", "")
+    try:
+        kind, _, key = base64.urlsafe_b64decode(token.encode()).decode().partition("/")
+    except (ValueError, UnicodeError):
+        kind, key = "", ""
+    if kind not in ("m", "v") or not key:
+        raise InvalidInput(f"page_token {quoted(token)} is not a token ListModels gave out")
+    return (kind, key)
 
 
 def _tenant_status(use: TenantUse) -> admin.TenantStatus:

@@ -4,7 +4,8 @@ A forwarded call goes through a generic unary call with identity (de)serializers
 this pod never decodes or re-encodes the payload. It carries ``mesh-hop`` (the
 forwarding pod, so the receiver never forwards again), ``mesh-route`` (``loaded``:
 serve only if the model is loaded there; ``load``: placement chose that pod, load it)
-and ``mm-model-id`` (the model the entry pod resolved).
+and ``mm-model-id`` (the model the entry pod resolved; ``mm-model-id-bin``, UTF-8, for an id
+that plain metadata cannot carry).
 
 Answers map back to the error tree: the ``mesh-error`` trailer says "not here",
 "load failed" or "no room"; an unreachable peer is ``Unavailable``; anything else
@@ -37,12 +38,15 @@ from mesh.errors import (
     NotHere,
     RemoteError,
     Unavailable,
+    quoted,
 )
 from mesh_proto import grpc_service_pb2 as v2
 
 HOP = "mesh-hop"
 ROUTE = "mesh-route"
 MODEL_ID = "mm-model-id"
+MODEL_ID_BIN = "mm-model-id-bin"
+"""The hop's model id when plain metadata cannot carry it (not printable ASCII): UTF-8 bytes."""
 SERVICE = "/inference.GRPCInferenceService/"
 
 _Call: TypeAlias = "grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]"
@@ -95,7 +99,7 @@ class PeerClient:
             channel = self._channel(endpoint)
             found = self._calls[(endpoint, method)] = (channel, channel.unary_unary(SERVICE + method))
         channel, call = found
-        headers = (*metadata, (HOP, self.pod_id), (ROUTE, route), (MODEL_ID, model_id))
+        headers = (*metadata, (HOP, self.pod_id), (ROUTE, route), id_header(model_id))
         self._in_flight[channel] += 1
         try:
             response: bytes = await call(payload, timeout=timeout_s, metadata=headers)
@@ -106,7 +110,7 @@ class PeerClient:
             if task is not None and task.cancelling():  # this call was cancelled: it ends here
                 raise
             raise Unavailable(  # the channel closed under the call
-                f"pod at {endpoint} left the fleet while model {model_id!r} was being served there",
+                f"pod at {endpoint} left the fleet while model {quoted(model_id)} was being served there",
                 model_id=model_id,
             ) from None
         finally:
@@ -193,6 +197,15 @@ class PeerClient:
         return channel
 
 
+def id_header(model_id: str) -> tuple[str, str | bytes]:
+    """The metadata that carries a hop's model id: ``mm-model-id`` when the id is printable ASCII
+    without surrounding spaces (what every pod of the fleet reads), else ``mm-model-id-bin``
+    (any id: gRPC sends it base64-encoded)."""
+    if model_id.isascii() and model_id.isprintable() and model_id == model_id.strip():
+        return MODEL_ID, model_id
+    return MODEL_ID_BIN, model_id.encode()
+
+
 def _error(exc: grpc.aio.AioRpcError, endpoint: str, model_id: str) -> MeshError:
     signal = ""
     with contextlib.suppress(TypeError):
@@ -203,7 +216,7 @@ def _error(exc: grpc.aio.AioRpcError, endpoint: str, model_id: str) -> MeshError
     if signal == "not-here":
         return NotHere(f"{endpoint}: {details}", pod_id=endpoint)
     if signal == "load-failed":
-        prefix = f"model {model_id!r} failed to load: "
+        prefix = f"model {quoted(model_id)} failed to load: "
         return ModelLoadFailed(model_id=model_id, reason=details.removeprefix(prefix))
     if signal == "no-room":
         return Busy(f"{endpoint}: {details}", model_id=model_id)

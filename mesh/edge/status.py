@@ -72,10 +72,26 @@ def interrupted(method: str) -> Unavailable | None:
     return Unavailable(f"{method} was interrupted inside the pod before it could answer; retry")
 
 
+MESSAGE_BYTES = 4096
+"""Most bytes a status message takes in its trailer, percent-encoded as gRPC sends it. Clients
+refuse trailers past 8 KiB (some of the time) or 16 KiB (always) and report "Stream removed"
+instead of the status: a message that quotes what a caller sent is cut to fit."""
+
+
+def bounded(message: str, limit: int = MESSAGE_BYTES) -> str:
+    """``message``, cut so that its percent-encoded form (``grpc-message``) fits in ``limit`` bytes."""
+    size = 0
+    for index, char in enumerate(message):
+        size += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
+        if size > limit - 64:
+            return f"{message[:index]}... (message cut at {index} of {len(message)} characters)"
+    return message
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
     if exc.signal is not None:
         context.set_trailing_metadata(((ERROR_TRAILER, exc.signal),))
-    await context.abort(GRPC_STATUS[exc.code], exc.message)
+    await context.abort(GRPC_STATUS[exc.code], bounded(exc.message))
 
 
 class HasMetrics(Protocol):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _MESH_POOL.AddSerializedFile(b'\n\x1bmesh_proto/mesh_admin.proto\x12\x07mesh.v1\"(\n\x14\x43learFailuresRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"K\n\x15\x43learFailuresResponse\x12\x0f\n\x07\x63rashes\x18\x01 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\r\x12\x0f\n\x07\x62locked\x18\x03 \x01(\x08\"#\n\x11ListModelsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"p\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x03(\t\"d\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.mesh.v1.ModelSummary\x12\'\n\x07vmodels\x18\x02 \x03(\x0b\x32\x16.mesh.v1.VModelSummary\"c\n\rVModelSummary\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_model_id\x18\x02 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\"\x12\n\x10PodStatusRequest\"\\\n\x0bLoadedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clast_used_ms\x18\x03 \x01(\x04\x12\x11\n\tin_flight\x18\x04 \x01(\r\"\xe8\x01\n\x11PodStatusResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\r\n\x05loads\x18\x04 \x01(\x04\x12\x15\n\rload_failures\x18\x05 \x01(\x04\x12\x11\n\tevictions\x18\x06 \x01(\x04\x12\x0f\n\x07unloads\x18\x07 \x01(\x04\x12$\n\x06loaded\x18\x08 \x03(\x0b\x32\x14.mesh.v1.LoadedModel\x12\x0f\n\x07version\x18\t \x01(\t\x12\x16\n\x0ejanitor_rounds\x18\n \x01(\x04\"\x14\n\x12\x46leetStatusRequest\"\xa1\x02\n\nPodSummary\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x15\n\rmodels_loaded\x18\x05 \x01(\r\x12\x17\n\x0floads_in_flight\x18\x06 \x01(\r\x12\x1a\n\x12requests_in_flight\x18\x07 \x01(\r\x12\x14\n\x0crequest_rate\x18\x08 \x01(\x01\x12\x15\n\rshutting_down\x18\t \x01(\x08\x12\x0f\n\x07version\x18\n \x01(\t\x12\x12\n\nstarted_ms\x18\x0b \x01(\x04\x12\'\n\x07\x64\x65vices\x18\x0c \x03(\x0b\x32\x16.mesh.v1.DeviceSummary\"X\n\rDeviceSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\t\"\x8b\x01\n\x13\x46leetStatusResponse\x12!\n\x04pods\x18\x01 \x03(\x0b\x32\x13.mesh.v1.PodSummary\x12\x19\n\x11models_registered\x18\x02 \x01(\r\x12\x15\n\rmodels_loaded\x18\x03 \x01(\r\x12\x0e\n\x06\x63opies\x18\x04 \x01(\r\x12\x0f\n\x07janitor\x18\x05 \x01(\t\"(\n\x14\x44\x65scribeModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"r\n\nCopyDetail\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x04\x12\x0b\n\x03why\x18\x04 \x01(\t\x12\x14\n\x0crequest_rate\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\";\n\nModelEvent\x12\x0f\n\x07time_ms\x18\x01 \x01(\x04\x12\x0e\n\x06pod_id\x18\x02 \x01(\t\x12\x0c\n\x04what\x18\x03 \x01(\t\"\x83\x02\n\x0bModelDetail\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07load_ms\x18\x07 \x01(\x04\x12\x12\n\nmin_copies\x18\x08 \x01(\r\x12\x12\n\nmax_copies\x18\t \x01(\r\x12#\n\x06\x63opies\x18\n \x03(\x0b\x32\x13.mesh.v1.CopyDetail\x12$\n\x07history\x18\x0b \x03(\x0b\x32\x13.mesh.v1.ModelEvent\x12\x0e\n\x06\x65rrors\x18\x0c \x03(\t\"P\n\x10SetTenantRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nmax_models\x18\x02 \x01(\r\x12\x18\n\x10max_loaded_bytes\x18\x03 \x01(\x04\"}\n\x0cTenantStatus\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nmax_models\x18\x02 \x01(\r\x12\x18\n\x10max_loaded_bytes\x18\x03 \x01(\x04\x12\x19\n\x11models_registered\x18\x04 \x01(\r\x12\x14\n\x0cloaded_bytes\x18\x05 \x01(\x04\"\x14\n\x12ListTenantsRequest\"=\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.mesh.v1.TenantStatus2\x8d\x04\n\tMeshAdmin\x12G\n\nListModels\x12\x1a.mesh.v1.ListModelsRequest\x1a\x1b.mesh.v1.ListModelsResponse\"\x00\x12\x44\n\tPodStatus\x12\x19.mesh.v1.PodStatusRequest\x1a\x1a.mesh.v1.PodStatusResponse\"\x00\x12J\n\x0b\x46leetStatus\x12\x1b.mesh.v1.FleetStatusRequest\x1a\x1c.mesh.v1.FleetStatusResponse\"\x00\x12\x46\n\rDescribeModel\x12\x1d.mesh.v1.DescribeModelRequest\x1a\x14.mesh.v1.ModelDetail\"\x00\x12?\n\tSetTenant\x12\x19.mesh.v1.SetTenantRequest\x1a\x15.mesh.v1.TenantStatus\"\x00\x12J\n\x0bListTenants\x12\x1b.mesh.v1.ListTenantsRequest\x1a\x1c.mesh.v1.ListTenantsResponse\"\x00\x12P\n\rClearFailures\x12\x1d.mesh.v1.ClearFailuresRequest\x1a\x1e.mesh.v1.ClearFailuresResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _MESH_POOL.AddSerializedFile(b'\n\x1bmesh_proto/mesh_admin.proto\x12\x07mesh.v1\"(\n\x14\x43learFailuresRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"K\n\x15\x43learFailuresResponse\x12\x0f\n\x07\x63rashes\x18\x01 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\r\x12\x0f\n\x07\x62locked\x18\x03 \x01(\x08\"J\n\x11ListModelsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"p\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x03(\t\"}\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.mesh.v1.ModelSummary\x12\'\n\x07vmodels\x18\x02 \x03(\x0b\x32\x16.mesh.v1.VModelSummary\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"c\n\rVModelSummary\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_model_id\x18\x02 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\"\x12\n\x10PodStatusRequest\"\\\n\x0bLoadedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x14\n\x0clast_used_ms\x18\x03 \x01(\x04\x12\x11\n\tin_flight\x18\x04 \x01(\r\"\xe8\x01\n\x11PodStatusResponse\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\r\n\x05loads\x18\x04 \x01(\x04\x12\x15\n\rload_failures\x18\x05 \x01(\x04\x12\x11\n\tevictions\x18\x06 \x01(\x04\x12\x0f\n\x07unloads\x18\x07 \x01(\x04\x12$\n\x06loaded\x18\x08 \x03(\x0b\x32\x14.mesh.v1.LoadedModel\x12\x0f\n\x07version\x18\t \x01(\t\x12\x16\n\x0ejanitor_rounds\x18\n \x01(\x04\"\x14\n\x12\x46leetStatusRequest\"\xa1\x02\n\nPodSummary\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x15\n\rmodels_loaded\x18\x05 \x01(\r\x12\x17\n\x0floads_in_flight\x18\x06 \x01(\r\x12\x1a\n\x12requests_in_flight\x18\x07 \x01(\r\x12\x14\n\x0crequest_rate\x18\x08 \x01(\x01\x12\x15\n\rshutting_down\x18\t \x01(\x08\x12\x0f\n\x07version\x18\n \x01(\t\x12\x12\n\nstarted_ms\x18\x0b \x01(\x04\x12\'\n\x07\x64\x65vices\x18\x0c \x03(\x0b\x32\x16.mesh.v1.DeviceSummary\"X\n\rDeviceSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\t\"\x8b\x01\n\x13\x46leetStatusResponse\x12!\n\x04pods\x18\x01 \x03(\x0b\x32\x13.mesh.v1.PodSummary\x12\x19\n\x11models_registered\x18\x02 \x01(\r\x12\x15\n\rmodels_loaded\x18\x03 \x01(\r\x12\x0e\n\x06\x63opies\x18\x04 \x01(\r\x12\x0f\n\x07janitor\x18\x05 \x01(\t\"(\n\x14\x44\x65scribeModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"r\n\nCopyDetail\x12\x0e\n\x06pod_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x04\x12\x0b\n\x03why\x18\x04 \x01(\t\x12\x14\n\x0crequest_rate\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\";\n\nModelEvent\x12\x0f\n\x07time_ms\x18\x01 \x01(\x04\x12\x0e\n\x06pod_id\x18\x02 \x01(\t\x12\x0c\n\x04what\x18\x03 \x01(\t\"\x83\x02\n\x0bModelDetail\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07load_ms\x18\x07 \x01(\x04\x12\x12\n\nmin_copies\x18\x08 \x01(\r\x12\x12\n\nmax_copies\x18\t \x01(\r\x12#\n\x06\x63opies\x18\n \x03(\x0b\x32\x13.mesh.v1.CopyDetail\x12$\n\x07history\x18\x0b \x03(\x0b\x32\x13.mesh.v1.ModelEvent\x12\x0e\n\x06\x65rrors\x18\x0c \x03(\t\"P\n\x10SetTenantRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nmax_models\x18\x02 \x01(\r\x12\x18\n\x10max_loaded_bytes\x18\x03 \x01(\x04\"}\n\x0cTenantStatus\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nmax_models\x18\x02 \x01(\r\x12\x18\n\x10max_loaded_bytes\x18\x03 \x01(\x04\x12\x19\n\x11models_registered\x18\x04 \x01(\r\x12\x14\n\x0cloaded_bytes\x18\x05 \x01(\x04\"\x14\n\x12ListTenantsRequest\"=\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.mesh.v1.TenantStatus2\x8d\x04\n\tMeshAdmin\x12G\n\nListModels\x12\x1a.mesh.v1.ListModelsRequest\x1a\x1b.mesh.v1.ListModelsResponse\"\x00\x12\x44\n\tPodStatus\x12\x19.mesh.v1.PodStatusRequest\x1a\x1a.mesh.v1.PodStatusResponse\"\x00\x12J\n\x0b\x46leetStatus\x12\x1b.mesh.v1.FleetStatusRequest\x1a\x1c.mesh.v1.FleetStatusResponse\"\x00\x12\x46\n\rDescribeModel\x12\x1d.mesh.v1.DescribeModelRequest\x1a\x14.mesh.v1.ModelDetail\"\x00\x12?\n\tSetTenant\x12\x19.mesh.v1.SetTenantRequest\x1a\x15.mesh.v1.TenantStatus\"\x00\x12J\n\x0bListTenants\x12\x1b.mesh.v1.ListTenantsRequest\x1a\x1c.mesh.v1.ListTenantsResponse\"\x00\x12P\n\rClearFailures\x12\x1d.mesh.v1.ClearFailuresRequest\x1a\x1e.mesh.v1.ClearFailuresResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,43 +37,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLEARFAILURESRESPONSE']._serialized_start=82
   _globals['_CLEARFAILURESRESPONSE']._serialized_end=157
   _globals['_LISTMODELSREQUEST']._serialized_start=159
-  _globals['_LISTMODELSREQUEST']._serialized_end=194
-  _globals['_MODELSUMMARY']._serialized_start=196
-  _globals['_MODELSUMMARY']._serialized_end=308
-  _globals['_LISTMODELSRESPONSE']._serialized_start=310
-  _globals['_LISTMODELSRESPONSE']._serialized_end=410
-  _globals['_VMODELSUMMARY']._serialized_start=412
-  _globals['_VMODELSUMMARY']._serialized_end=511
-  _globals['_PODSTATUSREQUEST']._serialized_start=513
-  _globals['_PODSTATUSREQUEST']._serialized_end=531
-  _globals['_LOADEDMODEL']._serialized_start=533
-  _globals['_LOADEDMODEL']._serialized_end=625
-  _globals['_PODSTATUSRESPONSE']._serialized_start=628
-  _globals['_PODSTATUSRESPONSE']._serialized_end=860
-  _globals['_FLEETSTATUSREQUEST']._serialized_start=862
-  _globals['_FLEETSTATUSREQUEST']._serialized_end=882
-  _globals['_PODSUMMARY']._serialized_start=885
-  _globals['_PODSUMMARY']._serialized_end=1174
-  _globals['_DEVICESUMMARY']._serialized_start=1176
-  _globals['_DEVICESUMMARY']._serialized_end=1264
-  _globals['_FLEETSTATUSRESPONSE']._serialized_start=1267
-  _globals['_FLEETSTATUSRESPONSE']._serialized_end=1406
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1408
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1448
-  _globals['_COPYDETAIL']._serialized_start=1450
-  _globals['_COPYDETAIL']._serialized_end=1564
-  _globals['_MODELEVENT']._serialized_start=1566
-  _globals['_MODELEVENT']._serialized_end=1625
-  _globals['_MODELDETAIL']._serialized_start=1628
-  _globals['_MODELDETAIL']._serialized_end=1887
-  _globals['_SETTENANTREQUEST']._serialized_start=1889
-  _globals['_SETTENANTREQUEST']._serialized_end=1969
-  _globals['_TENANTSTATUS']._serialized_start=1971
-  _globals['_TENANTSTATUS']._serialized_end=2096
-  _globals['_LISTTENANTSREQUEST']._serialized_start=2098
-  _globals['_LISTTENANTSREQUEST']._serialized_end=2118
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=2120
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=2181
-  _globals['_MESHADMIN']._serialized_start=2184
-  _globals['_MESHADMIN']._serialized_end=2709
+  _globals['_LISTMODELSREQUEST']._serialized_end=233
+  _globals['_MODELSUMMARY']._serialized_start=235
+  _globals['_MODELSUMMARY']._serialized_end=347
+  _globals['_LISTMODELSRESPONSE']._serialized_start=349
+  _globals['_LISTMODELSRESPONSE']._serialized_end=474
+  _globals['_VMODELSUMMARY']._serialized_start=476
+  _globals['_VMODELSUMMARY']._serialized_end=575
+  _globals['_PODSTATUSREQUEST']._serialized_start=577
+  _globals['_PODSTATUSREQUEST']._serialized_end=595
+  _globals['_LOADEDMODEL']._serialized_start=597
+  _globals['_LOADEDMODEL']._serialized_end=689
+  _globals['_PODSTATUSRESPONSE']._serialized_start=692
+  _globals['_PODSTATUSRESPONSE']._serialized_end=924
+  _globals['_FLEETSTATUSREQUEST']._serialized_start=926
+  _globals['_FLEETSTATUSREQUEST']._serialized_end=946
+  _globals['_PODSUMMARY']._serialized_start=949
+  _globals['_PODSUMMARY']._serialized_end=1238
+  _globals['_DEVICESUMMARY']._serialized_start=1240
+  _globals['_DEVICESUMMARY']._serialized_end=1328
+  _globals['_FLEETSTATUSRESPONSE']._serialized_start=1331
+  _globals['_FLEETSTATUSRESPONSE']._serialized_end=1470
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1472
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1512
+  _globals['_COPYDETAIL']._serialized_start=1514
+  _globals['_COPYDETAIL']._serialized_end=1628
+  _globals['_MODELEVENT']._serialized_start=1630
+  _globals['_MODELEVENT']._serialized_end=1689
+  _globals['_MODELDETAIL']._serialized_start=1692
+  _globals['_MODELDETAIL']._serialized_end=1951
+  _globals['_SETTENANTREQUEST']._serialized_start=1953
+  _globals['_SETTENANTREQUEST']._serialized_end=2033
+  _globals['_TENANTSTATUS']._serialized_start=2035
+  _globals['_TENANTSTATUS']._serialized_end=2160
+  _globals['_LISTTENANTSREQUEST']._serialized_start=2162
+  _globals['_LISTTENANTSREQUEST']._serialized_end=2182
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=2184
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=2245
+  _globals['_MESHADMIN']._serialized_start=2248
+  _globals['_MESHADMIN']._serialized_end=2773
 # @@protoc_insertion_point(module_scope)

@@ -23,10 +23,14 @@ class ClearFailuresResponse(_message.Message):
     def __init__(self, crashes: _Optional[int] = ..., failures: _Optional[int] = ..., blocked: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("prefix",)
+    __slots__ = ("prefix", "page_size", "page_token")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     prefix: str
-    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ModelSummary(_message.Message):
     __slots__ = ("model_id", "type", "path", "status", "size_bytes", "errors")
@@ -45,12 +49,14 @@ class ModelSummary(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., path: _Optional[str] = ..., status: _Optional[str] = ..., size_bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "vmodels")
+    __slots__ = ("models", "vmodels", "next_page_token")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     VMODELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
     vmodels: _containers.RepeatedCompositeFieldContainer[VModelSummary]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelSummary, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class VModelSummary(_message.Message):
     __slots__ = ("vmodel_id", "active_model_id", "target_model_id", "owner")

@@ -75,7 +75,9 @@ class MeshAdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListModels(self, request, context):
-        """Lists registered models (optionally only those whose id starts with `prefix`).
+        """Lists registered models and vmodels (optionally only those whose id starts with `prefix`),
+        models first, each sorted by id, one page at a time: a page stays under 3 MiB (stock gRPC
+        clients accept 4 MiB); ask again with `next_page_token` until it comes back empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

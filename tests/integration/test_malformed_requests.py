@@ -7,7 +7,9 @@ Hypothesis builds three kinds of ``ModelInferRequest``:
 - the same calls with one part spoiled (datatype, shape, a NaN or a value out of range, a
   non-UTF-8 string, the input's name, the raw bytes, an unknown output or model);
 - wild ones: any names, datatypes, shapes up to 2**63 - 1, raw bytes of any length, typed
-  contents of any field.
+  contents of any field;
+- model names that are not registered: non-ASCII, with a newline or NUL, a megabyte long; and
+  the model named in routing metadata instead, in UTF-8 or not.
 
 A spoiled or wild request is answered or refused with ``INVALID_ARGUMENT``/``NOT_FOUND`` and
 a reason, alone and inside a stream (where the stream goes on), and afterwards every model
@@ -46,6 +48,8 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
+ODD_NAMES = ["模型", "naïve", "a\nb", "nul\x00", "m" * 2**20]
+"""Unregistered model names: ``NOT_FOUND`` quoting them cut short, never a fault."""
 dims = st.one_of(st.integers(0, 3), st.sampled_from([-1, 2**31, 2**62, 2**63 - 1]))
 names = st.one_of(st.sampled_from(["x", "input-0", "in_FP32", "in_BYTES", "in_BOOL"]), st.text(max_size=4))
 datatypes = st.one_of(st.sampled_from(sorted(ECHOED)), st.text(max_size=5))
@@ -156,7 +160,7 @@ def spoiled_calls(draw: st.DrawFn) -> v2.ModelInferRequest:
     elif part == "output":
         call.outputs.append(draw(st.sampled_from(["zz", "predict", "scores", "out_FP32"])))
     elif part == "model":
-        call.model = draw(st.sampled_from(["nope", "", "SK"]))
+        call.model = draw(st.sampled_from(["nope", "", "SK", *ODD_NAMES]))
     request = call.request()
     if part == "bytes" and request.raw_input_contents:
         raw = request.raw_input_contents[0]
@@ -169,7 +173,9 @@ def spoiled_calls(draw: st.DrawFn) -> v2.ModelInferRequest:
 @st.composite
 def wild(draw: st.DrawFn) -> v2.ModelInferRequest:
     """Anything the message can hold: names, datatypes, shapes and contents that need not agree."""
-    request = v2.ModelInferRequest(model_name=draw(st.sampled_from([*SERVED[:4], "echo-BYTES", "nope", ""])))
+    request = v2.ModelInferRequest(
+        model_name=draw(st.sampled_from([*SERVED[:4], "echo-BYTES", "nope", "", *ODD_NAMES]))
+    )
     raw: list[bytes] = []
     for _ in range(draw(st.integers(0, 3))):
         shape = draw(st.lists(dims, max_size=4))
@@ -188,6 +194,17 @@ def wild(draw: st.DrawFn) -> v2.ModelInferRequest:
 
 
 requests = st.one_of(spoiled_calls(), wild())
+routing = st.sampled_from(
+    [
+        (),
+        (("mm-model-id", "sk"),),
+        (("mm-model-id-bin", "模型".encode()),),
+        (("mm-model-id-bin", b"\xff\xfe"),),
+        (("mm-vmodel-id-bin", b"\xc3"),),
+        (("mm-vmodel-id", "nope"),),
+    ]
+)
+"""Routing metadata: a served model, an unknown one, and -bin values that are not UTF-8."""
 
 
 def _good_request(model_id: str) -> v2.ModelInferRequest:
@@ -258,14 +275,17 @@ def test_valid_calls_are_answered(served, mesh_api) -> None:
 
 def test_spoiled_and_wild_calls_are_answered_or_refused_with_a_reason(served, mesh_api) -> None:
     @EXAMPLES
-    @given(requests)
-    @example(_no_elements_huge_shape())
-    def one_call(request: v2.ModelInferRequest) -> None:
+    @given(requests, routing)
+    @example(_no_elements_huge_shape(), ())
+    @example(v2.ModelInferRequest(model_name="m" * 2**20), ())
+    @example(_good_request("sk"), (("mm-model-id-bin", b"\xff\xfe"),))
+    def one_call(request: v2.ModelInferRequest, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
         try:
-            answer = served.ModelInfer(request, timeout=30)
+            answer = served.ModelInfer(request, metadata=metadata, timeout=30)
         except grpc.RpcError as error:
-            assert error.code() in REFUSALS, (error.code(), error.details(), request)
+            assert error.code() in REFUSALS, (error.code(), error.details()[:300], str(request)[:300])
             assert error.details(), request
+            assert "Stream removed" not in error.details(), error.details()[:300]
             return
         _check_answer(answer)
 

@@ -11,7 +11,8 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mesh.edge.status import edge_method, internal_error
+from mesh.edge.status import MESSAGE_BYTES, bounded, edge_method, internal_error
+from mesh.errors import ModelNotFound, quoted
 from mesh.metrics import MeshMetrics
 
 
@@ -27,6 +28,18 @@ def test_an_unexpected_error_is_logged_under_the_trace_id_the_caller_gets(caplog
     assert match.group(1) in record.getMessage() and "ModelStreamInfer" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is ValueError
     assert "secret" not in message
+
+
+def test_messages_quote_input_cut_short_and_stay_within_a_trailer() -> None:
+    assert quoted("iris") == "'iris'" and quoted(3) == "3"
+    assert quoted("x" * 1000) == repr("x" * 200) + "... (1000 characters)"
+    assert ModelNotFound(model_id="模" * 2**20).message.endswith("... (1048576 characters) is not registered")
+    assert bounded("a short message") == "a short message"
+    for message in ("m" * 10_000, "模" * 10_000, "%" * 10_000, "🙂" * 10_000):
+        cut = bounded(message)
+        assert cut.startswith(message[:100]) and "(message cut at" in cut
+        encoded = sum(1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode()) for c in cut)
+        assert encoded <= MESSAGE_BYTES, (message[:1], encoded)
 
 
 def test_each_error_gets_its_own_trace_id() -> None:

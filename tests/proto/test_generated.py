@@ -29,7 +29,7 @@ def test_stale_code_is_detected(tmp_path, monkeypatch) -> None:
         if path.is_file():
             (copy / "mesh_proto" / path.name).write_bytes(path.read_bytes())
     edited = copy / "mesh_proto" / "mesh_admin.proto"
-    edited.write_text(edited.read_text().replace("string prefix = 1;", "string prefix = 1;\n  bool all = 2;"))
+    edited.write_text(edited.read_text().replace("string prefix = 1;", "string prefix = 1;\n  bool all = 9;"))
     monkeypatch.setattr(regenerate, "PROTO_ROOT", copy)
     assert regenerate.stale_files() == ["mesh_admin_pb2.py", "mesh_admin_pb2.pyi"]
 
