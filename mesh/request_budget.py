@@ -114,7 +114,8 @@ class RequestBudget:
 
     def give_back(self, nbytes: int) -> None:
         self.in_flight -= nbytes
-        self._grant()
+        if self._queue:
+            self._grant()
 
     def _grant(self) -> None:
         """Let in the waiting calls that fit, oldest first."""

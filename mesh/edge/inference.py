@@ -219,11 +219,14 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             if len(raw) >= self._decode_inline_bytes:
                 with self._budget.waiting_for(len(raw)):
                     request, contents = await self._off_loop(converters.split_infer_request, raw)
+                elements = converters.bytes_elements(request, len(raw))
             else:
                 request = _parse(message_class, raw)
+                # Reading the tensors' headers costs more than the search (most calls have no BYTES).
+                elements = converters.bytes_elements(request, len(raw)) if b"BYTES" in raw else 0
             name = request.model_name
             here: Callable[[str], Awaitable[bytes]] = functools.partial(self._infer_here, request, contents)
-            cost = charge(len(raw), converters.bytes_elements(request, len(raw)))
+            cost = charge(len(raw), elements)
         else:
             request = _parse(message_class, raw)
             name = request.name
