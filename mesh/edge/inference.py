@@ -8,6 +8,7 @@ call served elsewhere forwards those bytes unchanged to the pod that serves it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -286,7 +287,15 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return converters.response_to_proto(response, version=request.model_version).SerializeToString()
 
     async def _off_loop(self, work: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, work, *args)
+        """``work`` on the decode threads. A call cancelled meanwhile ends only once the work has:
+        the memory it holds stays charged to the call until then."""
+        done = asyncio.get_running_loop().run_in_executor(self._decoder, work, *args)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await done
+            raise
 
     async def _metadata_here(self, request: v2.ModelMetadataRequest, model_id: str) -> bytes:
         _, signature = await self._dataplane.metadata(model_id, vmodel=False)

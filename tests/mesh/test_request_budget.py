@@ -10,6 +10,7 @@ import pytest
 
 from mesh.errors import ErrorCode, RequestBytesBusy, RequestTooLarge
 from mesh.request_budget import BYTES_ELEMENT, WIRE_COPIES, RequestBudget, charge
+from mesh.settings import MeshSettings
 
 MiB = 2**20
 
@@ -106,3 +107,10 @@ async def test_waiting_bytes_are_bounded_too() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     assert (budget.in_flight, budget.waiting) == (100, 0)
+
+
+def test_the_budget_must_hold_the_largest_message() -> None:
+    with pytest.raises(ValueError, match="max_request_bytes_in_flight"):
+        MeshSettings(max_message_bytes=64 * MiB, max_request_bytes_in_flight="100MiB")
+    settings = MeshSettings(max_message_bytes=64 * MiB, max_request_bytes_in_flight="128MiB")
+    assert settings.max_request_bytes_in_flight == 128 * MiB
