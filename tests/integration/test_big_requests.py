@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from mesh.edge.client import MeshClient
+from mesh.fleet import LocalFleet
 from mesh.launcher import spawn_pod
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
@@ -326,3 +327,29 @@ def test_a_large_call_that_cannot_match_the_model_is_refused_before_decoding(
     assert reason in info.value.details(), info.value.details()
     if datatype == "BYTES":
         assert info.value.details().endswith(", got BYTES")
+
+
+def test_a_large_call_entering_another_pod_is_forwarded_whole(tmp_path: Path, models: ModelSet) -> None:
+    """Parsed on a thread for its model name at the pod it enters, a large call travels on as the
+    bytes it came in; the holder decodes it, or refuses it on its header."""
+    with LocalFleet(tmp_path, pods=2, capacity="64MiB", env={"MESH_PRELOADS_PER_ROUND": "0"}) as fleet:
+        with MeshClient(fleet.targets[0]) as api:
+            api.register("iris", "sklearn", str(models.sklearn), load_now=True, sync=True)
+            holder = {c.pod_id for c in api.describe("iris").copies if c.state == "LOADED"}
+        (entry,) = [t for i, t in enumerate(fleet.targets) if fleet.pod_id(i) not in holder]
+        rows = np.random.default_rng(0).normal(size=(100_000, 4))  # 3 MiB
+        tensor = tc.InferInput("input-0", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        client = tc.InferenceServerClient(entry)
+        try:
+            answer = client.infer("iris", [tensor], client_timeout=60).as_numpy("predict")
+            wrong = tc.InferInput("input-0", [100_000, 2], "FP64")
+            wrong.set_data_from_numpy(rows[:, :2].copy())
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("iris", [wrong], client_timeout=60)
+        finally:
+            client.close()
+
+    assert answer.shape == (100_000,) and set(np.unique(answer)) <= {0, 1, 2}
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "expected shape [-1, 4], got [100000, 2]" in info.value.message()
