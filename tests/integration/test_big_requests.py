@@ -221,9 +221,9 @@ def test_large_calls_keep_the_pod_within_its_memory_bound(served, large_call: tc
         results.extend(_large_calls(target, "strings", large_call, calls))
 
     answered = _answered(results)
-    # The README's bound (loaded models are tiny here): the budget for calls in flight, plus twice
-    # the bytes of each call that is arriving or waiting for room.
-    grown, bound = rss.peak - baseline, BUDGET + calls * 2 * WIRE_BYTES
+    # The README's bound (loaded models are tiny here): the budget for calls in flight, plus three
+    # times the bytes of each call that is arriving or waiting for room.
+    grown, bound = rss.peak - baseline, BUDGET + calls * 3 * WIRE_BYTES
     assert grown <= bound, f"the pod grew by {grown / MiB:.0f} MiB, over its bound of {bound / MiB:.0f} MiB"
     print(f"the pod grew {grown / MiB:.0f} MiB of {bound / MiB:.0f}; {len(answered)} of {calls} answered")
 
