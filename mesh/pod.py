@@ -116,6 +116,8 @@ class Pod:
         self.request_budget = RequestBudget(
             limit_bytes=settings.max_request_bytes_in_flight, wait_s=settings.request_wait_s
         )
+        self.metrics.request_bytes_in_flight.set_function(lambda: self.request_budget.in_flight)
+        self.metrics.request_bytes_waiting.set_function(lambda: self.request_budget.waiting)
         self.store = ModelStore(self._registry, namespace=settings.namespace)
         self.peers = PeerClient(settings.pod_id, max_message_bytes=settings.max_message_bytes)
         self._events: _CacheEvents | None = None

@@ -255,6 +255,8 @@ def test_calls_beyond_the_budget_wait_then_are_refused(
     holder.start()
     try:
         wait_until(lambda: budget.in_flight >= 80 * MiB, within_s=20, what="the first call taking its charge")
+        metrics = small_budget.pod.metrics.registry
+        assert metrics.get_sample_value("mesh_inflight_request_bytes") == budget.in_flight
 
         started = time.monotonic()
         with pytest.raises(InferenceServerException) as info:
