@@ -133,7 +133,6 @@ def _while_small_calls(target: str, work: Callable[[], object]) -> list[float]:
     try:
         assert probe.stdout is not None and probe.stdin is not None
         assert probe.stdout.readline().strip() == "ready"
-        time.sleep(0.2)  # calls on an idle pod before the large ones: the pace is set
         work()
         probe.stdin.close()
         latencies: list[float] = json.loads(probe.stdout.readline())
