@@ -247,6 +247,11 @@ class DataPlane:
         model = await self._cache.ensure_loaded(record)
         return record.model_id, model.signature
 
+    def loaded_signature(self, model_id: str) -> ModelSignature | None:
+        """The signature of ``model_id`` if it is loaded on this pod (None: not loaded; never loads)."""
+        model = self._cache.loaded(model_id)
+        return None if model is None else model.signature
+
     async def ready(self, name: str, *, vmodel: bool | None = None) -> bool:
         """Whether a call for ``name`` would find the model loaded (here or on a live peer)."""
         try:

@@ -24,6 +24,8 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     ├── CapacityExceeded        RESOURCE_EXHAUSTED model larger than the whole cache
     ├── Busy                    RESOURCE_EXHAUSTED no room now; retry later
     ├── OutOfMemory             RESOURCE_EXHAUSTED the model ran out of memory on a call
+    ├── RequestTooLarge         RESOURCE_EXHAUSTED a call would hold more than the pod's request budget
+    ├── RequestBytesBusy        RESOURCE_EXHAUSTED the request budget stayed spent; retry later
     ├── Unavailable             UNAVAILABLE        retryable: registry down, load timed out
     │   └── NotHere                                a peer does not hold the model (forwarding)
     ├── DeadlineExceeded        DEADLINE_EXCEEDED  the caller's deadline passed
@@ -219,6 +221,41 @@ class OutOfMemory(MeshError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"the model ran out of memory on this request: {detail}")
+
+
+class RequestTooLarge(MeshError):
+    """A call would hold more memory while it is decoded and run than the pod's whole budget of
+    request bytes in flight (``MESH_MAX_REQUEST_BYTES_IN_FLIGHT``). No signal: every pod has the
+    same budget, so a forwarding pod relays it."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, *, need_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"the request needs {need_bytes} bytes while it is decoded and run, more than the pod's "
+            f"{limit_bytes} bytes for requests in flight; send it in smaller requests",
+            need_bytes=need_bytes,
+            limit_bytes=limit_bytes,
+        )
+
+
+class RequestBytesBusy(MeshError):
+    """The pod's budget of request bytes in flight stayed spent while the call waited: the caller
+    should back off and retry."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self, *, need_bytes: int, in_flight_bytes: int, waiting_bytes: int, limit_bytes: int, waited_s: float
+    ) -> None:
+        super().__init__(
+            f"the pod is serving {in_flight_bytes} bytes of requests ({waiting_bytes} more waiting) of "
+            f"its {limit_bytes}; this request needs {need_bytes} and found no room in {waited_s:.2f}s; "
+            "retry later",
+            need_bytes=need_bytes,
+            in_flight_bytes=in_flight_bytes,
+            limit_bytes=limit_bytes,
+        )
 
 
 class Busy(MeshError):

@@ -50,6 +50,16 @@ class MeshMetrics:
         self.device_used_bytes = Gauge(
             "mesh_device_used_bytes", "Memory in use per device", ["device"], registry=registry
         )
+        self.request_bytes_in_flight = Gauge(
+            "mesh_inflight_request_bytes",
+            "Bytes charged to inference calls being decoded, run or forwarded",
+            registry=registry,
+        )
+        self.request_bytes_waiting = Gauge(
+            "mesh_waiting_request_bytes",
+            "Bytes charged to inference calls waiting for room",
+            registry=registry,
+        )
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.observe(method, code, seconds)

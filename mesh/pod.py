@@ -40,6 +40,7 @@ from mesh.metrics import MeshMetrics
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
+from mesh.request_budget import RequestBudget
 from mesh.router import Router
 from mesh.settings import MeshSettings
 from placement.copies import CopyPolicy
@@ -115,6 +116,12 @@ class Pod:
         self._load_pool = ThreadPoolExecutor(settings.load_concurrency + 1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
         self.probe = LoadProbe(workers=settings.load_concurrency) if settings.probe_loads else None
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.request_budget = RequestBudget(
+            limit_bytes=settings.max_request_bytes_in_flight, wait_s=settings.request_wait_s
+        )
+        self.metrics.request_bytes_in_flight.set_function(lambda: self.request_budget.in_flight)
+        self.metrics.request_bytes_waiting.set_function(lambda: self.request_budget.waiting)
         self.store = ModelStore(self._registry, namespace=settings.namespace)
         self.peers = PeerClient(settings.pod_id, max_message_bytes=settings.max_message_bytes)
         self._events: _CacheEvents | None = None
@@ -212,7 +219,13 @@ class Pod:
         )
         self._server = build_server(
             inference=InferenceServicer(
-                dataplane, self.router, self.metrics, request_timeout_s=s.request_timeout_s
+                dataplane,
+                self.router,
+                self.metrics,
+                request_timeout_s=s.request_timeout_s,
+                budget=self.request_budget,
+                decoder=self._decode_pool,
+                decode_inline_bytes=s.decode_inline_bytes,
             ),
             modelmesh=ModelMeshServicer(self.manager, self.metrics),
             admin=MeshAdminServicer(self.manager, self.cache, self.metrics, self._status_counts),
@@ -307,6 +320,7 @@ class Pod:
             self._metrics_server.server_close()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -11,6 +11,8 @@ import psutil
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesh.request_budget import charge
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -153,6 +155,22 @@ class MeshSettings(BaseSettings):
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED."""
 
+    max_request_bytes_in_flight: int = 512 * 1024 * 1024
+    """Memory the inference calls being decoded, run or forwarded may hold at once, as charged by
+    ``mesh.request_budget.charge`` (twice a request's bytes, plus 256 per BYTES element). A call
+    that finds it spent waits up to ``request_wait_s``, then gets RESOURCE_EXHAUSTED; one whose
+    charge alone exceeds it gets RESOURCE_EXHAUSTED at once."""
+
+    request_wait_s: float = Field(default=1.0, ge=0)
+    """How long a call waits for room in ``max_request_bytes_in_flight`` (never past its deadline)."""
+
+    decode_inline_bytes: int = 1024 * 1024
+    """Inference requests at least this large are parsed and decoded on a thread, and checked
+    against the model's signature before their tensors are decoded; smaller ones on the event loop."""
+
+    decode_threads: int = Field(default=2, ge=1)
+    """Threads that parse and decode large inference requests."""
+
     stop_grace_s: float = 5.0
     """Time in-flight calls get to finish on shutdown."""
 
@@ -190,7 +208,14 @@ class MeshSettings(BaseSettings):
     download_concurrency: int = 8
     """Parallel requests (objects and byte ranges) per artifact download."""
 
-    @field_validator("capacity_bytes", "max_message_bytes", "cache_size", mode="before")
+    @field_validator(
+        "capacity_bytes",
+        "max_message_bytes",
+        "max_request_bytes_in_flight",
+        "decode_inline_bytes",
+        "cache_size",
+        mode="before",
+    )
     @classmethod
     def _sizes(cls, value: str | int | None) -> int | None:
         return None if value is None else parse_size(value)
@@ -212,6 +237,12 @@ class MeshSettings(BaseSettings):
                 f"publish_interval_s ({self.publish_interval_s:g}) must be at most a third of "
                 f"lease_ttl_s ({self.lease_ttl_s:g}): keep-alives wait behind the publish interval, "
                 "and a lease that runs out removes the pod from the fleet"
+            )
+        if self.max_request_bytes_in_flight < charge(self.max_message_bytes, 0):
+            raise ValueError(
+                f"max_request_bytes_in_flight ({self.max_request_bytes_in_flight}) must be at least "
+                f"{charge(self.max_message_bytes, 0)}, what a numeric request of max_message_bytes "
+                f"({self.max_message_bytes}) is charged, or such requests could never run"
             )
         return self
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from adapters.datatypes import V2_TO_NUMPY, numpy_dtype, v2_datatype
 from adapters.signature import TensorSpec
 from mesh.dataplane import InferenceRequest, InferenceResponse, ModelStats
+from mesh.edge.wire import split_field
 from mesh.errors import InvalidInput
 from mesh.management import ModelStatus, VModelStatus
 from mesh.records import ModelInfo
@@ -43,10 +46,15 @@ _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in V2_TO_NUMPY.ite
 # tensors
 
 
-def request_from_proto(message: v2.ModelInferRequest) -> InferenceRequest:
+def request_from_proto(
+    message: v2.ModelInferRequest, raw: Sequence[bytes | memoryview] | None = None
+) -> InferenceRequest:
+    """The request's tensors as numpy arrays. ``raw``, when given, stands for the message's
+    ``raw_input_contents`` (views into the bytes it came in: see ``split_infer_request``)."""
     # On every call: each field read of a protobuf message costs about as much as a dict copy,
     # so each one is read once.
-    raw = message.raw_input_contents
+    if raw is None:
+        raw = message.raw_input_contents
     tensors = message.inputs
     if raw and len(raw) != len(tensors):
         raise InvalidInput(
@@ -68,7 +76,58 @@ def request_from_proto(message: v2.ModelInferRequest) -> InferenceRequest:
     return InferenceRequest(inputs, [output.name for output in outputs] if outputs else [], message.id)
 
 
-def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, name: str, raw: bytes | None) -> np.ndarray:
+_RAW_INPUT_CONTENTS = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+
+
+def split_infer_request(data: bytes) -> tuple[v2.ModelInferRequest, list[memoryview]]:
+    """A large request parsed without copying its tensors: the message without
+    ``raw_input_contents``, and those entries as views into ``data``.
+
+    Raises:
+        InvalidInput: the bytes are not a ``ModelInferRequest``.
+    """
+    try:
+        rest, raw = split_field(data, _RAW_INPUT_CONTENTS)
+        return v2.ModelInferRequest.FromString(rest), raw
+    except (ValueError, DecodeError):  # a form the split does not read (groups): parse it all
+        pass
+    try:
+        message = v2.ModelInferRequest.FromString(data)
+    except DecodeError as exc:
+        raise InvalidInput(f"the request is not a valid inference.ModelInferRequest: {exc}") from None
+    return message, [memoryview(entry) for entry in message.raw_input_contents]
+
+
+def header_inputs(message: v2.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Each input tensor as its header declares it: an array of its datatype and shape that
+    holds no data (one element seen through every index), for checking against a signature
+    before anything is decoded."""
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in message.inputs:
+        name = tensor.name
+        dtype = numpy_dtype(tensor.datatype)
+        shape = tuple(tensor.shape[:])
+        if shape and min(shape) < 0:
+            raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+        if len(shape) > _MAX_DIMS:
+            _check_shape_limits(name, shape, dtype)
+        inputs[name] = np.broadcast_to(np.empty((), dtype), shape)
+    return inputs
+
+
+def bytes_elements(message: v2.ModelInferRequest, wire_bytes: int) -> int:
+    """How many BYTES elements the request's inputs declare, at most what ``wire_bytes`` can hold
+    (each element has a 4-byte length prefix; a header that declares more is refused when decoded)."""
+    elements = 0
+    for tensor in message.inputs:
+        if tensor.datatype == "BYTES":
+            elements += max(math.prod(tensor.shape), 0)
+    return min(elements, wire_bytes // 4)
+
+
+def _input_array(
+    tensor: v2.ModelInferRequest.InferInputTensor, name: str, raw: bytes | memoryview | None
+) -> np.ndarray:
     datatype = tensor.datatype
     dtype = numpy_dtype(datatype)
     shape = tuple(tensor.shape[:])  # a slice is one copy; tuple() of the field iterates it in Python
@@ -117,24 +176,90 @@ def _check_shape_limits(name: str, shape: tuple[int, ...], dtype: np.dtype) -> N
         raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large for any tensor")
 
 
-def unpack_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
-    items: list[bytes] = []
-    offset = 0
-    view = memoryview(raw)
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidInput(f"input {name!r}: BYTES element {len(items)} has a truncated length prefix")
-        (length,) = _LENGTH.unpack_from(raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidInput(f"input {name!r}: BYTES element {len(items)} runs past the end of the data")
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    if len(items) != count:
-        raise InvalidInput(f"input {name!r}: shape needs {count} BYTES elements, got {len(items)}")
+def unpack_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+    """A BYTES tensor's elements (``count`` of them, each a 4-byte little-endian length and its
+    bytes) as a 1-D object array of ``bytes``.
+
+    The elements are cut out with numpy: when every element has the length of the first (the
+    common case) the length prefixes are checked as one strided view; otherwise only the walk
+    from prefix to prefix runs in Python, and the elements are gathered by length.
+
+    Raises:
+        InvalidInput: naming the tensor, when a length prefix is truncated or runs past the end
+            of the data, or the data holds other than ``count`` elements.
+    """
+    data = np.frombuffer(raw, np.uint8)
+    size = data.size
+    if count and size >= 4:
+        first = int(data[:4].view(_LENGTH_DTYPE)[0])
+        stride = 4 + first
+        if stride * count == size:
+            rows = data.reshape(count, stride)
+            if (rows[:, :4].copy().view(_LENGTH_DTYPE) == first).all():
+                return _elements(rows[:, 4:], first, count)
+    starts, lengths = _walk(name, raw, size)
+    if starts.size != count:
+        raise InvalidInput(f"input {name!r}: shape needs {count} BYTES elements, got {starts.size}")
     array = np.empty(count, dtype=object)
-    array[:] = items
+    if not count:
+        return array
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    bounds = np.flatnonzero(np.diff(sorted_lengths)) + 1
+    for run in np.split(order, bounds):
+        length = int(lengths[run[0]])
+        rows = np.lib.stride_tricks.sliding_window_view(data, length)[starts[run]] if length else data[:0]
+        array[run] = _elements(rows, length, len(run))
     return array
+
+
+_LENGTH_DTYPE = np.dtype("<u4")
+
+
+def _elements(rows: np.ndarray, length: int, count: int) -> np.ndarray:
+    """``count`` rows of ``length`` bytes as an object array of ``bytes`` (NULs kept, at the end
+    too: a void item keeps every byte, where a numpy bytes item drops trailing NULs)."""
+    if length == 0:
+        array = np.empty(count, dtype=object)
+        array[:] = b""
+        return array
+    # Rows whose bytes are contiguous (strided apart or not) are viewed, not copied.
+    items = rows.view(f"V{length}").reshape(count)
+    if count <= _CHUNK:
+        return items.astype(object)
+    # Made in chunks: one numpy call holds the GIL throughout, and the event loop needs it.
+    array = np.empty(count, dtype=object)
+    for start in range(0, count, _CHUNK):
+        array[start : start + _CHUNK] = items[start : start + _CHUNK].astype(object)
+    return array
+
+
+_CHUNK = 32768
+"""Elements made per numpy call: about 2 ms of holding the GIL."""
+
+
+def _walk(name: str, raw: bytes | memoryview, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The start and length of each element, from prefix to prefix (each depends on the last)."""
+    unpack = _LENGTH.unpack_from
+    starts: list[int] = []
+    append = starts.append
+    offset = 0
+    try:
+        while offset < size:
+            append(offset + 4)
+            offset += 4 + unpack(raw, offset)[0]
+    except struct.error:
+        raise InvalidInput(
+            f"input {name!r}: BYTES element {len(starts) - 1} has a truncated length prefix"
+        ) from None
+    if offset > size:
+        raise InvalidInput(f"input {name!r}: BYTES element {len(starts) - 1} runs past the end of the data")
+    first = np.array(starts, dtype=np.intp)
+    lengths = np.empty_like(first)
+    lengths[:-1] = first[1:] - first[:-1] - 4
+    if first.size:
+        lengths[-1] = size - first[-1]
+    return first, lengths
 
 
 def response_to_proto(response: InferenceResponse, *, version: str = "") -> v2.ModelInferResponse:

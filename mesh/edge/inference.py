@@ -8,23 +8,27 @@ call served elsewhere forwards those bytes unchanged to the pod that serves it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple
+from concurrent.futures import Executor
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from adapters.signature import check_inputs
 from mesh import __version__
-from mesh.dataplane import DataPlane, ModelStats, merge_statistics
+from mesh.dataplane import DataPlane, InferenceRequest, InferenceResponse, ModelStats, merge_statistics
 from mesh.edge import converters
 from mesh.edge.peers import HOP, MODEL_ID, MODEL_ID_BIN, ROUTE
 from mesh.edge.status import MalformedRequest, edge_method, internal_error, interrupted
 from mesh.edge.wire import embed
 from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
+from mesh.request_budget import RequestBudget, charge
 from mesh.router import EXCLUDE, WHY, Metadata, Router
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
@@ -45,6 +49,7 @@ _ROUTING_KEYS = {  # key -> whether it names a vmodel
     "mm-model-id-bin": False,
 }
 _STREAM_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
+T = TypeVar("T")
 
 
 class Hop(NamedTuple):
@@ -135,12 +140,19 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         metrics: MeshMetrics,
         *,
         request_timeout_s: float,
+        budget: RequestBudget,
+        decoder: Executor,
+        decode_inline_bytes: int,
         ready: bool = True,
     ) -> None:
         self._dataplane = dataplane
         self._router = router
         self.metrics = metrics
         self._request_timeout_s = request_timeout_s
+        self._budget = budget
+        self._decoder = decoder
+        """Parses, decodes and answers requests of ``decode_inline_bytes`` or more."""
+        self._decode_inline_bytes = decode_inline_bytes
         self.ready = ready
 
     @edge_method("ServerLive")
@@ -207,36 +219,92 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, method: str, message_class: RawRequest, raw: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
         """Serve a call here or on the pod that holds its model; a forwarded call carries ``raw``
-        unchanged. The request is parsed once, here, for its model name and for serving it here."""
-        request = _parse(message_class, raw)
-        if isinstance(request, v2.ModelInferRequest):
+        unchanged. The request is parsed once, here, for its model name and for serving it here.
+
+        An inference call holds its charge from the pod's request budget until it is answered; a
+        large one is parsed on a thread, without copying its tensors."""
+        cost = 0
+        if message_class is v2.ModelInferRequest:
+            contents: list[memoryview] | None = None
+            if len(raw) >= self._decode_inline_bytes:
+                with self._budget.waiting_for(len(raw)):
+                    request, contents = await self._off_loop(converters.split_infer_request, raw)
+                elements = converters.bytes_elements(request, len(raw))
+            else:
+                request = _parse(message_class, raw)
+                # Reading the tensors' headers costs more than the search (most calls have no BYTES).
+                elements = converters.bytes_elements(request, len(raw)) if b"BYTES" in raw else 0
             name = request.model_name
-            here: Callable[[str], Awaitable[bytes]] = functools.partial(self._infer_here, request)
+            here: Callable[[str], Awaitable[bytes]] = functools.partial(self._infer_here, request, contents)
+            cost = charge(len(raw), elements)
         else:
+            request = _parse(message_class, raw)
             name = request.name
             here = functools.partial(self._metadata_here, request)
         call = read_metadata(context)
-        if call.hop is not None:
-            hop = call.hop
-            return await self._router.serve_forwarded(
-                hop.model_id, hop.route, here, ignore=hop.ignore, why=hop.why
+        if cost and not self._budget.take_now(cost):
+            await self._budget.take(cost, deadline=self._deadline(context))
+        try:
+            if call.hop is not None:
+                hop = call.hop
+                return await self._router.serve_forwarded(
+                    hop.model_id, hop.route, here, ignore=hop.ignore, why=hop.why
+                )
+            name, vmodel = call.routed or (name, None)
+            return await self._router.call(
+                name,
+                vmodel,
+                method=method,
+                payload=raw,
+                local=here,
+                deadline=self._deadline(context),
+                metadata=call.passthrough,
             )
-        name, vmodel = call.routed or (name, None)
-        return await self._router.call(
-            name,
-            vmodel,
-            method=method,
-            payload=raw,
-            local=here,
-            deadline=self._deadline(context),
-            metadata=call.passthrough,
-        )
+        finally:
+            if cost:
+                self._budget.give_back(cost)
 
-    async def _infer_here(self, request: v2.ModelInferRequest, model_id: str) -> bytes:
-        response = await self._dataplane.infer(model_id, converters.request_from_proto(request), vmodel=False)
+    async def _infer_here(
+        self, request: v2.ModelInferRequest, contents: list[memoryview] | None, model_id: str
+    ) -> bytes:
+        if contents is None:
+            return self._answer(
+                request,
+                await self._dataplane.infer(model_id, converters.request_from_proto(request), vmodel=False),
+            )
+        # A large request: refused on its header when it cannot match a model loaded here, before
+        # anything is decoded; decoded and answered on a thread.
+        signature = self._dataplane.loaded_signature(model_id)
+        if signature is not None:
+            check_inputs(signature, converters.header_inputs(request))
+        decoded = [await self._off_loop(converters.request_from_proto, request, contents)]
+        response = await self._dataplane.infer(model_id, decoded[0], vmodel=False)
+        return await self._off_loop(self._answer, request, response, decoded)
+
+    @staticmethod
+    def _answer(
+        request: v2.ModelInferRequest,
+        response: InferenceResponse,
+        decoded: list[InferenceRequest] | None = None,
+    ) -> bytes:
+        """The answer's bytes. ``decoded`` is emptied here: on a thread, a large request's Python
+        objects are freed there, not on the event loop."""
+        if decoded is not None:
+            decoded.clear()
         # The answer names the model as the caller did (a vmodel id stays a vmodel id).
         response.model_name = request.model_name
         return converters.response_to_proto(response, version=request.model_version).SerializeToString()
+
+    async def _off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        """``work`` on the decode threads. A call cancelled meanwhile ends only once the work has:
+        the memory it holds stays charged to the call until then."""
+        done = asyncio.get_running_loop().run_in_executor(self._decoder, work, *args)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await done
+            raise
 
     async def _metadata_here(self, request: v2.ModelMetadataRequest, model_id: str) -> bytes:
         _, signature = await self._dataplane.metadata(model_id, vmodel=False)
