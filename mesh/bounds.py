@@ -11,7 +11,8 @@ import json
 import unicodedata
 from typing import Any
 
-from mesh.errors import InvalidInput, quoted
+from mesh.errors import InvalidInput, quoted, quoted_uri
+from puller.base import split_uri
 
 MAX_ID_BYTES = 512
 """Longest model id, vmodel id or vmodel owner, in bytes of UTF-8 (Kubernetes' 253-character
@@ -64,9 +65,14 @@ def check_path(model_id: str, path: str) -> None:
     what = f"model {quoted(model_id)}: modelInfo.path"
     if not path:
         raise InvalidInput(f"{what} must name the artifact")
-    check_bounded(what, path, MAX_PATH_BYTES)
+    check_bounded(what, path, MAX_PATH_BYTES, quote=False)
     if any(unicodedata.category(c) == "Cc" for c in path):
-        raise InvalidInput(f"{what} {quoted(path)} holds a control character")
+        raise InvalidInput(f"{what} {quoted_uri(path)} holds a control character")
+    if "://" in path and "@" in split_uri(path).netloc:
+        raise InvalidInput(
+            f"{what} {quoted_uri(path)} carries credentials (user:password@): they belong in the "
+            "storage-config Secret, named by the model key's storage_key, never in the registry"
+        )
 
 
 def parse_model_key(model_id: str, text: str) -> dict[str, Any]:
@@ -79,7 +85,7 @@ def parse_model_key(model_id: str, text: str) -> dict[str, Any]:
     deep = InvalidInput(f"{what} is nested deeper than {MAX_KEY_DEPTH} levels")
     try:
         key = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or an integer longer than Python converts (4,300 digits)
         raise InvalidInput(f"{what} is not JSON: {exc}") from None
     except RecursionError:  # deeper than the parser's own limit (about 1,000 levels)
         raise deep from None

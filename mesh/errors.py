@@ -35,6 +35,7 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
 QUOTE_CHARS = 200
@@ -52,6 +53,15 @@ def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def quoted_uri(uri: str, limit: int = QUOTE_CHARS) -> str:
+    """``quoted``, with a URI's user and password (``scheme://user:secret@host``) masked: how a
+    message quotes a path a caller sent, which may carry credentials it should not have."""
+    return quoted(_USERINFO.sub(r"\1***@", uri), limit)
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
 
 
 class ErrorCode(enum.Enum):

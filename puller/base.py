@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from mesh.errors import InvalidInput, quoted
+from mesh.errors import InvalidInput, quoted, quoted_uri
 from puller.config import StorageConfig, check_model_key, storage_uri
 
 
@@ -131,4 +131,4 @@ def split_uri(uri: str) -> SplitResult:
     try:
         return urlsplit(uri)
     except ValueError as exc:
-        raise InvalidInput(f"{quoted(uri)} is not a valid URI: {exc}") from None
+        raise InvalidInput(f"{quoted_uri(uri)} is not a valid URI: {exc}") from None

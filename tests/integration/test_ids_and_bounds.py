@@ -128,6 +128,7 @@ def test_ids_past_their_bounds_are_refused(mesh_api, models: ModelSet, model_id:
         ),
         (None, "[" * 5000 + "]" * 5000, "modelInfo.key is nested deeper than 32 levels"),
         (None, '{"a":' * 33 + "1" + "}" * 33, "modelInfo.key is nested deeper than 32 levels"),
+        (None, '{"a": ' + "1" * 5000 + "}", "modelInfo.key is not JSON: Exceeds the limit (4300 digits)"),
     ],
 )
 def test_paths_and_keys_past_their_bounds_are_refused(
@@ -143,6 +144,23 @@ def test_an_oversized_key_is_refused_without_echoing_it(mesh_api, models: ModelS
     error = _refused(register, mesh_api, "m", "sklearn", models.sklearn, key=key)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 16384" in error.details() and "wJalrXUtnFEMI" not in error.details()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "https://admin:hunter2-token@models.example/m.joblib",
+        "s3://AKIAEXAMPLE:hunter2-token@bucket/m.joblib",
+        "https://admin:hunter2-token@models.example/m\n.joblib",
+        "https://admin:hunter2-token@[::1/m.joblib",
+    ],
+)
+def test_a_path_carrying_credentials_is_refused_without_echoing_them(
+    mesh_api, models: ModelSet, path: str
+) -> None:
+    error = _refused(register, mesh_api, "m", "sklearn", path)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "hunter2" not in error.details() and "***@" in error.details(), error.details()
 
 
 def test_a_key_at_its_bounds_registers(mesh_api, models: ModelSet) -> None:
