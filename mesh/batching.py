@@ -162,12 +162,21 @@ class Batcher:
         """Start the groups as rounds of their own, gather what arrives meanwhile, and wait for a
         round to end only while no further round may start."""
         for group in groups:
-            task = asyncio.create_task(self._run_group(group), name="batch-round")
+            task = asyncio.create_task(self._round(group), name="batch-round")
             self._rounds.add(task)
             task.add_done_callback(self._rounds.discard)
         await self._gather()
         while self._queue and self._rounds and not (self._overlap is not None and self._overlap()):
             await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _round(self, group: list[_Call]) -> None:
+        """A round started alongside others; its callers hear of it even when it is cancelled."""
+        try:
+            await self._run_group(group)
+        finally:
+            for call in group:
+                if not call.done.done():
+                    call.done.cancel()
 
     async def _gather(self) -> None:
         """Yield to the loop while calls keep arriving: until ``quiet_turns`` turns in a row bring

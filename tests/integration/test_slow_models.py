@@ -68,9 +68,9 @@ def test_a_fast_model_keeps_answering_while_slow_models_fill_their_threads(
 def test_calls_that_reach_a_busy_slow_model_do_not_wait_for_its_round_to_end(
     tmp_path: Path, pod, mesh_api
 ) -> None:
-    """A call arriving while a one-second batch round runs starts a round of its own at once (the
+    """A call arriving while a two-second batch round runs starts a round of its own at once (the
     model has threads to spare) instead of waiting for the running round and then its own."""
-    register(mesh_api, "slow", "sklearn", sleepy_model(tmp_path / "slow", 1.0), load_now=True, sync=True)
+    register(mesh_api, "slow", "sklearn", sleepy_model(tmp_path / "slow", 2.0), load_now=True, sync=True)
     with tc.InferenceServerClient(pod.target) as client:
         _call(client, "slow")  # measured: a slow model
     with ThreadPoolExecutor(4) as callers:
@@ -80,9 +80,9 @@ def test_calls_that_reach_a_busy_slow_model_do_not_wait_for_its_round_to_end(
                 return _call(own, "slow")
 
         first = callers.submit(call_alone)
-        time.sleep(0.2)
+        time.sleep(0.3)  # the first call's round is running
         late = [callers.submit(call_alone) for _ in range(3)]
         late_latencies = [f.result(timeout=30) for f in late]
-        assert first.result(timeout=30) < 1.5
-    # Waiting for the running round would take about 1.8 s; a round of their own takes 1 s.
-    assert max(late_latencies) < 1.5, f"late calls took {late_latencies}"
+        assert first.result(timeout=30) < 2.8
+    # Waiting for the running round would take about 3.7 s; a round of their own takes 2 s.
+    assert max(late_latencies) < 2.8, f"late calls took {late_latencies}"

@@ -259,3 +259,14 @@ async def test_calls_arriving_during_a_round_start_their_own_when_rounds_may_ove
     for call in (first, *late):
         np.testing.assert_array_equal((await call)["double"], [2.0])
     await batcher.close()
+
+
+async def test_closing_a_batcher_ends_the_calls_of_its_overlapping_rounds() -> None:
+    model = GatedModel()
+    batcher = Batcher(model.execute, max_rows=64, overlap=lambda: True)
+    calls = [asyncio.create_task(batcher.infer({"x": np.ones((1, 2))}, ["double"])) for _ in range(2)]
+    await _rounds_started(model, 1)
+    await batcher.close()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
