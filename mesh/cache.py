@@ -310,29 +310,32 @@ class ModelCache:
             self.let_go(task.result())
 
     async def _load(self, record: ModelRecord) -> _Entry:
+        """Every way out but a load drops the claim a router may have written before it (``refused``
+        or ``failed``): one left LOADING would count as a crash once this pod's lease ends. Waiting
+        for a load slot is inside: a stopping pod cancels queued loads too."""
         model_id = record.model_id
         try:
-            adapter = self._adapters(record.info.type)
-        except KeyError:
-            raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
-        async with self._load_slots:
-            await self._listener.loading(model_id)
-            started = self._clock()
             try:
+                adapter = self._adapters(record.info.type)
+            except KeyError:
+                raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
+            async with self._load_slots:
+                await self._listener.loading(model_id)
+                started = self._clock()
                 entry = await self._fetch_and_load(record, adapter)
-            except (QuotaExceeded, Busy) as exc:  # refused for now, not failed: no failure record
-                await self._listener.refused(model_id, exc)
-                raise
-            except asyncio.CancelledError:  # the pod is stopping: not the model's fault
-                await self._listener.refused(model_id, Unavailable("the pod is stopping"))
-                raise
-            except MeshError as exc:
-                await self._listener.failed(model_id, exc)
-                raise
-            except Exception as exc:
-                error = ModelLoadFailed(model_id=model_id, reason=f"{type(exc).__name__}: {exc}")
-                await self._listener.failed(model_id, error)
-                raise error from exc
+        except (QuotaExceeded, Busy) as exc:  # refused for now, not failed: no failure record
+            await self._listener.refused(model_id, exc)
+            raise
+        except asyncio.CancelledError:  # the pod is stopping: not the model's fault
+            await self._listener.refused(model_id, Unavailable("the pod is stopping"))
+            raise
+        except MeshError as exc:
+            await self._listener.failed(model_id, exc)
+            raise
+        except Exception as exc:
+            error = ModelLoadFailed(model_id=model_id, reason=f"{type(exc).__name__}: {exc}")
+            await self._listener.failed(model_id, error)
+            raise error from exc
         seconds = self._clock() - started
         device = entry.model.device if entry.model is not None else "?"
         log.info("loaded %s on %s: %d bytes in %.3fs", model_id, device, entry.size_bytes, seconds)

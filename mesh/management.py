@@ -735,6 +735,20 @@ class ModelManager:
         log.info("load of %s refused: %s", model_id, error.message)
         await self._update_quietly(model_id, _without_copy(self.pod_id))
 
+    async def drop_claim(self, model_id: str) -> None:
+        """Drop this pod's LOADING copy of the model unless the cache is loading or holds it (read when
+        the write is made): the router claimed a load here that never reached the cache."""
+
+        def change(r: ModelRecord) -> ModelRecord:
+            copy = r.copies.get(self.pod_id)
+            if copy is None or copy.state is not ModelState.LOADING:
+                return r
+            if self._cache.loading(model_id) or self._cache.loaded(model_id) is not None:
+                return r  # the load records its own end
+            return _without_copy(self.pod_id)(r)
+
+        await self._update_quietly(model_id, change)
+
     async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
         drop = _without_copy(self.pod_id)
         # An evicted model was in use until room was needed: the janitor may pre-load it again

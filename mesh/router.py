@@ -22,6 +22,7 @@ with each pod's reason when loads failed), never ``INTERNAL``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import random
@@ -260,7 +261,9 @@ class Router:
             if self._store.model(model_id) is None:  # the sender knows it: this pod's watch is behind
                 await self._store.fetch_model(model_id)
             self._manager.record(model_id)  # unknown model: NOT_FOUND, not "not here"
-            await self.claim(model_id, ignore=ignore | self._suspected(), why=why, extra_copy=route == COPY)
+            ignore = ignore | self._suspected()
+            serve = functools.partial(self._serve_here, model_id, local)
+            return await self._claimed(model_id, serve, ignore=ignore, why=why, extra_copy=route == COPY)
         return await self._serve_here(model_id, local)
 
     async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
@@ -411,6 +414,24 @@ class Router:
             message = f"pod {holder} already holds model {quoted(model_id)}"
             raise NotHere(message, pod_id=self.pod_id, holder=holder)
 
+    async def _claimed(
+        self,
+        model_id: str,
+        serve: Callable[[], Awaitable[bytes]],
+        *,
+        ignore: frozenset[str],
+        why: str,
+        extra_copy: bool = False,
+    ) -> bytes:
+        """``claim`` the load here, then ``serve``. A claim whose load never started in the cache
+        (the call was cancelled, or refused before it reached the cache) is dropped when the call
+        ends: left LOADING, it would count as a crash of the model once this pod's lease ended."""
+        try:
+            await self.claim(model_id, ignore=ignore, why=why, extra_copy=extra_copy)
+            return await serve()
+        finally:
+            await self._manager.drop_claim(model_id)
+
     # the loop
 
     async def _attempt(
@@ -441,8 +462,10 @@ class Router:
                     if route == LOAD and not self._cache.loading(model_id):
                         decision = self.last_decision.get(model_id)
                         why = explain(decision, self.pod_id) if decision is not None else ""
-                        await self.claim(model_id, ignore=frozenset(excluded) | self._suspected(), why=why)
-                    return await self._deadlines.run(self._serve_here(model_id, local), deadline)
+                        ignore = frozenset(excluded) | self._suspected()
+                        serve = functools.partial(self._serve_until, model_id, local, deadline)
+                        return await self._claimed(model_id, serve, ignore=ignore, why=why)
+                    return await self._serve_until(model_id, local, deadline)
                 # The peer call carries the deadline too; this bound holds whatever the transport does.
                 return await self._deadlines.run(self._forward(pod_id, route, forward, remaining), deadline)
             except (TimeoutError, DeadlineExceeded) as exc:
@@ -478,6 +501,9 @@ class Router:
             f"{'; '.join(reasons)}",
             model_id=model_id,
         )
+
+    async def _serve_until(self, model_id: str, local: Local, deadline: float) -> bytes:
+        return await self._deadlines.run(self._serve_here(model_id, local), deadline)
 
     async def _serve_here(self, model_id: str, local: Local) -> bytes:
         self.in_flight[self.pod_id] += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mesh.cache import ModelCache
-from mesh.errors import LoaderCrashed, ModelLoadFailed
+from mesh.errors import LoaderCrashed, ModelLoadFailed, UnsupportedModelType
 from mesh.management import ModelManager
 from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
 from mesh.registry import MemoryRegistry, ModelStore
@@ -113,6 +113,7 @@ async def test_a_load_that_fails_without_dying_is_no_crash(member: Member) -> No
 
 
 async def test_loads_cancelled_by_a_stopping_pod_drop_their_claims(tmp_path: Path) -> None:
+    """One load running and one queued for the pod's only load slot: both drop their claims."""
     adapter = FakeAdapter()
     adapter.block.clear()
     events = Events()
@@ -123,16 +124,39 @@ async def test_loads_cancelled_by_a_stopping_pod_drop_their_claims(tmp_path: Pat
         executor=pool,
         listener=events,
         adapters=lambda _: adapter,
+        load_concurrency=1,
+    )
+    loads = []
+    for model_id in ("m", "queued"):
+        path = tmp_path / f"{model_id}.txt"
+        path.write_text("10")
+        record = ModelRecord(model_id, ModelInfo("fake", str(path)))
+        loads.append(asyncio.create_task(cache.ensure_loaded(record)))
+    await _until(lambda: adapter.loads == 1 and cache.loading("queued"), "one load to start, one to queue")
+    await cache.cancel_loads()
+    assert sorted(events.log) == [("loading", "m"), ("refused", "m"), ("refused", "queued")]
+    assert not cache.loading("m") and not cache.loading("queued")
+    adapter.block.set()
+    for load in loads:
+        with pytest.raises(asyncio.CancelledError):
+            await load
+    await cache.close()
+    pool.shutdown()
+
+
+async def test_a_load_of_a_type_this_pod_cannot_load_drops_its_claim(tmp_path: Path) -> None:
+    def no_adapter(model_type: str) -> FakeAdapter:
+        raise KeyError(model_type)
+
+    events = Events()
+    pool = ThreadPoolExecutor(1)
+    cache = ModelCache(
+        capacity_bytes=100, fetchers=default_fetchers(), executor=pool, listener=events, adapters=no_adapter
     )
     path = tmp_path / "m.txt"
     path.write_text("10")
-    load = asyncio.create_task(cache.ensure_loaded(ModelRecord("m", ModelInfo("fake", str(path)))))
-    await _until(lambda: adapter.loads == 1, "the load to start")
-    await cache.cancel_loads()
-    assert events.log == [("loading", "m"), ("refused", "m")]
-    assert not cache.loading("m")
-    adapter.block.set()
-    with pytest.raises(asyncio.CancelledError):
-        await load
+    with pytest.raises(UnsupportedModelType):
+        await cache.ensure_loaded(ModelRecord("m", ModelInfo("other", str(path))))
+    assert events.log == [("failed", "m")]  # the listener drops the claim with the failure
     await cache.close()
     pool.shutdown()

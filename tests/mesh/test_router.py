@@ -764,3 +764,42 @@ async def test_a_load_the_tenant_cap_cannot_fit_is_refused_not_failed(harness: H
     record = harness.store.model("huge")
     assert record is not None and record.copies == {} and record.failures == {}
     assert harness.cache.used_bytes == 0
+
+
+async def test_a_call_that_ends_before_its_load_starts_drops_its_claim(harness: Harness) -> None:
+    """Cancelled between the claim and the cache, or refused on its way there: no LOADING copy
+    is left behind (the janitor would count it as a crash once this pod's lease ended)."""
+    await harness.model("m")
+    reached = asyncio.Event()
+
+    async def hang(model_id: str) -> bytes:
+        reached.set()
+        await asyncio.Event().wait()
+        return b""
+
+    call = asyncio.create_task(
+        harness.router.call(
+            "m", None, method="ModelInfer", payload=PAYLOAD, local=hang, deadline=time.monotonic() + 30
+        )
+    )
+    await reached.wait()
+    record = harness.store.model("m")
+    assert record is not None and record.copies[SELF].state is ModelState.LOADING
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    record = harness.store.model("m")
+    assert record is not None and record.copies == {}
+
+    async def refuse(model_id: str) -> bytes:
+        raise NotFound("the input names no such tensor")
+
+    with pytest.raises(NotFound):
+        await harness.router.call(
+            "m", None, method="ModelInfer", payload=PAYLOAD, local=refuse, deadline=time.monotonic() + 5
+        )
+    record = harness.store.model("m")
+    assert record is not None and record.copies == {}
+    assert await harness.call() == b"served here"  # a load that starts keeps its copy
+    record = harness.store.model("m")
+    assert record is not None and record.copies[SELF].state is ModelState.LOADED
