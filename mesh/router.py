@@ -583,11 +583,11 @@ class Router:
         holder = choose_copy(loading, self.in_flight, salt=salt)
         if holder is not None:
             return holder, LOAD
-        silent = self._lost_load(record, live, suspected)
+        silent = self._lost_load(record, live)
         if silent is not None:
             raise Unavailable(
-                f"model {model_id!r} was loading on {silent}, which stopped answering and may have died "
-                f"of it: no other pod loads it until {silent}'s lease has ended and its fate is recorded; "
+                f"model {quoted(model_id)} was loading on {silent}, whose lease has ended: it may have "
+                f"died of it, and no other pod loads it until the janitor has recorded {silent}'s fate; "
                 "retry later",
                 model_id=model_id,
             )
@@ -601,18 +601,19 @@ class Router:
             raise Unavailable(message, model_id=model_id)
         return decision.pod_id, LOAD
 
-    def _lost_load(self, record: ModelRecord, live: Collection[str], suspected: frozenset[str]) -> str | None:
-        """A pod whose copy of the model is LOADING but that went silent (it stopped answering, or
-        its lease ended and the janitor has not counted its copy yet). It may have died of this very
-        model: loading it elsewhere now could kill the next pod too, so no pod does until the
-        registry knows (``ModelManager.forget_pod`` turns the copy into a crash of the model)."""
+    def _lost_load(self, record: ModelRecord, live: Collection[str]) -> str | None:
+        """A pod whose copy of the model is LOADING but whose instance record is gone (its lease
+        ended, and the janitor has not counted its copy yet). It may have died of this very model:
+        loading it elsewhere now could kill the next pod too, so no pod does until the registry
+        knows (``ModelManager.forget_dead_pods`` turns the copy into a crash of the model). A pod
+        that is merely slow to answer (suspected here) is still live: it keeps its lease, so it has
+        not died of the model, and the model loads elsewhere; should it die, its record goes within
+        a lease TTL and this rule holds from then on."""
         return next(
             (
                 pod
                 for pod, copy in sorted(record.copies.items())
-                if copy.state is ModelState.LOADING
-                and pod != self.pod_id
-                and (pod not in live or pod in suspected)
+                if copy.state is ModelState.LOADING and pod != self.pod_id and pod not in live
             ),
             None,
         )

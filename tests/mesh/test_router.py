@@ -29,6 +29,7 @@ from mesh.errors import (
     NotHere,
     QuotaExceeded,
     Unavailable,
+    quoted,
 )
 from mesh.inference_threads import InferenceThreads
 from mesh.management import ModelManager, SetVModel, now_ms
@@ -803,3 +804,24 @@ async def test_a_call_that_ends_before_its_load_starts_drops_its_claim(harness: 
     assert await harness.call() == b"served here"  # a load that starts keeps its copy
     record = harness.store.model("m")
     assert record is not None and record.copies[SELF].state is ModelState.LOADED
+
+
+async def test_a_load_on_a_pod_that_left_blocks_others_and_on_a_slow_live_pod_does_not(
+    harness: Harness,
+) -> None:
+    """A LOADING copy on a pod whose instance record is gone may be a pod the model killed: no other
+    pod loads it until the janitor has recorded its fate. A live pod that was slow to answer once is
+    no such sign: the model loads elsewhere."""
+    long_id = "m" * 250
+    await harness.model(long_id, pod_gone=ModelState.LOADING)
+    with pytest.raises(Unavailable) as refused:
+        await harness.call(long_id)
+    assert "was loading on pod-gone, whose lease has ended" in refused.value.message
+    assert f"model {quoted(long_id)} was loading" in refused.value.message  # cut short, its length named
+
+    await harness.pod("pod-b")
+    await harness.model("n", pod_b=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = Unavailable("pod-b did not answer in time")
+    assert await harness.call("n") == b"served here"  # pod-b is suspected now
+    await harness.model("m", pod_b=ModelState.LOADING)
+    assert await harness.call("m") == b"served here"
