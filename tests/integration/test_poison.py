@@ -162,6 +162,8 @@ def test_pods_that_die_loading_a_model_block_it_until_it_is_registered_again(
         janitor_interval_s=0.2,
         failure_ttl_s=FAILURE_TTL_S,
         max_load_crashes=2,
+        lease_ttl_s=3,  # a pod that left a copy LOADING is taken for dead once missing this long
+        publish_interval_s=0.5,
     )
     with PodThread(settings) as pod, MeshClient(pod.target) as api:
         api.register("m", "sklearn", str(models.sklearn))
