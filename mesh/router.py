@@ -43,6 +43,7 @@ from mesh.errors import (
     NotHere,
     QuotaExceeded,
     Unavailable,
+    Unreachable,
     quoted,
 )
 from mesh.management import ModelManager, now_ms
@@ -124,6 +125,9 @@ class Router:
         self._suspects: dict[str, float] = {}
         """Pods that did not answer, until when (monotonic) they are skipped; their lease may
         not have expired yet."""
+        self._unreachable: dict[str, float] = {}
+        """Of those, pods that gave no answer at all (``Unreachable``), until when: their process
+        may be gone though their instance record has not gone yet."""
         self.in_flight: Counter[str] = Counter()
         """Calls this pod is serving or forwarding, by the pod serving them."""
         self.served = 0
@@ -488,6 +492,8 @@ class Router:
                 excluded.add(pod_id)
                 if pod_id != self.pod_id:
                     self._suspects[pod_id] = time.monotonic() + self._suspect_s
+                    if isinstance(exc, Unreachable):
+                        self._unreachable[pod_id] = self._suspects[pod_id]
         if load_failures:
             raise self._load_failed(model_id, load_failures)
         if no_room is not None and len(reasons) == 1:
@@ -538,6 +544,13 @@ class Router:
         self._suspects = {pod: until for pod, until in self._suspects.items() if until > now}
         return frozenset(self._suspects)
 
+    def _silent(self, suspected: frozenset[str]) -> frozenset[str]:
+        """The suspected pods that gave no answer at all (``_suspected`` prunes both)."""
+        if not self._unreachable:
+            return _NONE
+        self._unreachable = {pod: until for pod, until in self._unreachable.items() if pod in suspected}
+        return frozenset(self._unreachable)
+
     def forget(self, model_id: str) -> None:
         """Drop what this pod kept about a model that is no longer registered."""
         self.last_decision.pop(model_id, None)
@@ -583,12 +596,12 @@ class Router:
         holder = choose_copy(loading, self.in_flight, salt=salt)
         if holder is not None:
             return holder, LOAD
-        silent = self._lost_load(record, live)
+        silent = self._lost_load(record, live, self._silent(suspected))
         if silent is not None:
             raise Unavailable(
-                f"model {quoted(model_id)} was loading on {silent}, whose lease has ended: it may have "
-                f"died of it, and no other pod loads it until the janitor has recorded {silent}'s fate; "
-                "retry later",
+                f"model {quoted(model_id)} was loading on {silent}, which stopped answering and may have "
+                f"died of it: no other pod loads it until {silent}'s lease has ended and its fate is "
+                "recorded; retry later",
                 model_id=model_id,
             )
         decision = choose_load_pod(self.view(excluded), self._model_view(record, load_failures))
@@ -601,19 +614,21 @@ class Router:
             raise Unavailable(message, model_id=model_id)
         return decision.pod_id, LOAD
 
-    def _lost_load(self, record: ModelRecord, live: Collection[str]) -> str | None:
-        """A pod whose copy of the model is LOADING but whose instance record is gone (its lease
-        ended, and the janitor has not counted its copy yet). It may have died of this very model:
-        loading it elsewhere now could kill the next pod too, so no pod does until the registry
-        knows (``ModelManager.forget_dead_pods`` turns the copy into a crash of the model). A pod
-        that is merely slow to answer (suspected here) is still live: it keeps its lease, so it has
-        not died of the model, and the model loads elsewhere; should it die, its record goes within
-        a lease TTL and this rule holds from then on."""
+    def _lost_load(self, record: ModelRecord, live: Collection[str], silent: Collection[str]) -> str | None:
+        """A pod whose copy of the model is LOADING but that may have died: its instance record is
+        gone (its lease ended, and the janitor has not counted its copy yet), or it gave no answer
+        at all to a call from this pod (``silent``: its process may be gone, its record not yet).
+        It may have died of this very model: loading it elsewhere now could kill the next pod too,
+        so no pod does until the registry knows (``ModelManager.forget_dead_pods`` turns the copy
+        into a crash of the model). A pod that answered, however slowly or with an error, is alive:
+        the model loads elsewhere."""
         return next(
             (
                 pod
                 for pod, copy in sorted(record.copies.items())
-                if copy.state is ModelState.LOADING and pod != self.pod_id and pod not in live
+                if copy.state is ModelState.LOADING
+                and pod != self.pod_id
+                and (pod not in live or pod in silent)
             ),
             None,
         )

@@ -29,6 +29,7 @@ from mesh.errors import (
     NotHere,
     QuotaExceeded,
     Unavailable,
+    Unreachable,
     quoted,
 )
 from mesh.inference_threads import InferenceThreads
@@ -806,22 +807,27 @@ async def test_a_call_that_ends_before_its_load_starts_drops_its_claim(harness: 
     assert record is not None and record.copies[SELF].state is ModelState.LOADED
 
 
-async def test_a_load_on_a_pod_that_left_blocks_others_and_on_a_slow_live_pod_does_not(
+async def test_a_load_on_a_pod_that_may_have_died_blocks_others_and_on_a_slow_pod_does_not(
     harness: Harness,
 ) -> None:
-    """A LOADING copy on a pod whose instance record is gone may be a pod the model killed: no other
-    pod loads it until the janitor has recorded its fate. A live pod that was slow to answer once is
-    no such sign: the model loads elsewhere."""
+    """A LOADING copy on a pod whose instance record is gone, or that gave no answer at all, may be
+    a pod the model killed: no other pod loads it until the janitor has recorded its fate. A live
+    pod that answered, if only to say it is unavailable, is no such sign: the model loads here."""
     long_id = "m" * 250
     await harness.model(long_id, pod_gone=ModelState.LOADING)
     with pytest.raises(Unavailable) as refused:
         await harness.call(long_id)
-    assert "was loading on pod-gone, whose lease has ended" in refused.value.message
+    assert "was loading on pod-gone, which stopped answering" in refused.value.message
     assert f"model {quoted(long_id)} was loading" in refused.value.message  # cut short, its length named
 
     await harness.pod("pod-b")
-    await harness.model("n", pod_b=ModelState.LOADED)
-    harness.peers.answers["pod-b"] = Unavailable("pod-b did not answer in time")
-    assert await harness.call("n") == b"served here"  # pod-b is suspected now
-    await harness.model("m", pod_b=ModelState.LOADING)
-    assert await harness.call("m") == b"served here"
+    await harness.pod("pod-c")
+    await harness.model("n", pod_b=ModelState.LOADED, pod_c=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = Unavailable("pod-b: loading model 'x' timed out after 5s")
+    harness.peers.answers["pod-c"] = Unreachable("pod-c did not answer: UNAVAILABLE: Connection reset")
+    assert await harness.call("n") == b"served here"  # pod-b and pod-c are suspected now
+    await harness.model("slow", pod_b=ModelState.LOADING)
+    assert await harness.call("slow") == b"served here"
+    await harness.model("silent", pod_c=ModelState.LOADING)
+    with pytest.raises(Unavailable, match="was loading on pod-c, which stopped answering"):
+        await harness.call("silent")
