@@ -9,16 +9,20 @@ the loaded model once on a row of zeros (when its signature gives every input's 
 whose every call kills its process fails the same way. An error from that call is ignored (zeros
 may be no valid input); only a death counts. A model that dies only on some inputs is not caught.
 
-Workers are forked from multiprocessing's fork server, which imports the adapters once; an idle
-worker is kept for the next trial, and one that died or ran past its timeout is replaced. (The fork
-server imports the program's main module, as multiprocessing does: a program that runs a pod must
+Each trial has a worker of its own, forked from multiprocessing's fork server (which imports the
+adapters once), started ahead of the trial as a spare, and killed when the trial ends: an
+artifact's code can change its process (patch ``joblib.load`` to exit, leave threads or handlers
+behind), and a reused worker would carry that into the next artifact's trial and get that one
+blamed. Killing it also gives its memory back before the pod loads the model itself. (Each worker
+runs the program's main module again, as multiprocessing does: a program that runs a pod must
 guard its entry point with ``if __name__ == "__main__"``; ``mesh serve`` and pytest do.)
 
 The worker answers in plain bytes (the load's error text, or nothing): the pod unpickles nothing
 the worker sends. A worker that dies before it is ready says nothing about the artifact: that is
-``Unavailable``, not a crash. A trial costs about the load's own time again, paid once per artifact
-file: a file that passed is not tried again while its size and mtime stay. ONNX and TorchScript
-files are parsed, not executed, on load: their adapters are not tried first.
+``Unavailable``, not a crash. A trial costs about the load's own time again (plus the imports the
+artifact needs beyond ``PRELOAD``), paid once per artifact file: a file that passed is not tried
+again while its size and mtime stay. ONNX and TorchScript files are parsed, not executed, on load:
+their adapters are not tried first.
 """
 
 from __future__ import annotations
@@ -43,10 +47,10 @@ from mesh.errors import LoaderCrashed, ModelLoadFailed, Unavailable
 
 log = logging.getLogger(__name__)
 
-PRELOAD = ("adapters.sklearn", "sklearn.linear_model")
-"""Modules the fork server imports once (sklearn's core with its most used estimators), so a worker
-starts, and a dead one is replaced, in milliseconds; other estimators' modules are imported by the
-worker on first use."""
+PRELOAD = ("adapters.sklearn", "sklearn.linear_model", "sklearn.ensemble")
+"""Modules the fork server imports once (sklearn's core with its most used estimators: linear
+models, trees and forests), so a worker starts in milliseconds; other estimators' modules are
+imported by each worker that needs them."""
 _STOP_S = 5.0
 _START_S = 60.0
 """How long a new worker may take to say it is ready (the first also starts the fork server)."""
@@ -59,26 +63,31 @@ _MAX_ERROR = 4000
 
 class LoadProbe:
     """Loads artifacts in worker processes before the pod does. Thread-safe: loads call ``check``
-    from the pod's load threads, at most ``workers`` at once each with its own worker."""
+    from the pod's load threads, at most ``workers`` at once, each trial in a new worker."""
 
     def __init__(self, *, workers: int) -> None:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(list(PRELOAD))
-        self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
+        self._spare: _Worker | None = None
+        """A worker started ahead of the next trial, that has run none (its start is off the
+        trial's path: a fork, and the program's main module run again, as multiprocessing does)."""
+        self._starting: threading.Thread | None = None
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(workers)
         self._passed: set[tuple[str, int, int]] = set()
         self._stopped = False
 
     def check(self, model_id: str, adapter: ModelAdapter, path: Path, *, timeout_s: float) -> None:
-        """Load ``path`` with ``adapter`` (the worker's own instance of it) in a worker process; blocks.
+        """Load ``path`` with ``adapter`` (the worker's own instance of it) in a new worker process,
+        which is gone when this returns; blocks.
 
         Raises:
             LoaderCrashed: the worker died while loading it.
             ModelLoadFailed: the load raised (its message, as a load in the pod would give it).
-            TimeoutError: no answer within ``timeout_s`` (the worker is killed).
-            Unavailable: no worker process could be started (nothing is known of the artifact).
+            TimeoutError: no answer within ``timeout_s``.
+            Unavailable: no worker process could be started, or ``stop`` ended it (nothing is known
+                of the artifact).
         """
         artifact = find_artifact(path, adapter.suffixes)
         stat = artifact.stat()
@@ -86,65 +95,78 @@ class LoadProbe:
         if key in self._passed:
             return
         with self._slots:
-            worker = self._take(model_id)
+            worker = self._start(model_id)
             try:
                 error = worker.load(adapter.model_type, path, timeout_s)
             except _Died as died:
+                if self._stopped:  # ``stop`` killed it: nothing is known of the artifact
+                    raise Unavailable("the pod is stopping: the trial load was cut off") from None
                 log.warning("the loader process died trying %s (%s): %s", model_id, artifact.name, died)
-                self._discard(worker)
                 doing = (
                     f"running {artifact.name} once on zeros" if died.loaded else f"loading {artifact.name}"
                 )
                 reason = f"the loader process died while {doing}: {died}"
                 raise LoaderCrashed(model_id=model_id, reason=reason) from None
-            except BaseException:
-                self._discard(worker)
-                raise
-            self._give_back(worker)
+            finally:
+                self._end(worker)
         if error is not None:
             raise ModelLoadFailed(model_id=model_id, reason=error)
         self._passed.add(key)
 
     def workers(self) -> list[int]:
-        """The pids of the worker processes alive now (idle or busy)."""
+        """The pids of the worker processes running a trial now (not the spare)."""
         with self._lock:
-            return [w.pid for w in (*self._idle, *self._busy) if w.alive()]
+            return [w.pid for w in self._busy if w.alive()]
 
     def stop(self) -> None:
-        """End every worker (busy ones too); a later ``check`` fails. Blocks up to a few seconds."""
+        """End every worker (trials in flight fail); a later ``check`` fails. Blocks up to a few seconds."""
         with self._lock:
             self._stopped = True
-            workers = [*self._idle, *self._busy]
-            self._idle.clear()
+            workers = [*self._busy, *([self._spare] if self._spare is not None else [])]
+            self._spare = None
+            starting = self._starting
         for worker in workers:
-            worker.stop()
+            worker.kill()
+        if starting is not None:
+            starting.join()  # it ends the worker it started: the probe is stopped
 
-    def _take(self, model_id: str) -> _Worker:
+    def _start(self, model_id: str) -> _Worker:
+        """The spare worker, or a new one; starts the next spare."""
         with self._lock:
             if self._stopped:
                 raise ModelLoadFailed(model_id=model_id, reason="the pod is stopping")
-            worker = self._idle.pop() if self._idle else None
-        if worker is not None and not worker.alive():  # killed while idle
-            worker.stop()
-            worker = None
-        if worker is None:
+            worker, self._spare = self._spare, None
+        if worker is None or not worker.alive():
+            if worker is not None:
+                worker.kill()
             worker = _Worker.start(self._context)
         with self._lock:
             self._busy.add(worker)
+            stopped = self._stopped
+            if not stopped and (self._starting is None or not self._starting.is_alive()):
+                self._starting = threading.Thread(target=self._start_spare, name="mesh-load-probe-spare")
+                self._starting.start()
+        if stopped:  # ``stop`` ran while it started
+            self._end(worker)
+            raise ModelLoadFailed(model_id=model_id, reason="the pod is stopping")
         return worker
 
-    def _give_back(self, worker: _Worker) -> None:
+    def _start_spare(self) -> None:
+        try:
+            worker = _Worker.start(self._context)
+        except Unavailable as exc:  # the next trial starts its own, and says why if it cannot
+            log.warning("no spare loader process: %s", exc.message)
+            return
         with self._lock:
-            self._busy.discard(worker)
-            if not self._stopped:
-                self._idle.append(worker)
-                return
-        worker.stop()
+            if not self._stopped and self._spare is None:
+                self._spare, worker = worker, None  # type: ignore[assignment]
+        if worker is not None:
+            worker.kill()
 
-    def _discard(self, worker: _Worker) -> None:
+    def _end(self, worker: _Worker) -> None:
         with self._lock:
             self._busy.discard(worker)
-        worker.stop()
+        worker.kill()
 
 
 class _Died(Exception):
@@ -209,11 +231,16 @@ class _Worker:
         return f"exit code {code}"
 
     def stop(self) -> None:
-        self._connection.close()  # an idle worker reads EOF and exits
+        self._connection.close()  # a worker waiting for work reads EOF and exits
         self._process.join(0.5)
+        self.kill()
+
+    def kill(self) -> None:
+        """End it now (SIGKILL: nothing the artifact left in it runs), and reap it."""
+        self._connection.close()
         if self._process.is_alive():
             self._process.kill()
-            self._process.join(_STOP_S)
+        self._process.join(_STOP_S)
 
 
 def _serve(connection: Connection) -> None:

@@ -1,7 +1,7 @@
 """What loading pickles in a worker process first costs (``adapters.probe``), against the load itself.
 
 For a small LogisticRegression and random forests of about 15 MB and 45 MB: the pod's own load
-(in this process) and the trial load in a warm worker, as medians of ``--rounds`` runs, and their
+(in this process) and the trial load (each in a new worker), as medians of ``--rounds`` runs, and their
 ratio; the first trial (it starts the fork server); the worker's and fork server's memory; and,
 for the alternative of serving sklearn models from a worker process, the cost per call of a pipe
 round trip to a worker against calling ``predict`` here.
@@ -12,10 +12,12 @@ round trip to a worker against calling ``predict`` here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -25,7 +27,7 @@ import joblib
 import numpy as np
 import psutil
 
-from adapters import adapter_for
+from adapters import ModelAdapter, adapter_for
 from adapters.probe import LoadProbe
 from mesh import samples
 
@@ -61,6 +63,23 @@ def _serve(connection: Connection, path: str) -> None:
         connection.send_bytes(model.predict(rows).astype(np.int64).tobytes())
 
 
+def _worker_memory(probe: LoadProbe, adapter: ModelAdapter, path: Path) -> tuple[float, float]:
+    """The most memory (MiB resident, MiB its own) a trial's worker is seen to hold while it tries
+    ``path`` (each trial's worker ends with it: sampled from another thread)."""
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))
+    trial = threading.Thread(target=probe.check, args=("memory", adapter, path), kwargs={"timeout_s": 120})
+    trial.start()
+    rss = uss = 0.0
+    while trial.is_alive():
+        for pid in probe.workers():
+            with contextlib.suppress(psutil.Error):
+                info = psutil.Process(pid).memory_full_info()
+                rss, uss = max(rss, info.rss / 2**20), max(uss, info.uss / 2**20)
+        time.sleep(0.005)
+    trial.join()
+    return rss, uss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -89,12 +108,14 @@ def main() -> None:
             trial_ms = _median_ms(trial, rounds)
             size_mb = path.stat().st_size / 1e6
             print(f"{name:12s} {size_mb:6.1f} {load_ms:9.1f} {trial_ms:9.1f} {trial_ms / load_ms:10.2f}")
-        (worker,) = [psutil.Process(pid) for pid in probe.workers()]
-        server = worker.parent()
-        assert server is not None
-        for label, process in (("worker", worker), ("fork server", server)):
-            info = process.memory_full_info()
-            print(f"{label}: {info.rss / 2**20:.0f} MiB resident, {info.uss / 2**20:.0f} MiB its own")
+        worker_rss, worker_uss = _worker_memory(probe, adapter, models["forest-12k"])
+        print(
+            f"worker (largest seen, trying forest-12k): {worker_rss:.0f} MiB resident, "
+            f"{worker_uss:.0f} MiB its own"
+        )
+        (server,) = [c for c in psutil.Process().children() if "forkserver" in " ".join(c.cmdline())]
+        info = server.memory_full_info()
+        print(f"fork server: {info.rss / 2**20:.0f} MiB resident, {info.uss / 2**20:.0f} MiB its own")
         probe.stop()
 
         model = joblib.load(models["small"])

@@ -6,10 +6,13 @@ Invariants:
   settles on the adapter's measured size when it ends.
 - A model serving a request (``in_use`` > 0) or loading is never evicted.
 - Concurrent requests for one unloaded model share one load.
-- At most ``load_concurrency`` loads run at once; each has a timeout.
+- At most ``load_concurrency`` loads run at once; each step (waiting for room, the trial,
+  the load) has the load timeout.
 - An artifact whose loading runs code (pickle) is loaded in a worker process first
-  (``Probe``), within the load's timeout and before room is made for it; the worker's
-  memory is not counted in ``used_bytes``.
+  (``Probe``), in the room reserved for it and within a timeout of its own (the pod's own
+  load then has its full timeout). The worker ends before the pod loads the model, so the
+  model's bytes are held once at a time; only the worker's own footprint (its interpreter,
+  tens of MiB, one per load in flight) is outside ``used_bytes``.
 
 The cache knows nothing of the registry: it reports loads, failures and evictions
 to a ``CacheListener``.
@@ -310,29 +313,32 @@ class ModelCache:
             self.let_go(task.result())
 
     async def _load(self, record: ModelRecord) -> _Entry:
+        """Every way out but a load drops the claim a router may have written before it (``refused``
+        or ``failed``): one left LOADING would count as a crash once this pod's lease ends. Waiting
+        for a load slot is inside: a stopping pod cancels queued loads too."""
         model_id = record.model_id
         try:
-            adapter = self._adapters(record.info.type)
-        except KeyError:
-            raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
-        async with self._load_slots:
-            await self._listener.loading(model_id)
-            started = self._clock()
             try:
+                adapter = self._adapters(record.info.type)
+            except KeyError:
+                raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
+            async with self._load_slots:
+                await self._listener.loading(model_id)
+                started = self._clock()
                 entry = await self._fetch_and_load(record, adapter)
-            except (QuotaExceeded, Busy) as exc:  # refused for now, not failed: no failure record
-                await self._listener.refused(model_id, exc)
-                raise
-            except asyncio.CancelledError:  # the pod is stopping: not the model's fault
-                await self._listener.refused(model_id, Unavailable("the pod is stopping"))
-                raise
-            except MeshError as exc:
-                await self._listener.failed(model_id, exc)
-                raise
-            except Exception as exc:
-                error = ModelLoadFailed(model_id=model_id, reason=f"{type(exc).__name__}: {exc}")
-                await self._listener.failed(model_id, error)
-                raise error from exc
+        except (QuotaExceeded, Busy) as exc:  # refused for now, not failed: no failure record
+            await self._listener.refused(model_id, exc)
+            raise
+        except asyncio.CancelledError:  # the pod is stopping: not the model's fault
+            await self._listener.refused(model_id, Unavailable("the pod is stopping"))
+            raise
+        except MeshError as exc:
+            await self._listener.failed(model_id, exc)
+            raise
+        except Exception as exc:
+            error = ModelLoadFailed(model_id=model_id, reason=f"{type(exc).__name__}: {exc}")
+            await self._listener.failed(model_id, error)
+            raise error from exc
         seconds = self._clock() - started
         device = entry.model.device if entry.model is not None else "?"
         log.info("loaded %s on %s: %d bytes in %.3fs", model_id, device, entry.size_bytes, seconds)
@@ -371,15 +377,14 @@ class ModelCache:
             size = max(raw, record.size_bytes)
             raise CapacityExceeded(model_id=model_id, size_bytes=size, capacity_bytes=self.capacity_bytes)
         predicted = min(max(predicted, record.size_bytes), self.capacity_bytes)
-        deadline = self._clock() + self._load_timeout_s
-        if self._probe is not None and adapter.runs_code_on_load:
-            await self._try_outside(model_id, adapter, path, deadline)
         if self._admit is not None:
             await self._admit(record, predicted)
-        entry = await self._reserve(model_id, predicted, deadline)
+        entry = await self._reserve(model_id, predicted, self._clock() + self._load_timeout_s)
         try:
+            if self._probe is not None and adapter.runs_code_on_load:
+                await self._try_outside(model_id, adapter, path)
             started = self._clock()
-            async with asyncio.timeout(max(deadline - self._clock(), 0.001)):
+            async with asyncio.timeout(self._load_timeout_s):
                 model = await asyncio.get_running_loop().run_in_executor(self._executor, adapter.load, path)
             entry.load_ms = (self._clock() - started) * 1000
         except TimeoutError:
@@ -396,13 +401,13 @@ class ModelCache:
             raise
         return entry
 
-    async def _try_outside(self, model_id: str, adapter: ModelAdapter, path: Path, deadline: float) -> None:
+    async def _try_outside(self, model_id: str, adapter: ModelAdapter, path: Path) -> None:
         """Load the artifact in a worker process first: one that kills its loader fails here
-        (``LoaderCrashed``) instead of killing the pod. Before any room is made for it."""
+        (``LoaderCrashed``) instead of killing the pod. In the room reserved for the model (the
+        worker holds what the pod will), within a timeout of its own; the worker has ended, its
+        memory given back, when this returns."""
         assert self._probe is not None
-        check = functools.partial(
-            self._probe.check, model_id, adapter, path, timeout_s=max(deadline - self._clock(), 0.001)
-        )
+        check = functools.partial(self._probe.check, model_id, adapter, path, timeout_s=self._load_timeout_s)
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, check)
         except TimeoutError:

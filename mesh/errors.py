@@ -27,7 +27,8 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     ├── RequestTooLarge         RESOURCE_EXHAUSTED a call would hold more than the pod's request budget
     ├── RequestBytesBusy        RESOURCE_EXHAUSTED the request budget stayed spent; retry later
     ├── Unavailable             UNAVAILABLE        retryable: registry down, load timed out
-    │   └── NotHere                                a peer does not hold the model (forwarding)
+    │   ├── NotHere                                a peer does not hold the model (forwarding)
+    │   └── Unreachable                            a peer gave no answer at all (forwarding)
     ├── DeadlineExceeded        DEADLINE_EXCEEDED  the caller's deadline passed
     └── Unimplemented           UNIMPLEMENTED      an API the mesh does not offer
 """
@@ -277,6 +278,8 @@ class Busy(MeshError):
 
 class Unavailable(MeshError):
     code = ErrorCode.UNAVAILABLE
+    signal = "unavailable"
+    """Sent with the answer, so a forwarding pod tells a live pod's answer from no answer."""
 
 
 class NotHere(Unavailable):
@@ -287,6 +290,11 @@ class NotHere(Unavailable):
     def __init__(self, message: str, *, pod_id: str, holder: str = "") -> None:
         super().__init__(message, pod_id=pod_id, holder=holder)
         self.holder = holder
+
+
+class Unreachable(Unavailable):
+    """A forwarded call got no answer from the peer's server: the connection could not be made or
+    broke under the call. Unlike an ``Unavailable`` the peer answered, its process may be gone."""
 
 
 class RemoteError(MeshError):

@@ -132,6 +132,8 @@ class ModelManager:
         pod_id: str,
         failure_ttl_s: float,
         max_load_crashes: int = 2,
+        crash_window_s: float = 3600.0,
+        dead_after_s: float = 0.0,
         clock_ms: Callable[[], int] = now_ms,
         copy_policy: CopyPolicy | None = None,
     ) -> None:
@@ -141,7 +143,14 @@ class ModelManager:
         self.pod_id = pod_id
         self._failure_ttl_ms = int(failure_ttl_s * 1000)
         self._max_load_crashes = max_load_crashes
-        """Deaths while loading a model (pods, or their loader processes) that block it fleet-wide."""
+        """Deaths while loading a model (pods, or their loader processes) within the crash window
+        that block it fleet-wide."""
+        self._crash_window_ms = int(crash_window_s * 1000)
+        self._dead_after_ms = int(dead_after_s * 1000)
+        """How long a pod that left a copy LOADING must be missing from the registry before it is
+        taken for dead (the pods' lease TTL: see ``forget_dead_pods``)."""
+        self._missing_since: dict[str, int] = {}
+        """Pods with a LOADING copy found missing from the registry, since when (``clock_ms``)."""
         self._clock_ms = clock_ms
         self._tasks: set[asyncio.Task[None]] = set()
         self._loader: Callable[[str], Awaitable[None]] = self.load_here
@@ -665,7 +674,9 @@ class ModelManager:
             if copy is None or copy.state is not ModelState.LOADING:
                 return r
             what = f"pod {pod_id} died while loading it"
-            return r.with_crash(self._clock_ms(), pod_id, what, limit=self._max_load_crashes)
+            return r.with_crash(
+                self._clock_ms(), pod_id, what, limit=self._max_load_crashes, window_ms=self._crash_window_ms
+            )
 
         return change
 
@@ -674,17 +685,33 @@ class ModelManager:
 
         A pod is taken for dead only if the registry itself has no instance record for it: this
         pod's mirror may not show yet the record of a pod that rejoined with a new lease (after an
-        etcd stall longer than the lease) and is writing its copies back.
+        etcd stall longer than the lease) and is writing its copies back. A pod that left a copy
+        LOADING (which counts as a crash of that model) must moreover have been missing for a whole
+        lease TTL, seen by two rounds at least that far apart: a pod cut off by an etcd stall
+        retries its keep-alive every third of its TTL (at most a second) and rejoins as soon as
+        etcd answers again, well within that, while a pod that died stays missing. Until then its
+        copies stay, and no pod loads the model (``Router._lost_load``).
         """
         live = self._store.instances()
-        missing = {
-            pod for r in self._store.models() for pod in r.copies if pod not in live and pod != self.pod_id
+        records = self._store.models()
+        missing = {pod for r in records for pod in r.copies if pod not in live and pod != self.pod_id}
+        loading = {
+            pod
+            for r in records
+            for pod, c in r.copies.items()
+            if pod in missing and c.state is ModelState.LOADING
         }
-        counts = [
-            await self.forget_pod(pod, unless_live=True)
-            for pod in sorted(missing)
-            if await self._store.fetch_instance(pod) is None
-        ]
+        self._missing_since = {pod: t for pod, t in self._missing_since.items() if pod in loading}
+        now = self._clock_ms()
+        counts = []
+        for pod in sorted(missing):
+            if await self._store.fetch_instance(pod) is not None:
+                self._missing_since.pop(pod, None)
+                continue
+            if pod in loading and now - self._missing_since.setdefault(pod, now) < self._dead_after_ms:
+                continue
+            self._missing_since.pop(pod, None)
+            counts.append(await self.forget_pod(pod, unless_live=True))
         return sum(counts)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -723,7 +750,13 @@ class ModelManager:
             copies = {pod: c for pod, c in r.copies.items() if pod != self.pod_id}
             if isinstance(error, LoaderCrashed):  # the artifact kills whoever loads it
                 r = replace(r, copies=copies)
-                return r.with_crash(now, self.pod_id, str(reason), limit=self._max_load_crashes)
+                return r.with_crash(
+                    now,
+                    self.pod_id,
+                    str(reason),
+                    limit=self._max_load_crashes,
+                    window_ms=self._crash_window_ms,
+                )
             failures = {**r.failures, self.pod_id: FailureRecord(now, str(reason))}
             r = replace(r, copies=copies, failures=failures)
             return r.with_event(now, self.pod_id, f"load failed: {str(reason)[:300]}")
@@ -734,6 +767,20 @@ class ModelManager:
         """A load this pod claimed was refused before it started (a tenant cap): drop the claim."""
         log.info("load of %s refused: %s", model_id, error.message)
         await self._update_quietly(model_id, _without_copy(self.pod_id))
+
+    async def drop_claim(self, model_id: str) -> None:
+        """Drop this pod's LOADING copy of the model unless the cache is loading or holds it (read when
+        the write is made): the router claimed a load here that never reached the cache."""
+
+        def change(r: ModelRecord) -> ModelRecord:
+            copy = r.copies.get(self.pod_id)
+            if copy is None or copy.state is not ModelState.LOADING:
+                return r
+            if self._cache.loading(model_id) or self._cache.loaded(model_id) is not None:
+                return r  # the load records its own end
+            return _without_copy(self.pod_id)(r)
+
+        await self._update_quietly(model_id, change)
 
     async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
         drop = _without_copy(self.pod_id)

@@ -188,6 +188,8 @@ class Pod:
             failure_ttl_s=s.failure_ttl_s,
             copy_policy=copy_policy,
             max_load_crashes=s.max_load_crashes,
+            crash_window_s=s.crash_window_s,
+            dead_after_s=s.lease_ttl_s,
         )
         events.manager = self.manager
         self._events = events

@@ -86,24 +86,28 @@ class ModelRecord:
     """Recent loads, evictions, unloads and failures, oldest first (at most ``HISTORY``)."""
     crashes: tuple[ModelEvent, ...] = ()
     """Deaths while loading the model, oldest first: a pod that died with its copy LOADING, or a
-    pod's loader process that died trying it. They do not expire."""
+    pod's loader process that died trying it. Kept as history; only those within the crash window
+    of each other count toward a block (``with_crash``)."""
     blocked: str = ""
-    """Why no pod may load or serve the model (set after too many ``crashes``; empty: none). It does
-    not expire: it goes when the model is registered again or an operator clears it
-    (``ModelManager.clear_failures``)."""
+    """Why no pod may load or serve the model (set after too many ``crashes`` within the crash window;
+    empty: none). It does not expire: it goes when the model is registered again or an operator
+    clears it (``ModelManager.clear_failures``)."""
 
     def with_event(self, time_ms: int, pod_id: str, what: str) -> ModelRecord:
         return replace(self, history=(*self.history, ModelEvent(time_ms, pod_id, what))[-HISTORY:])
 
-    def with_crash(self, time_ms: int, pod_id: str, what: str, *, limit: int) -> ModelRecord:
+    def with_crash(self, time_ms: int, pod_id: str, what: str, *, limit: int, window_ms: int) -> ModelRecord:
         """The record with one more death while loading it, on ``pod_id`` (also that pod's load
-        failure and a line of history); the ``limit``-th such death blocks the model fleet-wide."""
+        failure and a line of history); the ``limit``-th such death within ``window_ms`` (this one
+        included) blocks the model fleet-wide. Older deaths no longer count: deaths weeks apart are
+        more likely unrelated failures of the pods than a model that kills them."""
         crashes = (*self.crashes, ModelEvent(time_ms, pod_id, what))[-HISTORY:]
         failures = {**self.failures, pod_id: FailureRecord(time_ms, what)}
         record = replace(self, crashes=crashes, failures=failures).with_event(time_ms, pod_id, what)
-        if len(crashes) < limit or self.blocked:
+        recent = [c for c in crashes if time_ms - c.time_ms < window_ms]
+        if len(recent) < limit or self.blocked:
             return record
-        deaths = "; ".join(f"{c.pod_id}: {c.what}" for c in crashes[-limit:])
+        deaths = "; ".join(f"{c.pod_id}: {c.what}" for c in recent[-limit:])
         return replace(
             record,
             blocked=f"pods died loading it ({deaths}); no pod loads it again until it is registered "

@@ -22,6 +22,7 @@ with each pod's reason when loads failed), never ``INTERNAL``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import random
@@ -42,6 +43,7 @@ from mesh.errors import (
     NotHere,
     QuotaExceeded,
     Unavailable,
+    Unreachable,
     quoted,
 )
 from mesh.management import ModelManager, now_ms
@@ -123,6 +125,9 @@ class Router:
         self._suspects: dict[str, float] = {}
         """Pods that did not answer, until when (monotonic) they are skipped; their lease may
         not have expired yet."""
+        self._unreachable: dict[str, float] = {}
+        """Of those, pods that gave no answer at all (``Unreachable``), until when: their process
+        may be gone though their instance record has not gone yet."""
         self.in_flight: Counter[str] = Counter()
         """Calls this pod is serving or forwarding, by the pod serving them."""
         self.served = 0
@@ -260,7 +265,9 @@ class Router:
             if self._store.model(model_id) is None:  # the sender knows it: this pod's watch is behind
                 await self._store.fetch_model(model_id)
             self._manager.record(model_id)  # unknown model: NOT_FOUND, not "not here"
-            await self.claim(model_id, ignore=ignore | self._suspected(), why=why, extra_copy=route == COPY)
+            ignore = ignore | self._suspected()
+            serve = functools.partial(self._serve_here, model_id, local)
+            return await self._claimed(model_id, serve, ignore=ignore, why=why, extra_copy=route == COPY)
         return await self._serve_here(model_id, local)
 
     async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
@@ -411,6 +418,24 @@ class Router:
             message = f"pod {holder} already holds model {quoted(model_id)}"
             raise NotHere(message, pod_id=self.pod_id, holder=holder)
 
+    async def _claimed(
+        self,
+        model_id: str,
+        serve: Callable[[], Awaitable[bytes]],
+        *,
+        ignore: frozenset[str],
+        why: str,
+        extra_copy: bool = False,
+    ) -> bytes:
+        """``claim`` the load here, then ``serve``. A claim whose load never started in the cache
+        (the call was cancelled, or refused before it reached the cache) is dropped when the call
+        ends: left LOADING, it would count as a crash of the model once this pod's lease ended."""
+        try:
+            await self.claim(model_id, ignore=ignore, why=why, extra_copy=extra_copy)
+            return await serve()
+        finally:
+            await self._manager.drop_claim(model_id)
+
     # the loop
 
     async def _attempt(
@@ -441,8 +466,10 @@ class Router:
                     if route == LOAD and not self._cache.loading(model_id):
                         decision = self.last_decision.get(model_id)
                         why = explain(decision, self.pod_id) if decision is not None else ""
-                        await self.claim(model_id, ignore=frozenset(excluded) | self._suspected(), why=why)
-                    return await self._deadlines.run(self._serve_here(model_id, local), deadline)
+                        ignore = frozenset(excluded) | self._suspected()
+                        serve = functools.partial(self._serve_until, model_id, local, deadline)
+                        return await self._claimed(model_id, serve, ignore=ignore, why=why)
+                    return await self._serve_until(model_id, local, deadline)
                 # The peer call carries the deadline too; this bound holds whatever the transport does.
                 return await self._deadlines.run(self._forward(pod_id, route, forward, remaining), deadline)
             except (TimeoutError, DeadlineExceeded) as exc:
@@ -465,6 +492,8 @@ class Router:
                 excluded.add(pod_id)
                 if pod_id != self.pod_id:
                     self._suspects[pod_id] = time.monotonic() + self._suspect_s
+                    if isinstance(exc, Unreachable):
+                        self._unreachable[pod_id] = self._suspects[pod_id]
         if load_failures:
             raise self._load_failed(model_id, load_failures)
         if no_room is not None and len(reasons) == 1:
@@ -478,6 +507,9 @@ class Router:
             f"{'; '.join(reasons)}",
             model_id=model_id,
         )
+
+    async def _serve_until(self, model_id: str, local: Local, deadline: float) -> bytes:
+        return await self._deadlines.run(self._serve_here(model_id, local), deadline)
 
     async def _serve_here(self, model_id: str, local: Local) -> bytes:
         self.in_flight[self.pod_id] += 1
@@ -511,6 +543,13 @@ class Router:
         now = time.monotonic()
         self._suspects = {pod: until for pod, until in self._suspects.items() if until > now}
         return frozenset(self._suspects)
+
+    def _silent(self, suspected: frozenset[str]) -> frozenset[str]:
+        """The suspected pods that gave no answer at all (``_suspected`` prunes both)."""
+        if not self._unreachable:
+            return _NONE
+        self._unreachable = {pod: until for pod, until in self._unreachable.items() if pod in suspected}
+        return frozenset(self._unreachable)
 
     def forget(self, model_id: str) -> None:
         """Drop what this pod kept about a model that is no longer registered."""
@@ -557,12 +596,12 @@ class Router:
         holder = choose_copy(loading, self.in_flight, salt=salt)
         if holder is not None:
             return holder, LOAD
-        silent = self._lost_load(record, live, suspected)
+        silent = self._lost_load(record, live, self._silent(suspected))
         if silent is not None:
             raise Unavailable(
-                f"model {model_id!r} was loading on {silent}, which stopped answering and may have died "
-                f"of it: no other pod loads it until {silent}'s lease has ended and its fate is recorded; "
-                "retry later",
+                f"model {quoted(model_id)} was loading on {silent}, which stopped answering and may have "
+                f"died of it: no other pod loads it until {silent}'s lease has ended and its fate is "
+                "recorded; retry later",
                 model_id=model_id,
             )
         decision = choose_load_pod(self.view(excluded), self._model_view(record, load_failures))
@@ -575,18 +614,21 @@ class Router:
             raise Unavailable(message, model_id=model_id)
         return decision.pod_id, LOAD
 
-    def _lost_load(self, record: ModelRecord, live: Collection[str], suspected: frozenset[str]) -> str | None:
-        """A pod whose copy of the model is LOADING but that went silent (it stopped answering, or
-        its lease ended and the janitor has not counted its copy yet). It may have died of this very
-        model: loading it elsewhere now could kill the next pod too, so no pod does until the
-        registry knows (``ModelManager.forget_pod`` turns the copy into a crash of the model)."""
+    def _lost_load(self, record: ModelRecord, live: Collection[str], silent: Collection[str]) -> str | None:
+        """A pod whose copy of the model is LOADING but that may have died: its instance record is
+        gone (its lease ended, and the janitor has not counted its copy yet), or it gave no answer
+        at all to a call from this pod (``silent``: its process may be gone, its record not yet).
+        It may have died of this very model: loading it elsewhere now could kill the next pod too,
+        so no pod does until the registry knows (``ModelManager.forget_dead_pods`` turns the copy
+        into a crash of the model). A pod that answered, however slowly or with an error, is alive:
+        the model loads elsewhere."""
         return next(
             (
                 pod
                 for pod, copy in sorted(record.copies.items())
                 if copy.state is ModelState.LOADING
                 and pod != self.pod_id
-                and (pod not in live or pod in suspected)
+                and (pod not in live or pod in silent)
             ),
             None,
         )

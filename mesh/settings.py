@@ -96,8 +96,12 @@ class MeshSettings(BaseSettings):
 
     max_load_crashes: int = Field(default=2, ge=1)
     """Deaths while loading a model (a pod that died with the load in flight, or a loader process
-    that died trying it) after which no pod loads or serves it, fleet-wide, until it is registered
-    again. Crashes do not expire."""
+    that died trying it) within ``crash_window_s`` after which no pod loads or serves it, fleet-wide,
+    until it is registered again or cleared (``mesh clear``): the block does not expire."""
+
+    crash_window_s: float = Field(default=3600.0, gt=0)
+    """How long a death while loading a model counts toward ``max_load_crashes``: deaths further
+    apart (unrelated pod failures, weeks apart) do not add up to a block."""
 
     janitor_interval_s: float = 3.0
     """Seconds between janitor rounds (one pod, elected through the registry, runs them)."""

@@ -8,8 +8,9 @@ and ``mm-model-id`` (the model the entry pod resolved; ``mm-model-id-bin``, UTF-
 that plain metadata cannot carry).
 
 Answers map back to the error tree: the ``mesh-error`` trailer says "not here",
-"load failed" or "no room"; an unreachable peer is ``Unavailable``; anything else
-the peer answered is relayed with its code and message.
+"load failed", "no room" or "unavailable"; a peer whose server gave no answer (the connection
+failed or broke) is ``Unreachable``; anything else the peer answered is relayed with its code
+and message.
 
 When a pod leaves the registry its channel is retired, not cut: a pod whose lease
 ran out while etcd was silent is still serving, and the calls already on their way
@@ -38,6 +39,7 @@ from mesh.errors import (
     NotHere,
     RemoteError,
     Unavailable,
+    Unreachable,
     quoted,
 )
 from mesh_proto import grpc_service_pb2 as v2
@@ -224,5 +226,8 @@ def _error(exc: grpc.aio.AioRpcError, endpoint: str, model_id: str) -> MeshError
         # The caller's deadline ran out there: the peer is slow or busy, not unreachable.
         return DeadlineExceeded(f"{endpoint} did not answer before the deadline", endpoint=endpoint)
     if exc.code() in _RETRY_ELSEWHERE:
-        return Unavailable(f"{endpoint} did not answer: {exc.code().name}: {details}", endpoint=endpoint)
+        message = f"{endpoint} did not answer: {exc.code().name}: {details}"
+        if signal:  # the pod's server answered (an ``Unavailable`` of its own)
+            return Unavailable(message, endpoint=endpoint)
+        return Unreachable(message, endpoint=endpoint)
     return RemoteError(_CODES.get(exc.code(), ErrorCode.UNAVAILABLE), details)

@@ -162,6 +162,8 @@ def test_pods_that_die_loading_a_model_block_it_until_it_is_registered_again(
         janitor_interval_s=0.2,
         failure_ttl_s=FAILURE_TTL_S,
         max_load_crashes=2,
+        lease_ttl_s=3,  # a pod that left a copy LOADING is taken for dead once missing this long
+        publish_interval_s=0.5,
     )
     with PodThread(settings) as pod, MeshClient(pod.target) as api:
         api.register("m", "sklearn", str(models.sklearn))
@@ -221,25 +223,31 @@ def test_a_pod_restarted_with_its_id_counts_the_load_its_last_life_died_in(
         assert api.status("m").errors == ["pod-b: pod pod-b died while loading it"]
 
 
-def test_trial_load_workers_end_with_their_pod(tmp_path: Path, models: ModelSet) -> None:
+def test_trial_load_workers_end_with_their_trial_and_the_fork_server_with_its_pod(
+    tmp_path: Path, models: ModelSet
+) -> None:
     with PodThread(pod_settings()) as pod:
         MeshClient(pod.target).register("m", "sklearn", str(models.sklearn), load_now=True, sync=True)
         assert pod.pod.probe is not None
-        workers = [psutil.Process(pid) for pid in pod.pod.probe.workers()]
-        assert len(workers) == 1
-    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        assert pod.pod.probe.workers() == []  # the trial's worker ended with it
 
     process, target = spawn_pod(tmp_path, "--metrics-port", "-1", "--capacity", "64MiB")
     try:
         MeshClient(target).register("m", "sklearn", str(models.sklearn), load_now=True, sync=True)
-        children = psutil.Process(process.pid).children(recursive=True)
-        # The fork server, its worker, and multiprocessing's resource tracker.
-        assert len(children) == 3, [c.cmdline() for c in children]
+
+        def children() -> list[psutil.Process]:
+            return psutil.Process(process.pid).children(recursive=True)
+
+        # The fork server, the spare worker for the next trial and multiprocessing's resource
+        # tracker; the trial's worker is gone.
+        wait_until(lambda: len(children()) == 3, within_s=30, what="the spare worker starting")
+        started = children()
+        assert len(started) == 3, [c.cmdline() for c in started]
     finally:
-        process.kill()  # no goodbye: the fork server and the worker see their pipes close
+        process.kill()  # no goodbye: the fork server and the spare see their pipes close
         process.wait()
     wait_until(
-        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in started),
         within_s=10,
-        what="the killed pod's fork server and worker ending",
+        what="the killed pod's fork server and spare worker ending",
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from adapters.base import ModelAdapter
 from mesh.cache import ModelCache
 from mesh.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
 from mesh.records import ModelInfo, ModelRecord
@@ -238,3 +240,71 @@ async def test_a_copy_other_pods_hold_is_evicted_before_one_only_this_pod_has(tm
     assert cache.loaded("shared") is None and cache.loaded("alone") is not None
     await cache.close()
     pool.shutdown()
+
+
+class _RunsCode(FakeAdapter):
+    """A format whose loading runs the artifact's code: tried in a worker process first."""
+
+    runs_code_on_load = True
+
+
+@dataclass
+class _Trials:
+    """A probe whose trial passes, after ``spend`` on the cache's clock, noting what the cache held."""
+
+    cache: ModelCache | None = None
+    clock: list[float] = field(default_factory=lambda: [0.0])
+    spend: float = 0.0
+    seen: list[tuple[list[str], int]] = field(default_factory=list)
+
+    def check(self, model_id: str, adapter: ModelAdapter, path: Path, *, timeout_s: float) -> None:
+        assert self.cache is not None
+        self.seen.append(([m.model_id for m in self.cache.models()], self.cache.used_bytes))
+        self.clock[0] += self.spend
+
+
+def _probed_cache(
+    adapter: FakeAdapter, events: Events, trials: _Trials, pool: ThreadPoolExecutor
+) -> ModelCache:
+    cache = ModelCache(
+        capacity_bytes=100,
+        fetchers=default_fetchers(),
+        executor=pool,
+        listener=events,
+        load_timeout_s=5.0,
+        clock=lambda: trials.clock[0],
+        adapters=lambda _: adapter,
+        eviction_policy=EvictionPolicy.LRU,
+        probe=trials,
+    )
+    trials.cache = cache
+    return cache
+
+
+async def test_the_trial_load_does_not_spend_the_loads_own_timeout(tmp_path, events) -> None:
+    adapter = _RunsCode()
+    adapter.block.clear()
+    trials = _Trials(spend=5.0)  # the trial took the whole load timeout (its own bound)
+    with ThreadPoolExecutor(2) as pool:
+        cache = _probed_cache(adapter, events, trials, pool)
+        load = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "m", 10)))
+        await _until(lambda: adapter.loads == 1, "the pod's own load to start")
+        done, _ = await asyncio.wait({load}, timeout=0.2)  # what was left of a shared timeout: none
+        assert not done, load.exception()
+        adapter.block.set()
+        assert (await load).size_bytes == 10
+        await cache.close()
+
+
+async def test_the_trial_load_runs_in_room_made_for_the_model(tmp_path, events) -> None:
+    """The worker holds the model as the pod will: room is made first, so a full pod's memory is not
+    exceeded by a model's size while it is tried."""
+    adapter = _RunsCode()
+    trials = _Trials()
+    with ThreadPoolExecutor(2) as pool:
+        cache = _probed_cache(adapter, events, trials, pool)
+        await cache.ensure_loaded(record(tmp_path, "old", 60))
+        await cache.ensure_loaded(record(tmp_path, "new", 60))
+        # Each reserved before its trial; "old" evicted before "new" is tried.
+        assert trials.seen == [(["old"], 60), (["new"], 60)]
+        await cache.close()

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from mesh.edge.peers import HOP, MODEL_ID, ROUTE, PeerClient
-from mesh.edge.status import ERROR_TRAILER
-from mesh.errors import DeadlineExceeded, ModelLoadFailed, NotHere, Unavailable
+from mesh.edge.status import ERROR_TRAILER, abort
+from mesh.errors import DeadlineExceeded, ModelLoadFailed, NotHere, Unavailable, Unreachable
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -38,6 +38,8 @@ class Behaviour:
         if self.mode == "not-here":
             context.set_trailing_metadata(((ERROR_TRAILER, "not-here"),))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "model 'm' is not loaded on pod-b")
+        if self.mode == "unavailable":
+            await abort(context, Unavailable("loading model 'm' timed out after 5s"))
         if self.mode == "load-failed":
             context.set_trailing_metadata(((ERROR_TRAILER, "load-failed"),))
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "model 'm' failed to load: bad weights")
@@ -126,8 +128,18 @@ async def test_a_closed_port_is_unavailable(client: PeerClient) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         endpoint = f"127.0.0.1:{s.getsockname()[1]}"
-    with pytest.raises(Unavailable, match="did not answer"):
+    with pytest.raises(Unreachable, match="did not answer"):
         await forward(client, endpoint, timeout_s=2)
+
+
+async def test_an_unavailable_answer_is_from_a_live_peer_not_an_unreachable_one(
+    client: PeerClient, peer: tuple[str, Behaviour]
+) -> None:
+    endpoint, behaviour = peer
+    behaviour.mode = "unavailable"
+    with pytest.raises(Unavailable, match="timed out after 5s") as caught:
+        await forward(client, endpoint)
+    assert not isinstance(caught.value, Unreachable)
 
 
 async def call_in_flight(

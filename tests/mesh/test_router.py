@@ -29,6 +29,8 @@ from mesh.errors import (
     NotHere,
     QuotaExceeded,
     Unavailable,
+    Unreachable,
+    quoted,
 )
 from mesh.inference_threads import InferenceThreads
 from mesh.management import ModelManager, SetVModel, now_ms
@@ -764,3 +766,68 @@ async def test_a_load_the_tenant_cap_cannot_fit_is_refused_not_failed(harness: H
     record = harness.store.model("huge")
     assert record is not None and record.copies == {} and record.failures == {}
     assert harness.cache.used_bytes == 0
+
+
+async def test_a_call_that_ends_before_its_load_starts_drops_its_claim(harness: Harness) -> None:
+    """Cancelled between the claim and the cache, or refused on its way there: no LOADING copy
+    is left behind (the janitor would count it as a crash once this pod's lease ended)."""
+    await harness.model("m")
+    reached = asyncio.Event()
+
+    async def hang(model_id: str) -> bytes:
+        reached.set()
+        await asyncio.Event().wait()
+        return b""
+
+    call = asyncio.create_task(
+        harness.router.call(
+            "m", None, method="ModelInfer", payload=PAYLOAD, local=hang, deadline=time.monotonic() + 30
+        )
+    )
+    await reached.wait()
+    record = harness.store.model("m")
+    assert record is not None and record.copies[SELF].state is ModelState.LOADING
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    record = harness.store.model("m")
+    assert record is not None and record.copies == {}
+
+    async def refuse(model_id: str) -> bytes:
+        raise NotFound("the input names no such tensor")
+
+    with pytest.raises(NotFound):
+        await harness.router.call(
+            "m", None, method="ModelInfer", payload=PAYLOAD, local=refuse, deadline=time.monotonic() + 5
+        )
+    record = harness.store.model("m")
+    assert record is not None and record.copies == {}
+    assert await harness.call() == b"served here"  # a load that starts keeps its copy
+    record = harness.store.model("m")
+    assert record is not None and record.copies[SELF].state is ModelState.LOADED
+
+
+async def test_a_load_on_a_pod_that_may_have_died_blocks_others_and_on_a_slow_pod_does_not(
+    harness: Harness,
+) -> None:
+    """A LOADING copy on a pod whose instance record is gone, or that gave no answer at all, may be
+    a pod the model killed: no other pod loads it until the janitor has recorded its fate. A live
+    pod that answered, if only to say it is unavailable, is no such sign: the model loads here."""
+    long_id = "m" * 250
+    await harness.model(long_id, pod_gone=ModelState.LOADING)
+    with pytest.raises(Unavailable) as refused:
+        await harness.call(long_id)
+    assert "was loading on pod-gone, which stopped answering" in refused.value.message
+    assert f"model {quoted(long_id)} was loading" in refused.value.message  # cut short, its length named
+
+    await harness.pod("pod-b")
+    await harness.pod("pod-c")
+    await harness.model("n", pod_b=ModelState.LOADED, pod_c=ModelState.LOADED)
+    harness.peers.answers["pod-b"] = Unavailable("pod-b: loading model 'x' timed out after 5s")
+    harness.peers.answers["pod-c"] = Unreachable("pod-c did not answer: UNAVAILABLE: Connection reset")
+    assert await harness.call("n") == b"served here"  # pod-b and pod-c are suspected now
+    await harness.model("slow", pod_b=ModelState.LOADING)
+    assert await harness.call("slow") == b"served here"
+    await harness.model("silent", pod_c=ModelState.LOADING)
+    with pytest.raises(Unavailable, match="was loading on pod-c, which stopped answering"):
+        await harness.call("silent")
