@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,3 +50,15 @@ def spawn_pod(
             raise RuntimeError(f"mesh serve did not start within {timeout_s:g}s")
         time.sleep(0.05)
     return process, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+def stop_pod(process: subprocess.Popen[bytes], *, timeout_s: float = 30.0) -> None:
+    """Stop a pod ``spawn_pod`` started: SIGTERM (its graceful stop), then SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -8,7 +8,6 @@ that must stay fast come from a process of their own (``small_calls``).
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from mesh.edge.client import MeshClient
 from mesh.fleet import LocalFleet
-from mesh.launcher import spawn_pod
+from mesh.launcher import spawn_pod, stop_pod
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
@@ -91,13 +90,7 @@ def served(tmp_path: Path, models: ModelSet) -> Iterator[tuple[str, psutil.Proce
             )
         yield target, psutil.Process(process.pid)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_pod(process)
 
 
 class PeakRss:

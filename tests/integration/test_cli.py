@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mesh.edge.client import MeshClient
-from mesh.launcher import spawn_pod
+from mesh.launcher import spawn_pod, stop_pod
 from tests.conftest import ModelSet, wait_until
 from tests.storage_servers import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -51,14 +51,7 @@ def served(tmp_path: Path, request: pytest.FixtureRequest):
         )
     assert f"event loop {request.param})" in log_path.read_text()
     yield target, process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    stop_pod(process)
 
 
 def test_cli_round_trip(models: ModelSet, served) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import tritonclient.grpc as tc
 
 from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.launcher import spawn_pod
+from mesh.launcher import spawn_pod, stop_pod
 
 FEATURES = 2500
 """80 KB of weights a model: a leak of every evicted model is hundreds of MiB over the run."""
@@ -39,12 +37,7 @@ def evicting_pod(tmp_path: Path) -> Iterator[tuple[str, int]]:
     try:
         yield target, process.pid
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_pod(process)
 
 
 def test_rss_stays_flat_over_thousands_of_load_evict_cycles(

@@ -5,7 +5,7 @@ copies of a pod that is back. Two pods' stores on one in-memory registry; caches
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +21,9 @@ from placement.copies import CopyPolicy
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
 from tests.mesh.test_cache import Events
+from tests.mesh.test_janitor import until
 
 LOADED = CopyRecord(ModelState.LOADED, 1)
-
-
-async def until(store: ModelStore, condition: Callable[[], bool]) -> None:
-    """Wait until ``store``'s mirror (its watch runs on this loop) makes ``condition`` true."""
-    changed = asyncio.Event()
-    store.subscribe(lambda *_: changed.set())
-    async with asyncio.timeout(5):
-        while not condition():
-            await changed.wait()
-            changed.clear()
 
 
 @dataclass
