@@ -27,6 +27,8 @@ from mesh.management import ModelManager, now_ms
 from mesh.records import HOT_MODELS, ModelState, ModelTraffic
 
 _EWMA = 0.2
+INLINE_MAX_BYTES = 256 * 1024
+"""Inputs larger than this run on an inference thread even for a model fast enough for the loop."""
 _TRAFFIC_EWMA = 0.3
 _COLD_RATE = 0.05
 """Requests/s below which a model drops out of the traffic meter."""
@@ -223,9 +225,14 @@ class DataPlane:
         inputs: dict[str, np.ndarray],
         wanted: list[str],
     ) -> dict[str, np.ndarray]:
-        """One framework call: on the loop for fast models, else on an inference thread."""
+        """One framework call: on the loop for fast models' usual calls, else on an inference thread
+        (a call far larger than a fast model's usual ones would hold the loop for its whole run)."""
         average_s = stats.average_s
-        if average_s is not None and average_s < self._inline_infer_s:
+        if (
+            average_s is not None
+            and average_s < self._inline_infer_s
+            and sum(a.nbytes for a in inputs.values()) <= INLINE_MAX_BYTES
+        ):
             results, elapsed = _timed_call(model, inputs, wanted)
         else:  # timed on its thread: the wait for one is queueing, not the model's own time
             slow = self._threads.is_slow(average_s)

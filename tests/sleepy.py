@@ -1,4 +1,5 @@
-"""A scikit-learn-style estimator whose every ``predict`` call takes a set time.
+"""scikit-learn-style estimators for tests of how the pod runs calls: one whose every ``predict``
+call takes a set time, one that notes the thread that ran it.
 
 It stands in for a heavy model (a large forest, a pipeline with slow feature steps) without
 spending CPU, so tests of how the pod shares its inference threads measure the sharing and
@@ -7,8 +8,10 @@ not the two cores' contention. It is pickled with joblib and loaded by the real 
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import joblib
 import numpy as np
@@ -28,4 +31,23 @@ def sleepy_model(directory: Path, seconds: float) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "model.joblib"
     joblib.dump(SleepyEstimator(seconds), path)
+    return path
+
+
+class ThreadNoting:
+    """A fast estimator that notes which thread ran each of its calls (in ``THREADS``)."""
+
+    THREADS: ClassVar[list[str]] = []
+
+    n_features_in_ = 4
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        ThreadNoting.THREADS.append(threading.current_thread().name)
+        return np.zeros(len(rows))
+
+
+def thread_noting_model(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.joblib"
+    joblib.dump(ThreadNoting(), path)
     return path

@@ -11,7 +11,7 @@ import numpy as np
 import tritonclient.grpc as tc
 
 from tests.conftest import register
-from tests.sleepy import sleepy_model
+from tests.sleepy import ThreadNoting, sleepy_model, thread_noting_model
 
 ROW = np.array([[0.1, 0.2, 0.3, 0.4]])
 
@@ -87,3 +87,20 @@ def test_calls_that_reach_a_busy_slow_model_do_not_wait_for_its_round_to_end(
         assert first.result(timeout=30) < 2.8
     # Waiting for the running round would take about 3.7 s; a round of their own takes 2 s.
     assert max(late_latencies) < 2.8, f"late calls took {late_latencies}"
+
+
+def test_a_large_call_to_a_fast_model_runs_off_the_event_loop(tmp_path: Path, pod, mesh_api) -> None:
+    """A model fast enough to run on the loop runs its usual small calls there, but a call far larger
+    than those on a thread: on the loop it would hold every other call for its whole run."""
+    register(
+        mesh_api, "noting", "sklearn", thread_noting_model(tmp_path / "noting"), load_now=True, sync=True
+    )
+    with tc.InferenceServerClient(pod.target) as client:
+        for _ in range(5):
+            _call(client, "noting")
+        assert ThreadNoting.THREADS[-1] == "pod-loop", ThreadNoting.THREADS
+        rows = np.zeros((100_000, 4))  # 3 MiB
+        tensor = tc.InferInput("input-0", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        assert client.infer("noting", [tensor], client_timeout=60).as_numpy("predict").shape == (100_000,)
+    assert ThreadNoting.THREADS[-1].startswith("infer"), ThreadNoting.THREADS
