@@ -34,6 +34,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -65,9 +66,11 @@ class LoadProbe:
     """Loads artifacts in worker processes before the pod does. Thread-safe: loads call ``check``
     from the pod's load threads, at most ``workers`` at once, each trial in a new worker."""
 
-    def __init__(self, *, workers: int) -> None:
+    def __init__(self, *, workers: int, preload: Sequence[str] = ()) -> None:
+        """``preload``: modules beyond ``PRELOAD`` for the fork server to import once, such as those
+        the program's main module imports (each worker runs it again)."""
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(list(PRELOAD))
+        self._context.set_forkserver_preload([*PRELOAD, *preload])
         self._busy: set[_Worker] = set()
         self._spare: _Worker | None = None
         """A worker started ahead of the next trial, that has run none (its start is off the
