@@ -254,10 +254,16 @@ class DataPlane:
         model = await self._cache.ensure_loaded(record)
         return record.model_id, model.signature
 
-    def loaded_signature(self, model_id: str) -> ModelSignature | None:
-        """The signature of ``model_id`` if it is loaded on this pod (None: not loaded; never loads)."""
+    def check_header(self, model_id: str, inputs: dict[str, np.ndarray]) -> None:
+        """Refuse a large call's inputs, as its header declares them, when they cannot match the
+        model loaded on this pod (a no-op when it is not loaded here: this never loads it).
+
+        Raises:
+            InvalidInput: a datatype or shape the model's signature does not take.
+        """
         model = self._cache.loaded(model_id)
-        return None if model is None else model.signature
+        if model is not None:
+            check_inputs(model.signature, inputs)
 
     async def ready(self, name: str, *, vmodel: bool | None = None) -> bool:
         """Whether a call for ``name`` would find the model loaded (here or on a live peer)."""

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from adapters.signature import check_inputs
 from mesh import __version__
 from mesh.dataplane import DataPlane, InferenceRequest, InferenceResponse, ModelStats, merge_statistics
 from mesh.edge import converters
@@ -274,9 +273,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
         # A large request: refused on its header when it cannot match a model loaded here, before
         # anything is decoded; decoded and answered on a thread.
-        signature = self._dataplane.loaded_signature(model_id)
-        if signature is not None:
-            check_inputs(signature, converters.header_inputs(request))
+        self._dataplane.check_header(model_id, converters.header_inputs(request))
         decoded = [await self._off_loop(converters.request_from_proto, request, contents)]
         response = await self._dataplane.infer(model_id, decoded[0], vmodel=False)
         return await self._off_loop(self._answer, request, response, decoded)

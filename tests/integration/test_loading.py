@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -16,7 +15,7 @@ from mesh.router import WHY
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm
-from tests.conftest import ModelSet, register
+from tests.conftest import ModelSet, register, wait_until
 
 X = np.ones((1, 4), dtype=np.float32)
 
@@ -106,10 +105,11 @@ def test_an_unregistered_model_leaves_no_statistics_behind(models: ModelSet, mes
         triton.infer(model_id, [_x()])
     assert {s.name for s in triton.get_inference_statistics().model_stats} == {"kept", "gone"}
     mesh_api.unregisterModel(mm.UnregisterModelRequest(modelId="gone"), timeout=30)
-    deadline = time.monotonic() + 10
-    while {s.name for s in triton.get_inference_statistics().model_stats} != {"kept"}:
-        assert time.monotonic() < deadline, "the unregistered model's statistics stayed"
-        time.sleep(0.02)
+    wait_until(
+        lambda: {s.name for s in triton.get_inference_statistics().model_stats} == {"kept"},
+        within_s=10,
+        what="the unregistered model's statistics going",
+    )
 
 
 def test_stream_infer_answers_and_reports_errors(models: ModelSet, mesh_api, triton) -> None:
