@@ -38,6 +38,8 @@ class Watch:
         self._client = MeshClient(target)
         self._call = self._client.watch_models(prefix)
         self._arrivals: queue.Queue[Arrival | grpc.RpcError] = queue.Queue()
+        self.ended = threading.Event()
+        """Set when the pod ended the stream with OK."""
         self._reader = threading.Thread(target=self._read, name="watch-reader", daemon=True)
         self._reader.start()
 
@@ -45,6 +47,7 @@ class Watch:
         try:
             for change in self._call:
                 self._arrivals.put((time.monotonic(), change))
+            self.ended.set()
         except grpc.RpcError as exc:
             self._arrivals.put(exc)
 
@@ -252,8 +255,19 @@ def test_a_cancelled_watch_leaves_no_task_or_listener(pod: PodThread, models: Mo
         with Watch(pod.target) as watch:
             assert len(watch.snapshot()) == 1
             assert pod.pod.store.subscribers == subscribers + 1
+            assert pod.pod.metrics.registry.get_sample_value("mesh_model_watches") == 1
     wait_until(lambda: pod.pod.store.subscribers == subscribers, within_s=10, what="the watch unsubscribing")
     wait_until(lambda: pod.call(_tasks()) <= tasks, within_s=10, what="the watch's tasks ending")
+    assert pod.pod.metrics.registry.get_sample_value("mesh_model_watches") == 0
+
+
+def test_a_stopping_pod_ends_its_watches(settings: MeshSettings) -> None:
+    """With OK: not cancelled by the server once its grace has run out."""
+    with PodThread(settings) as pod:
+        watch = Watch(pod.target)
+        assert watch.snapshot() == []
+    assert watch.ended.wait(timeout=10)
+    watch.close()
 
 
 async def _tasks() -> int:
