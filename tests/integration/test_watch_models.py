@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -268,6 +270,30 @@ def test_a_stopping_pod_ends_its_watches(settings: MeshSettings) -> None:
         assert watch.snapshot() == []
     assert watch.ended.wait(timeout=10)
     watch.close()
+
+
+def test_mesh_watch_prints_a_line_per_change_until_ctrl_c(pod: PodThread, models: ModelSet) -> None:
+    with MeshClient(pod.target) as api:
+        api.register("other", "sklearn", str(models.sklearn))
+        api.register("iris", "sklearn", str(models.sklearn))
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "mesh.cli", "watch", "--prefix", "ir", "--target", pod.target],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watcher.stdout is not None
+            assert watcher.stdout.readline().startswith("model iris NOT_LOADED loaded=0 loading=0 failed=0")
+            assert watcher.stdout.readline().startswith("synced")
+            api.set_vmodel("iris-prod", "iris")
+            assert watcher.stdout.readline().strip() == "vmodel iris-prod -> active iris, target iris"
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(timeout=20) == 0, watcher.stderr.read() if watcher.stderr else ""
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()
 
 
 async def _tasks() -> int:
