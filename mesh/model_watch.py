@@ -144,6 +144,8 @@ class ModelWatch:
             (VMODELS, v.vmodel_id) for v in self._store.vmodels() if v.vmodel_id.startswith(self._prefix)
         ]
         for key in snapshot:
+            if self._ended:
+                return
             self._pending.pop(key, None)
             change = self._resolve(*key)
             if change is not None:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,16 @@ import pytest
 from mesh.edge.client import MeshClient
 from mesh.etcd_process import EtcdProcess
 from mesh.launcher import spawn_pod, stop_pod
+from mesh.records import ModelInfo, ModelRecord
+from mesh.registry import ModelStore
+from mesh.registry.etcd import EtcdRegistry
 from mesh.settings import MeshSettings
+from mesh_proto import etcd_pb2 as pb
+from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import model_mesh_pb2 as mm
 from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
+from tests.storage_servers import TcpRelay
 
 Arrival = tuple[float, admin.ModelChange]
 """A message and when it arrived (``time.monotonic``)."""
@@ -220,6 +227,54 @@ def test_copies_on_a_killed_pod_stop_counting_when_its_lease_expires(
             assert pod.pod.store.model("iris").copies.keys() == {"pod-b"}  # type: ignore[union-attr]
     finally:
         stop_pod(process)
+
+
+def test_after_a_partition_and_a_compaction_the_resync_sends_what_changed(
+    tmp_path: Path, models: ModelSet
+) -> None:
+    """The watched pod misses the registry's events (cut off from etcd, whose history is then
+    compacted): its mirror resyncs with a full read, and the stream tells what vanished meanwhile."""
+    etcd = EtcdProcess(tmp_path / "etcd")
+    etcd.start()
+    relay = TcpRelay(etcd.endpoint)
+    try:
+        with PodThread(pod_settings(etcd=relay.endpoint, janitor_interval_s=600)) as pod:
+            with MeshClient(pod.target) as api:
+                for model_id in ("gone", "stays"):
+                    api.register(model_id, "sklearn", str(models.sklearn))
+                api.set_vmodel("v-gone", "stays")
+            with Watch(pod.target) as watch:
+                assert len(watch.snapshot()) == 3
+                relay.partition()
+                wait_until(lambda: not pod.pod.store.connected, within_s=10, what="the pod losing etcd")
+                asyncio.run(_change_behind_its_back(etcd.endpoint, pod.pod.store.prefix))
+                relay.heal()
+                seen = [watch.next()[1] for _ in range(4)]
+                assert pod.pod.store.connected
+    finally:
+        relay.cut()
+        etcd.stop()
+    assert {c.deleted_model_id for c in seen} - {""} == {"gone"}
+    assert {c.deleted_vmodel_id for c in seen} - {""} == {"v-gone"}
+    changed = {c.model.model_id: c.model for c in seen if c.HasField("model")}
+    assert changed.keys() == {"new", "stays"} and changed["stays"].size_bytes == 123
+
+
+async def _change_behind_its_back(endpoint: str, prefix: str) -> None:
+    """Deletes model ``gone`` and vmodel ``v-gone``, registers ``new``, changes ``stays``, then
+    compacts etcd's history past all of it."""
+    registry = EtcdRegistry(endpoint)
+    store = ModelStore(registry, namespace=prefix.strip("/").split("/")[-1])
+    await store.start()
+    await store.delete_model("gone")
+    await store.update_vmodel("v-gone", lambda _: None)
+    await store.create_model(ModelRecord("new", ModelInfo("sklearn", "/m.joblib")))
+    await store.update_model("stays", lambda r: replace(r, size_bytes=123))
+    revision = await registry.put(f"{prefix}unrelated", b"x")
+    await store.stop()
+    await registry.close()
+    with grpc.insecure_channel(endpoint) as channel:
+        pb_grpc.KVStub(channel).Compact(pb.CompactionRequest(revision=revision, physical=True), timeout=5)
 
 
 def test_a_thousand_models_snapshot_then_a_change_within_a_second(pod: PodThread, models: ModelSet) -> None:
