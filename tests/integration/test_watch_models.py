@@ -220,7 +220,7 @@ def test_copies_on_a_killed_pod_stop_counting_when_its_lease_expires(
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
             killed_at = time.monotonic()
-            arrived, dropped = watch.next(within_s=20)
+            arrived, dropped = watch.until(model_is("iris", loaded_copies=0), within_s=20)
             print(f"loaded_copies dropped {arrived - killed_at:.2f}s after SIGKILL (lease 2s)")
             assert dropped.model.model_id == "iris" and dropped.model.status == "NOT_LOADED"
             assert (dropped.model.loaded_copies, dropped.model.loading_copies) == (0, 0)
@@ -277,7 +277,9 @@ async def _change_behind_its_back(endpoint: str, prefix: str) -> None:
         pb_grpc.KVStub(channel).Compact(pb.CompactionRequest(revision=revision, physical=True), timeout=5)
 
 
-def test_a_thousand_models_snapshot_then_a_change_within_a_second(pod: PodThread, models: ModelSet) -> None:
+def test_a_thousand_models_snapshot_then_a_change_within_a_second(
+    pod: PodThread, settings: MeshSettings, models: ModelSet
+) -> None:
     count = 1000
     ids = [f"m{i:04d}" for i in range(count)]
     with MeshClient(pod.target) as api, ThreadPoolExecutor(8) as pool:
@@ -296,11 +298,28 @@ def test_a_thousand_models_snapshot_then_a_change_within_a_second(pod: PodThread
             unregistered_at = time.monotonic()
             arrived, _ = watch.until(lambda c: c.deleted_model_id == "m0999")
             deleted_s = arrived - unregistered_at
+            writing_at = asyncio.run(_resize(str(settings.etcd), settings.namespace, "m0001", 4242))
+            arrived, _ = watch.until(model_is("m0001", size_bytes=4242))
+            elsewhere_s = arrived - writing_at
     print(
         f"{count} models: snapshot and synced in {synced_s:.3f}s; LOADED arrived {changed_s:+.3f}s after "
-        f"ensureLoaded(sync) returned; deletion arrived {deleted_s:+.3f}s after unregister returned"
+        f"ensureLoaded(sync) returned; deletion arrived {deleted_s:+.3f}s after unregister returned; "
+        f"a change another registry client wrote arrived {elsewhere_s:.3f}s after its write began"
     )
-    assert synced_s < 5.0 and changed_s < 1.0 and deleted_s < 1.0
+    assert synced_s < 5.0 and changed_s < 1.0 and deleted_s < 1.0 and elsewhere_s < 1.0
+
+
+async def _resize(endpoint: str, namespace: str, model_id: str, size_bytes: int) -> float:
+    """Changes a model's size through a registry client of its own; returns when the write began
+    (``time.monotonic``)."""
+    registry = EtcdRegistry(endpoint)
+    store = ModelStore(registry, namespace=namespace)
+    await store.start()
+    writing_at = time.monotonic()
+    await store.update_model(model_id, lambda r: replace(r, size_bytes=size_bytes))
+    await store.stop()
+    await registry.close()
+    return writing_at
 
 
 def test_a_cancelled_watch_leaves_no_task_or_listener(pod: PodThread, models: ModelSet) -> None:
