@@ -303,7 +303,11 @@ class Pod:
         """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release.
 
         The hand-over takes at most ``handoff_timeout_s`` and the drain ``stop_grace_s`` (both
-        ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout.
+        ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout
+        (5 s; after one times out the others fail at once): publish, resign, drop load claims,
+        revoke the lease, record the unloads. So a stop takes at most about
+        ``handoff_timeout_s + stop_grace_s + 25 s``, plus whatever a model load already running in
+        a thread needs to return (a load cannot be interrupted; the process exits after it).
         """
         s = self.settings
         grace = s.stop_grace_s if grace_s is None else grace_s
@@ -312,7 +316,13 @@ class Pod:
         if self._publisher is not None:
             await self._publisher.publish_now()
             if handoff_s > 0:
-                await self._hand_over(deadline=time.monotonic() + handoff_s)
+                try:
+                    async with asyncio.timeout(
+                        handoff_s
+                    ):  # a hard bound: the chart's grace period relies on it
+                        await self._hand_over(deadline=time.monotonic() + handoff_s)
+                except TimeoutError:
+                    log.warning("hand-over cut short after %gs (handoff_timeout_s)", handoff_s)
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
