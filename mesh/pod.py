@@ -112,7 +112,7 @@ class Pod:
         self._registry = registry
         self.metrics = MeshMetrics(metrics_registry or CollectorRegistry())
         self.metrics.registry_up.set_function(lambda: 1.0 if registry.reachable else 0.0)
-        self.metrics.registry.register(FleetCollector(self._fleet_numbers))
+        self.metrics.registry.register(FleetCollector(self._count_fleet, loop=lambda: self._loop))
         self.working_set = WorkingSet(settings.pressure_window_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fetchers = fetchers
@@ -479,26 +479,8 @@ class Pod:
             self._publisher.changed()
             await asyncio.sleep(1.0)
 
-    def _fleet_numbers(self) -> FleetNumbers | None:
-        """The fleet gauges, for a scrape (on the metrics server's thread): counted on the pod's event
-        loop, where the mirror changes, so the walk sees one consistent mirror."""
-        loop = self._loop
-        if self.manager is None or loop is None or loop.is_closed():
-            return None
-        try:
-            if asyncio.get_running_loop() is loop:
-                return self._count_fleet()
-        except RuntimeError:
-            pass  # no loop in this thread: the metrics server's
-        try:
-            return asyncio.run_coroutine_threadsafe(self._count_fleet_now(), loop).result(timeout=5)
-        except (RuntimeError, TimeoutError):  # the loop stopped, or is too busy to answer a scrape
-            return None
-
-    async def _count_fleet_now(self) -> FleetNumbers | None:
-        return self._count_fleet()
-
     def _count_fleet(self) -> FleetNumbers | None:
+        """The fleet gauges from the mirror (on the event loop: ``FleetCollector`` brings scrapes here)."""
         if self.manager is None:
             return None
         fleet = self.manager.fleet()
