@@ -36,14 +36,16 @@ from mesh.inference_threads import InferenceThreads
 from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
-from mesh.metrics import MeshMetrics
+from mesh.metrics import FleetCollector, FleetNumbers, MeshMetrics
 from mesh.model_watch import ModelWatches
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
+from mesh.registry.etcd_config import EtcdConnection
 from mesh.request_budget import RequestBudget
 from mesh.router import Router
 from mesh.settings import MeshSettings
+from mesh.working_set import WorkingSet
 from placement.copies import CopyPolicy
 from placement.eviction import EvictionPolicy
 from puller import ArtifactCache, FetcherTable, storage_fetchers
@@ -107,9 +109,13 @@ class Pod:
     ) -> None:
         self.settings = settings
         if registry is None:
-            registry = EtcdRegistry(settings.etcd) if settings.etcd else MemoryRegistry()
+            registry = _registry(settings)
         self._registry = registry
         self.metrics = MeshMetrics(metrics_registry or CollectorRegistry())
+        self.metrics.registry_up.set_function(lambda: 1.0 if registry.reachable else 0.0)
+        self.metrics.registry.register(FleetCollector(self._count_fleet, loop=lambda: self._loop))
+        self.working_set = WorkingSet(settings.pressure_window_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._fetchers = fetchers
         self._gpu_probe = gpu_probe
         self._gpus: tuple[DeviceMemory, ...] = ()
@@ -154,6 +160,7 @@ class Pod:
 
     async def start(self) -> None:
         s = self.settings
+        self._loop = asyncio.get_running_loop()
         if self._gpu_probe is None:
             self._gpu_probe = await asyncio.to_thread(NvmlProbe)
         await self._read_gpus()
@@ -187,6 +194,7 @@ class Pod:
             admit=self._admit,
             held_elsewhere=lambda ids: self.manager.replicated(ids) if self.manager is not None else set(),
             probe=self.probe,
+            working_set=self.working_set,
         )
         self.manager = ModelManager(
             store=self.store,
@@ -298,12 +306,29 @@ class Pod:
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release."""
-        grace = self.settings.stop_grace_s if grace_s is None else grace_s
+        """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release.
+
+        The hand-over takes at most ``handoff_timeout_s`` and the drain ``stop_grace_s`` (both
+        ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout
+        (5 s; after one times out the others fail at once): publish, resign, drop load claims,
+        revoke the lease, record the unloads. So a stop takes at most about
+        ``handoff_timeout_s + stop_grace_s + 25 s``, plus whatever a model load already running in
+        a thread needs to return (a load cannot be interrupted; the process exits after it).
+        """
+        s = self.settings
+        grace = s.stop_grace_s if grace_s is None else grace_s
+        handoff_s = s.handoff_timeout_s if grace_s is None else grace_s
         self.shutting_down = True
         if self._publisher is not None:
             await self._publisher.publish_now()
-            await self._hand_over(deadline=time.monotonic() + grace)
+            if handoff_s > 0:
+                try:
+                    async with asyncio.timeout(
+                        handoff_s
+                    ):  # a hard bound: the chart's grace period relies on it
+                        await self._hand_over(deadline=time.monotonic() + handoff_s)
+                except TimeoutError:
+                    log.warning("hand-over cut short after %gs (handoff_timeout_s)", handoff_s)
         await self._health.enter_graceful_shutdown()
         if self.watches is not None:
             self.watches.end_all()  # a watch never ends by itself: it would hold the stop for its grace
@@ -406,6 +431,7 @@ class Pod:
 
     def _on_registry_change(self, kind: str, record_id: str, record: Any) -> None:
         if kind == "models" and record is None:  # unregistered: what the pod kept about it goes
+            self.working_set.forget(record_id)
             if self._dataplane is not None:
                 self._dataplane.forget(record_id)
             if self.router is not None:
@@ -449,9 +475,27 @@ class Pod:
             self.metrics.used_bytes.set(self.cache.used_bytes)
             self.metrics.models_loaded.set(sum(1 for m in self.cache.models() if m.loaded))
             self.metrics.loads_waiting_for_room.set(self.cache.loads_waiting_for_room)
+            self.metrics.cache_pressure.set(
+                self.working_set.pressure(
+                    self.cache.models(),
+                    waiting_bytes=self.cache.bytes_waiting_for_room,
+                    capacity_bytes=self.settings.capacity_bytes,
+                    now=time.monotonic(),
+                )
+            )
             await self._read_gpus()
             self._publisher.changed()
             await asyncio.sleep(1.0)
+
+    def _count_fleet(self) -> FleetNumbers | None:
+        """The fleet gauges from the mirror (on the event loop: ``FleetCollector`` brings scrapes here)."""
+        if self.manager is None:
+            return None
+        fleet = self.manager.fleet()
+        tenants = tuple((t.tenant, t.models_registered, t.loaded_bytes) for t in self.manager.tenants())
+        return FleetNumbers(
+            fleet.models_registered, fleet.models_loaded, fleet.copies, len(fleet.pods), tenants
+        )
 
     def _rejoined(self) -> None:
         """The pod rejoined the fleet under a new lease: write its copies back now."""
@@ -486,3 +530,12 @@ class Pod:
         for device in (*devices, *self._gpus):
             self.metrics.device_capacity_bytes.labels(device.name).set(device.capacity_bytes)
             self.metrics.device_used_bytes.labels(device.name).set(device.used_bytes)
+
+
+def _registry(settings: MeshSettings) -> Registry:
+    """etcd as ``etcd_config`` (ModelMesh's etcd_connection JSON) or ``etcd`` says, else in memory."""
+    if settings.etcd_config is not None:
+        return EtcdRegistry(EtcdConnection.from_file(settings.etcd_config))
+    if settings.etcd:
+        return EtcdRegistry(EtcdConnection.from_endpoints(settings.etcd))
+    return MemoryRegistry()
