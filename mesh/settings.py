@@ -61,7 +61,8 @@ class MeshSettings(BaseSettings):
     """gRPC port for the data plane, ModelMesh's API, health and reflection (0 picks one)."""
 
     metrics_port: int | None = 2112
-    """Prometheus metrics port (0 picks one; None turns the endpoint off)."""
+    """Prometheus metrics port (0 picks one; None or a negative number, ``MESH_METRICS_PORT=-1``,
+    turns the endpoint off)."""
 
     capacity_bytes: int = Field(default_factory=default_capacity)
     """Bytes of loaded models this pod may hold; loads evict idle models to stay within it. When
@@ -251,6 +252,11 @@ class MeshSettings(BaseSettings):
     @classmethod
     def _sizes(cls, value: str | int | None) -> int | None:
         return None if value is None else parse_size(value)
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _metrics_off(cls, value: int | None) -> int | None:
+        return None if value is None or value < 0 else value
 
     @model_validator(mode="after")
     def _consistent(self) -> MeshSettings:

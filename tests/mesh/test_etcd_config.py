@@ -148,3 +148,13 @@ def test_serve_flags_win_over_variables_and_variables_fill_the_rest(
     assert (s.host, s.port, s.metrics_port) == ("0.0.0.0", 9000, None)
     assert (s.memory_limit, s.capacity_bytes, s.handoff_timeout_s) == (2 * 2**30, 2**29, 12.0)
     assert s.etcd_config == config and s.etcd is None
+
+
+def test_a_negative_metrics_port_in_the_environment_turns_the_endpoint_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``MESH_METRICS_PORT=-1`` means off, as ``--metrics-port -1`` does."""
+    monkeypatch.setenv("MESH_METRICS_PORT", "-1")
+    assert MeshSettings().metrics_port is None
+    monkeypatch.setenv("MESH_METRICS_PORT", "0")
+    assert MeshSettings().metrics_port == 0
