@@ -53,7 +53,9 @@ ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [-1.0, 0.5, 2.0, -3
 @dataclass(frozen=True)
 class Installed:
     recipe: dockerfile.Dockerfile
-    builder_dir: Path
+    package_files: set[str]
+    """What the wheel must hold: each file the builder copied into a package (a folder with
+    ``__init__.py``) or a folder below one, as a path in the wheel (``proto/`` holds ``mesh_proto``)."""
     wheel: Path
     venv: Path
     seconds: dict[str, float]
@@ -140,6 +142,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     started = time.monotonic()
     builder = recipe.stage("builder")
     builder_dir = copy_into_stage(builder, context, work / "builder-root")
+    package_files = {
+        path.relative_to(builder_dir).as_posix().removeprefix("proto/")
+        for path in builder_dir.rglob("*")
+        if path.is_file() and any((d / "__init__.py").exists() for d in path.parents if d != builder_dir)
+    }
     mount = next(m for m in recipe.final.run_containing("pip install").mounts if m.get("from") == "builder")
     dist = work / "dist"
     (wheel_run,) = builder.runs
@@ -152,20 +159,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     run_script(install_script(recipe, context, dist), cwd=work, env=outside_env(venv, recipe.final.env))
     seconds["install"] = time.monotonic() - started
     print(f"image steps took {seconds}")
-    return Installed(recipe, builder_dir, wheel, venv, seconds)
+    return Installed(recipe, package_files, wheel, venv, seconds)
 
 
 def test_wheel_carries_every_file_of_every_package(installed: Installed) -> None:
-    """Each file in a package folder the builder copies (modules, .proto, .pyi, data) is in the
-    wheel: a new subpackage or data file left out of pyproject.toml fails here."""
+    """Each file the builder copies into a package (modules, .proto, .pyi, data files and
+    folders) is in the wheel: a subpackage or data file left out of pyproject.toml fails here."""
     import zipfile
 
-    expected = set()
-    for init in installed.builder_dir.rglob("__init__.py"):
-        for path in init.parent.iterdir():
-            if path.is_file():
-                relative = path.relative_to(installed.builder_dir).as_posix()
-                expected.add(relative.removeprefix("proto/"))
+    expected = installed.package_files
     assert "mesh_proto/model_mesh.proto" in expected and "mesh/cli.py" in expected
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     assert sorted(expected - names) == []
