@@ -169,7 +169,8 @@ def test_wheel_carries_every_file_of_every_package(installed: Installed) -> None
 
     expected = installed.package_files
     assert "mesh_proto/model_mesh.proto" in expected and "mesh/cli.py" in expected
-    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        names = set(wheel.namelist())
     assert sorted(expected - names) == []
 
 
