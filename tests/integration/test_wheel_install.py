@@ -11,7 +11,8 @@ mounts become local paths; the CPU index option is dropped, because torch 2.13.0
 this machine's disk that pip's own configuration already finds (as do CI's installs just before
 the tests), so no network beyond pip's usual index is needed; and the pod binds 127.0.0.1 instead
 of the image's MESH_HOST=0.0.0.0, as tests talk to loopback only. pip compiles the installed
-modules as it does in the image; the whole test takes about two minutes on 2 cores.
+modules as it does in the image; the module takes 1.5 to 2 minutes on 2 cores, most of it pip
+installing torch.
 """
 
 from __future__ import annotations
