@@ -45,6 +45,7 @@ from mesh.errors import (
     quoted,
 )
 from mesh.records import ModelRecord
+from mesh.working_set import WorkingSet
 from placement.eviction import EvictionCandidate, EvictionPolicy, choose_victims, gdsf_priority
 from puller import Artifact, FetcherTable
 
@@ -130,6 +131,7 @@ class ModelCache:
         admit: Admit | None = None,
         held_elsewhere: Callable[[list[str]], set[str]] | None = None,
         probe: Probe | None = None,
+        working_set: WorkingSet | None = None,
     ) -> None:
         self.capacity_bytes = capacity_bytes
         self._fetchers = fetchers
@@ -145,6 +147,10 @@ class ModelCache:
         """Callers awaiting each load task (by task: a reload after an unload is another task)."""
         self._idle = asyncio.Event()
         self._waiting_for_room = 0
+        self.bytes_waiting_for_room = 0
+        """Predicted bytes of the loads waiting for a serving model to go idle."""
+        self._working_set = working_set
+        """Told of each eviction, for the cache pressure (``mesh.working_set``)."""
         self._policy = eviction_policy
         self._admit = admit
         self._held_elsewhere = held_elsewhere
@@ -437,10 +443,12 @@ class ModelCache:
                     model_id=model_id,
                 )
             self._waiting_for_room += 1
+            self.bytes_waiting_for_room += size
             try:
                 await self._wait_idle(deadline)
             finally:
                 self._waiting_for_room -= 1
+                self.bytes_waiting_for_room -= size
 
     async def _settle(self, entry: _Entry, model: LoadedModel) -> None:
         measured = model.size_bytes
@@ -506,6 +514,8 @@ class ModelCache:
             await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)
         if evicted:
             log.info("evicted %s (%d bytes)", entry.model_id, entry.size_bytes)
+            if self._working_set is not None:
+                self._working_set.evicted(entry.model_id, entry.size_bytes, entry.last_used)
         await self._listener.unloaded(entry.model_id, evicted=evicted, reason=reason)
 
     async def _wait_idle(self, deadline: float) -> None:

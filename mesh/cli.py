@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from mesh.errors import MeshError
 from mesh.settings import MeshSettings, parse_size
 
 DEFAULT_TARGET = "127.0.0.1:8033"
@@ -42,12 +43,38 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run one pod")
-    serve.add_argument("--port", type=int, default=8033, help="gRPC port (0 picks a free one)")
-    serve.add_argument("--metrics-port", type=int, default=2112, help="Prometheus port (-1: off)")
+    # Every default is None: what is not given comes from MESH_* variables, then MeshSettings.
+    serve.add_argument("--port", type=int, default=None, help="gRPC port (0 picks a free one; default 8033)")
+    serve.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus port (-1: off; default 2112)"
+    )
     serve.add_argument("--capacity", type=parse_size, default=None, help="model bytes, e.g. 512MiB, 2GiB")
+    serve.add_argument(
+        "--memory-limit",
+        type=parse_size,
+        default=None,
+        help="the container's memory limit (bytes or units); without --capacity, capacity = limit x fraction",
+    )
+    serve.add_argument(
+        "--capacity-fraction",
+        type=float,
+        default=None,
+        help="share of --memory-limit for models (default 0.5)",
+    )
     serve.add_argument("--etcd", default=None, help="HOST:PORT of etcd (absent: in-memory registry)")
+    serve.add_argument(
+        "--etcd-config",
+        default=None,
+        help="file with ModelMesh's etcd_connection JSON (endpoints, userid, password, root_prefix, TLS)",
+    )
+    serve.add_argument(
+        "--handoff-timeout",
+        type=float,
+        default=None,
+        help="seconds a graceful stop may spend loading recent models elsewhere (default 30)",
+    )
     serve.add_argument("--pod-id", default=None, help="this pod's id (default: pod-<pid>)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0: all)")
     serve.add_argument("--port-file", default=None, help="write the bound gRPC port here once serving")
     _storage_arguments(serve)
 
@@ -158,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MeshError as exc:  # e.g. etcd refused the pod's credentials at start
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -230,14 +260,24 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from mesh.pod import Pod
 
-    overrides: dict[str, object] = {
-        "port": args.port,
-        "host": args.host,
-        "metrics_port": None if args.metrics_port < 0 else args.metrics_port,
-    }
+    overrides: dict[str, object] = {}
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = None if args.metrics_port < 0 else args.metrics_port
     if args.capacity is not None:
         overrides["capacity_bytes"] = args.capacity
-    for name in ("storage_config", "cache_dir", "cache_size", "pvc_root"):
+    if args.handoff_timeout is not None:
+        overrides["handoff_timeout_s"] = args.handoff_timeout
+    for name in (
+        "port",
+        "host",
+        "memory_limit",
+        "capacity_fraction",
+        "etcd_config",
+        "storage_config",
+        "cache_dir",
+        "cache_size",
+        "pvc_root",
+    ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.etcd:

@@ -28,7 +28,8 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     ├── RequestBytesBusy        RESOURCE_EXHAUSTED the request budget stayed spent; retry later
     ├── Unavailable             UNAVAILABLE        retryable: registry down, load timed out
     │   ├── NotHere                                a peer does not hold the model (forwarding)
-    │   └── Unreachable                            a peer gave no answer at all (forwarding)
+    │   ├── Unreachable                            a peer gave no answer at all (forwarding)
+    │   └── RegistryAccessDenied                   etcd refused the pod's user, password or permissions
     ├── DeadlineExceeded        DEADLINE_EXCEEDED  the caller's deadline passed
     └── Unimplemented           UNIMPLEMENTED      an API the mesh does not offer
 """
@@ -295,6 +296,12 @@ class NotHere(Unavailable):
 class Unreachable(Unavailable):
     """A forwarded call got no answer from the peer's server: the connection could not be made or
     broke under the call. Unlike an ``Unavailable`` the peer answered, its process may be gone."""
+
+
+class RegistryAccessDenied(Unavailable):
+    """etcd refused the pod's credentials or permissions. At start the pod stops with this message;
+    later (a password changed under a running pod) its registry calls fail with it, retryably, while
+    the pod serves what it holds. The message never holds the password."""
 
 
 class RemoteError(MeshError):

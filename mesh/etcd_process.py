@@ -4,6 +4,9 @@ on free loopback ports with its own data directory.
 with EtcdProcess(data_dir) as etcd:
     etcd.endpoint          # "127.0.0.1:PORT"
     etcd.stop(); etcd.start()   # same ports and data: a restart keeps every key
+
+With ``tls=EtcdTls(...)`` it serves https with those certificates (and, with a client
+certificate given, requires one from every client: ``--client-cert-auth``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -39,22 +43,59 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files for an etcd serving https."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    """The CA that signed ``cert_file`` (and client certificates, with client authentication)."""
+    client_cert_file: Path | None = None
+    """Given: etcd requires client certificates signed by ``ca_file``; this one checks readiness."""
+    client_key_file: Path | None = None
+
+    def arguments(self) -> list[str]:
+        args = [f"--cert-file={self.cert_file}", f"--key-file={self.key_file}"]
+        if self.client_cert_file is not None:
+            args += ["--client-cert-auth", f"--trusted-ca-file={self.ca_file}"]
+        return args
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=self.client_key_file.read_bytes() if self.client_key_file else None,
+            certificate_chain=self.client_cert_file.read_bytes() if self.client_cert_file else None,
+        )
+
+
 class EtcdProcess:
     def __init__(
-        self, data_dir: Path, *, client_port: int = 0, log: IO[bytes] | int = subprocess.DEVNULL
+        self,
+        data_dir: Path,
+        *,
+        client_port: int = 0,
+        log: IO[bytes] | int = subprocess.DEVNULL,
+        tls: EtcdTls | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.client_port = client_port or free_port()
         self.peer_port = free_port()
         self._log = log
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    @property
+    def url(self) -> str:
+        """The client URL, ``http://`` or ``https://``."""
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
     def start(self, timeout_s: float = 20.0) -> None:
-        client = f"http://{self.endpoint}"
+        client = self.url
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.process = subprocess.Popen(
             [
@@ -68,6 +109,7 @@ class EtcdProcess:
                 f"--initial-cluster=default={peer}",
                 "--listen-metrics-urls=",
                 "--log-level=error",
+                *(self.tls.arguments() if self.tls else []),
             ],
             stdout=self._log,
             stderr=self._log,
@@ -95,7 +137,12 @@ class EtcdProcess:
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.endpoint) as channel:
+        channel = (
+            grpc.secure_channel(self.endpoint, self.tls.credentials())
+            if self.tls
+            else grpc.insecure_channel(self.endpoint)
+        )
+        with channel:
             kv = pb_grpc.KVStub(channel)
             while True:
                 assert self.process is not None

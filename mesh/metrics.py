@@ -1,16 +1,23 @@
 """Prometheus metrics, created against an injected ``CollectorRegistry``.
 
 Per-model labels are deliberately absent: with thousands of models they would
-explode the series count; ``ModelStatistics`` answers per-model questions.
+explode the series count; ``ModelStatistics`` answers per-model questions. Tenants
+(few: tens) are a label of the fleet's per-tenant gauges.
+
+What the chart's autoscaler, alerts and dashboard read: ``mesh_cache_pressure`` (the scaling
+signal, see ``mesh.working_set``), ``mesh_registry_up``, and the fleet gauges
+(``mesh_fleet_*``, ``mesh_tenant_*``): every pod exports the same fleet values from its registry
+mirror, computed when Prometheus scrapes; dashboards take ``max`` over pods.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -58,6 +65,21 @@ class MeshMetrics:
         self.request_bytes_waiting = Gauge(
             "mesh_waiting_request_bytes",
             "Bytes charged to inference calls waiting for room",
+            registry=registry,
+        )
+
+        self.cache_pressure = Gauge(
+            "mesh_cache_pressure",
+            "Bytes of the distinct models this pod served or was asked to load within the pressure window "
+            "(still loaded or evicted since), plus loads waiting for room, over its capacity. Below 1 the "
+            "recently used models fit; above 1 the pod evicts models it needs again (thrashing), which more "
+            "pods cure. Used/capacity is no signal: a warm cache is always nearly full.",
+            registry=registry,
+        )
+        self.registry_up = Gauge(
+            "mesh_registry_up",
+            "1 while this pod's registry (etcd) answers; 0 from a call that found it refusing or silent "
+            "until it answers again (always 1 on the in-memory registry)",
             registry=registry,
         )
 
@@ -114,3 +136,54 @@ class RequestMetrics(Collector):
                 buckets.append((label, total))
             seconds.add_metric([method], buckets, sum_value=counts[-1])
         yield seconds
+
+
+@dataclass(frozen=True)
+class FleetNumbers:
+    """The fleet as this pod's registry mirror shows it (copies on live pods only)."""
+
+    models_registered: int
+    models_loaded: int
+    """Models with at least one loaded copy."""
+    copies: int
+    """Loaded copies, all models together."""
+    pods: int
+    tenants: tuple[tuple[str, int, int], ...]
+    """Per tenant: (name, registered models, bytes of its copies loaded or loading)."""
+
+
+class FleetCollector(Collector):
+    """``mesh_fleet_*`` and ``mesh_tenant_*``, read from ``read`` when Prometheus scrapes (a walk of
+    the mirror per scrape, rather than bookkeeping on every registry change). ``read`` answers None
+    when it cannot say now (the pod is not started): the series are left out."""
+
+    def __init__(self, read: Callable[[], FleetNumbers | None]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the series are only known at scrape time; nothing to check at register
+
+    def collect(self) -> Iterator[Metric]:
+        numbers = self._read()
+        if numbers is None:
+            return
+        for name, text, value in (
+            ("mesh_fleet_models_registered", "Models registered in the fleet", numbers.models_registered),
+            ("mesh_fleet_models_loaded", "Models with at least one loaded copy", numbers.models_loaded),
+            ("mesh_fleet_copies", "Loaded copies in the fleet, all models together", numbers.copies),
+            ("mesh_fleet_pods", "Live pods in the fleet", numbers.pods),
+        ):
+            yield GaugeMetricFamily(name, f"{text} (every pod reports the fleet's value)", value=value)
+        models = GaugeMetricFamily(
+            "mesh_tenant_models", "Models registered per tenant (fleet-wide)", labels=["tenant"]
+        )
+        loaded = GaugeMetricFamily(
+            "mesh_tenant_loaded_bytes",
+            "Bytes of a tenant's copies loaded or loading across the fleet (what its quota counts)",
+            labels=["tenant"],
+        )
+        for tenant, registered, loaded_bytes in numbers.tenants:
+            models.add_metric([tenant], registered)
+            loaded.add_metric([tenant], loaded_bytes)
+        yield models
+        yield loaded

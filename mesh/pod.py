@@ -36,13 +36,15 @@ from mesh.inference_threads import InferenceThreads
 from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
-from mesh.metrics import MeshMetrics
+from mesh.metrics import FleetCollector, FleetNumbers, MeshMetrics
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
+from mesh.registry.etcd_config import EtcdConnection
 from mesh.request_budget import RequestBudget
 from mesh.router import Router
 from mesh.settings import MeshSettings
+from mesh.working_set import WorkingSet
 from placement.copies import CopyPolicy
 from placement.eviction import EvictionPolicy
 from puller import ArtifactCache, FetcherTable, storage_fetchers
@@ -106,9 +108,13 @@ class Pod:
     ) -> None:
         self.settings = settings
         if registry is None:
-            registry = EtcdRegistry(settings.etcd) if settings.etcd else MemoryRegistry()
+            registry = _registry(settings)
         self._registry = registry
         self.metrics = MeshMetrics(metrics_registry or CollectorRegistry())
+        self.metrics.registry_up.set_function(lambda: 1.0 if registry.reachable else 0.0)
+        self.metrics.registry.register(FleetCollector(self._fleet_numbers))
+        self.working_set = WorkingSet(settings.pressure_window_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._fetchers = fetchers
         self._gpu_probe = gpu_probe
         self._gpus: tuple[DeviceMemory, ...] = ()
@@ -152,6 +158,7 @@ class Pod:
 
     async def start(self) -> None:
         s = self.settings
+        self._loop = asyncio.get_running_loop()
         if self._gpu_probe is None:
             self._gpu_probe = await asyncio.to_thread(NvmlProbe)
         await self._read_gpus()
@@ -185,6 +192,7 @@ class Pod:
             admit=self._admit,
             held_elsewhere=lambda ids: self.manager.replicated(ids) if self.manager is not None else set(),
             probe=self.probe,
+            working_set=self.working_set,
         )
         self.manager = ModelManager(
             store=self.store,
@@ -292,12 +300,19 @@ class Pod:
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release."""
-        grace = self.settings.stop_grace_s if grace_s is None else grace_s
+        """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release.
+
+        The hand-over takes at most ``handoff_timeout_s`` and the drain ``stop_grace_s`` (both
+        ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout.
+        """
+        s = self.settings
+        grace = s.stop_grace_s if grace_s is None else grace_s
+        handoff_s = s.handoff_timeout_s if grace_s is None else grace_s
         self.shutting_down = True
         if self._publisher is not None:
             await self._publisher.publish_now()
-            await self._hand_over(deadline=time.monotonic() + grace)
+            if handoff_s > 0:
+                await self._hand_over(deadline=time.monotonic() + handoff_s)
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
@@ -398,6 +413,7 @@ class Pod:
 
     def _on_registry_change(self, kind: str, record_id: str, record: Any) -> None:
         if kind == "models" and record is None:  # unregistered: what the pod kept about it goes
+            self.working_set.forget(record_id)
             if self._dataplane is not None:
                 self._dataplane.forget(record_id)
             if self.router is not None:
@@ -441,9 +457,45 @@ class Pod:
             self.metrics.used_bytes.set(self.cache.used_bytes)
             self.metrics.models_loaded.set(sum(1 for m in self.cache.models() if m.loaded))
             self.metrics.loads_waiting_for_room.set(self.cache.loads_waiting_for_room)
+            self.metrics.cache_pressure.set(
+                self.working_set.pressure(
+                    self.cache.models(),
+                    waiting_bytes=self.cache.bytes_waiting_for_room,
+                    capacity_bytes=self.settings.capacity_bytes,
+                    now=time.monotonic(),
+                )
+            )
             await self._read_gpus()
             self._publisher.changed()
             await asyncio.sleep(1.0)
+
+    def _fleet_numbers(self) -> FleetNumbers | None:
+        """The fleet gauges, for a scrape (on the metrics server's thread): counted on the pod's event
+        loop, where the mirror changes, so the walk sees one consistent mirror."""
+        loop = self._loop
+        if self.manager is None or loop is None or loop.is_closed():
+            return None
+        try:
+            if asyncio.get_running_loop() is loop:
+                return self._count_fleet()
+        except RuntimeError:
+            pass  # no loop in this thread: the metrics server's
+        try:
+            return asyncio.run_coroutine_threadsafe(self._count_fleet_now(), loop).result(timeout=5)
+        except (RuntimeError, TimeoutError):  # the loop stopped, or is too busy to answer a scrape
+            return None
+
+    async def _count_fleet_now(self) -> FleetNumbers | None:
+        return self._count_fleet()
+
+    def _count_fleet(self) -> FleetNumbers | None:
+        if self.manager is None:
+            return None
+        fleet = self.manager.fleet()
+        tenants = tuple((t.tenant, t.models_registered, t.loaded_bytes) for t in self.manager.tenants())
+        return FleetNumbers(
+            fleet.models_registered, fleet.models_loaded, fleet.copies, len(fleet.pods), tenants
+        )
 
     def _rejoined(self) -> None:
         """The pod rejoined the fleet under a new lease: write its copies back now."""
@@ -478,3 +530,12 @@ class Pod:
         for device in (*devices, *self._gpus):
             self.metrics.device_capacity_bytes.labels(device.name).set(device.capacity_bytes)
             self.metrics.device_used_bytes.labels(device.name).set(device.used_bytes)
+
+
+def _registry(settings: MeshSettings) -> Registry:
+    """etcd as ``etcd_config`` (ModelMesh's etcd_connection JSON) or ``etcd`` says, else in memory."""
+    if settings.etcd_config is not None:
+        return EtcdRegistry(EtcdConnection.from_file(settings.etcd_config))
+    if settings.etcd:
+        return EtcdRegistry(EtcdConnection.from_endpoints(settings.etcd))
+    return MemoryRegistry()

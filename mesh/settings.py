@@ -64,7 +64,21 @@ class MeshSettings(BaseSettings):
     """Prometheus metrics port (0 picks one; None turns the endpoint off)."""
 
     capacity_bytes: int = Field(default_factory=default_capacity)
-    """Bytes of loaded models this pod may hold; loads evict idle models to stay within it."""
+    """Bytes of loaded models this pod may hold; loads evict idle models to stay within it. When
+    not given: ``memory_limit`` x ``capacity_fraction`` if a memory limit is, else half the host's
+    memory."""
+
+    memory_limit: int | None = None
+    """The container's memory limit in bytes (or units: ``2Gi``); on Kubernetes from the downward API
+    (``resourceFieldRef: limits.memory``; a container without a limit gets the node's allocatable
+    memory there). Sets the capacity when ``capacity_bytes`` is not given."""
+
+    capacity_fraction: float = Field(default=0.5, gt=0, le=1)
+    """Share of ``memory_limit`` that loaded models may take; the rest is the pod's own footprint
+    (interpreter, gRPC buffers, requests in flight, loads in progress)."""
+
+    pressure_window_s: float = Field(default=300.0, gt=0)
+    """How far back ``mesh_cache_pressure`` counts the models this pod served or was asked to load."""
 
     eviction_policy: Literal["gdsf", "lru"] = "gdsf"
     """Which idle models make room for a load: ``gdsf`` weighs use, load time and size
@@ -75,7 +89,13 @@ class MeshSettings(BaseSettings):
     """Fraction of each GPU's memory (found through NVML) this pod may use; no GPU: host only."""
 
     etcd: str | None = None
-    """``HOST:PORT`` of etcd; absent: an in-memory registry for a single pod."""
+    """``HOST:PORT`` of etcd (several comma-separated: calls fail over between them); absent, with
+    no ``etcd_config`` either: an in-memory registry for a single pod."""
+
+    etcd_config: Path | None = None
+    """A file holding ModelMesh's ``etcd_connection`` JSON (the key of its ``model-serving-etcd``
+    Secret): endpoints, user and password, root prefix, CA and client certificate. See
+    ``mesh.registry.etcd_config`` for the fields. Not together with ``etcd``."""
 
     namespace: str = "default"
     """Registry prefix: every key lives under ``/mesh/<namespace>/``."""
@@ -176,7 +196,13 @@ class MeshSettings(BaseSettings):
     """Threads that parse and decode large inference requests."""
 
     stop_grace_s: float = 5.0
-    """Time in-flight calls get to finish on shutdown."""
+    """Time in-flight calls get to finish on shutdown (after the hand-over)."""
+
+    handoff_timeout_s: float = Field(default=30.0, ge=0)
+    """On graceful stop, the longest the pod spends loading its recently used models on other pods
+    before it drains and leaves (0: no hand-over). A whole graceful stop takes at most about
+    ``handoff_timeout_s + stop_grace_s + 4 x registry timeout (5 s)``: set Kubernetes'
+    ``terminationGracePeriodSeconds`` above that."""
 
     advertise_host: str | None = None
     """Address other pods use to reach this one (default: ``host``)."""
@@ -218,6 +244,7 @@ class MeshSettings(BaseSettings):
         "max_request_bytes_in_flight",
         "decode_inline_bytes",
         "cache_size",
+        "memory_limit",
         mode="before",
     )
     @classmethod
@@ -226,6 +253,12 @@ class MeshSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> MeshSettings:
+        if self.etcd and self.etcd_config is not None:
+            raise ValueError(
+                "give etcd (--etcd, MESH_ETCD) or etcd_config (--etcd-config, MESH_ETCD_CONFIG), not both"
+            )
+        if self.memory_limit is not None and "capacity_bytes" not in self.model_fields_set:
+            self.capacity_bytes = int(self.memory_limit * self.capacity_fraction)
         if self.copy_down_rate >= self.copy_up_rate:
             raise ValueError(
                 f"copy_down_rate ({self.copy_down_rate:g}) must be below copy_up_rate "

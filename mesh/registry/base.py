@@ -96,5 +96,10 @@ class Registry(ABC):
     async def revoke_lease(self, lease: int) -> None:
         """End ``lease`` now, deleting its keys."""
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the registry answered since a call last found it unreachable (``mesh_registry_up``)."""
+        return True
+
     async def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""

@@ -1,0 +1,120 @@
+"""ModelMesh's ``etcd_connection`` JSON read as the pod reads it, and the settings around it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mesh.registry.etcd_config import EtcdConfigError, EtcdConnection, EtcdEndpoint
+from mesh.settings import MeshSettings
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+SECRET = "s3cr3t-do-not-echo"
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "etcd_connection"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_modelmesh_example_reads_every_field(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text(PEM)
+    (tmp_path / "key.pem").write_text(PEM.replace("CERTIFICATE", "PRIVATE KEY"))
+    path = write(
+        tmp_path,
+        {
+            "endpoints": "https://etcd-0:2379, https://etcd-1:32379,etcd-2",
+            "userid": "mesh",
+            "password": SECRET,
+            "root_prefix": "modelmesh-serving/",
+            "certificate_file": "ca.pem",
+            "client_key_file": str(tmp_path / "key.pem"),
+            "client_certificate": PEM,
+            "override_authority": "etcd.internal",
+        },
+    )
+    c = EtcdConnection.from_file(path)
+    assert c.endpoints == (
+        EtcdEndpoint("etcd-0", 2379, True),
+        EtcdEndpoint("etcd-1", 32379, True),
+        EtcdEndpoint("etcd-2", 2379, True),  # bare host: the default port; TLS since certificates are given
+    )
+    assert (c.userid, c.password, c.root_prefix, c.override_authority) == (
+        "mesh",
+        SECRET,
+        "modelmesh-serving",
+        "etcd.internal",
+    )
+    assert c.ca_pem == PEM.encode() and c.client_certificate_pem == PEM.encode()
+    assert c.client_key_pem is not None and b"PRIVATE KEY" in c.client_key_pem
+    assert SECRET not in repr(c) and SECRET not in c.summary()
+
+
+def test_plain_endpoints_and_ipv6() -> None:
+    c = EtcdConnection.from_endpoints("127.0.0.1:2379,[::1]:2380,http://etcd:1")
+    assert [str(e) for e in c.endpoints] == ["http://127.0.0.1:2379", "http://[::1]:2380", "http://etcd:1"]
+    assert [e.target for e in c.endpoints] == ["127.0.0.1:2379", "[::1]:2380", "etcd:1"]
+    assert not c.tls and c.userid is None and c.root_prefix == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["endpoints"]', "expected a JSON object"),
+        ({"endpoints": "etcd:2379", "user": "mesh"}, "unknown field 'user'"),
+        ({"endpoints": "etcd:2379", "userid": "mesh"}, "field 'userid' is given without 'password'"),
+        ({"endpoints": "etcd:2379", "password": SECRET}, "field 'password' is given without 'userid'"),
+        ({"userid": "mesh", "password": SECRET}, "field 'endpoints' is required"),
+        ({"endpoints": "a:1", "userid": "", "password": SECRET}, "field 'userid' is empty"),
+        ({"endpoints": 2379}, "field 'endpoints' must be a string"),
+        ({"endpoints": "ftp://etcd:2379"}, "field 'endpoints': 'ftp://etcd:2379' is not an etcd endpoint"),
+        ({"endpoints": "http://a:1,https://b:1"}, "endpoints mix http:// and https://"),
+        ({"endpoints": "http://a:1", "certificate": PEM}, "names an http:// endpoint, but certificates"),
+        ({"endpoints": "a:1", "certificate": "abc"}, "field 'certificate' is not PEM"),
+        ({"endpoints": "a:1", "certificate": PEM, "certificate_file": "x"}, "not both"),
+        ({"endpoints": "a:1", "certificate_file": "missing.pem"}, "field 'certificate_file': cannot read"),
+        ({"endpoints": "a:1", "client_key": PEM}, "field 'client_key' is given without 'client_certificate'"),
+    ],
+)
+def test_bad_config_names_file_and_field_never_the_password(tmp_path: Path, data: object, named: str) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(EtcdConfigError) as error:
+        EtcdConnection.from_file(path)
+    message = str(error.value)
+    assert named in message and str(path) in message
+    assert SECRET not in message
+
+
+def test_bad_json_holding_the_password_is_not_quoted(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"endpoints": "etcd:2379", "password": "' + SECRET + '" "userid": "x"}')
+    with pytest.raises(EtcdConfigError, match=r"not valid JSON \(Expecting ',' delimiter at line 1") as error:
+        EtcdConnection.from_file(path)
+    assert SECRET not in str(error.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(EtcdConfigError, match=r"etcd config .*nowhere.json.*cannot read it"):
+        EtcdConnection.from_file(tmp_path / "nowhere.json")
+
+
+def test_etcd_and_etcd_config_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"give etcd .* or etcd_config .*, not both"):
+        MeshSettings(etcd="127.0.0.1:2379", etcd_config=tmp_path / "etcd_connection")
+
+
+def test_capacity_from_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert MeshSettings(memory_limit="2Gi").capacity_bytes == 2**30  # default fraction: half
+    assert MeshSettings(memory_limit=4 * 2**30, capacity_fraction=0.25).capacity_bytes == 2**30
+    assert MeshSettings(memory_limit="2Gi", capacity_bytes="100MiB").capacity_bytes == 100 * 2**20
+    monkeypatch.setenv("MESH_MEMORY_LIMIT", "1073741824")  # what the downward API gives: bytes
+    monkeypatch.setenv("MESH_CAPACITY_FRACTION", "0.75")
+    assert MeshSettings().capacity_bytes == 3 * 2**28
+    monkeypatch.setenv("MESH_CAPACITY_BYTES", "1Mi")  # an explicit capacity wins
+    assert MeshSettings().capacity_bytes == 2**20
+    for fraction in (0, 1.5):
+        with pytest.raises(ValueError, match="capacity_fraction"):
+            MeshSettings(memory_limit="1Gi", capacity_fraction=fraction)
