@@ -17,6 +17,17 @@ CHART = ROOT / "charts" / "mesh"
 VALUES = Path(__file__).resolve().parent / "values"
 RELEASE = "demo"
 NAMESPACE = "serving"
+VALUE_SETS: list[str | None] = [
+    None,
+    "external-endpoints",
+    "external-secret",
+    "etcd-3",
+    "monitoring-autoscaling",
+    "namespaces",
+    "namespace-selector",
+    "all-namespaces",
+]
+"""The value sets under tests/charts/values rendered by the tests (None: the chart's defaults)."""
 KUBE_VERSION = "1.31.0"
 """The Kubernetes version the chart is rendered for and validated against."""
 

@@ -1,14 +1,11 @@
 """charts/mesh rendered by the real helm and validated offline: no Kubernetes API server can run
 on these machines, so every object is checked against the Kubernetes schemas (kubernetes-validate),
-the Prometheus Operator's kinds against small schemas of their own (operator_schemas.py), and what
-the chart hands `mesh serve` and `mesh controller` against the code itself."""
+and the Prometheus Operator's kinds against small schemas of their own (operator_schemas.py).
+test_chart_drift.py checks what the chart hands `mesh serve` and `mesh controller` against the code."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,32 +13,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from mesh.cli import build_parser
-from mesh.settings import MeshSettings
-from tests.charts.helm import CHART, KUBE_VERSION, NAMESPACE, Helm, container, find_helm, objects, one
+from tests.charts.conftest import Rendered
+from tests.charts.helm import CHART, KUBE_VERSION, NAMESPACE, VALUE_SETS, Helm, container, objects, one
 from tests.charts.helm import values_args as given
 from tests.charts.operator_schemas import SCHEMAS
-
-VALUE_SETS = [
-    None,
-    "external-endpoints",
-    "external-secret",
-    "etcd-3",
-    "monitoring-autoscaling",
-    "namespaces",
-    "namespace-selector",
-    "all-namespaces",
-]
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    return find_helm(tmp_path_factory.mktemp("helm"))
-
-
-@pytest.fixture(scope="module")
-def rendered(helm: Helm) -> dict[str | None, list[dict[str, Any]]]:
-    return {name: helm.render(*given(name)) for name in VALUE_SETS}
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -51,9 +26,7 @@ def test_lint_passes(helm: Helm, value_set: str | None) -> None:
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
-def test_every_object_validates_offline(
-    rendered: dict[str | None, list[dict[str, Any]]], value_set: str | None
-) -> None:
+def test_every_object_validates_offline(rendered: Rendered, value_set: str | None) -> None:
     docs = rendered[value_set]
     assert docs
     for doc in docs:
@@ -68,7 +41,7 @@ def test_every_object_validates_offline(
 
 
 def test_defaults_run_pods_etcd_and_a_namespaced_controller(
-    rendered: dict[str | None, list[dict[str, Any]]],
+    rendered: Rendered,
 ) -> None:
     docs = rendered[None]
     pods = one(docs, "Deployment", "demo-mesh")
@@ -108,7 +81,7 @@ def test_defaults_run_pods_etcd_and_a_namespaced_controller(
     assert "prometheus.io/scrape" in pods["spec"]["template"]["metadata"]["annotations"]
 
 
-def test_three_etcd_members_form_one_cluster(rendered: dict[str | None, list[dict[str, Any]]]) -> None:
+def test_three_etcd_members_form_one_cluster(rendered: Rendered) -> None:
     docs = rendered["etcd-3"]
     etcd = one(docs, "StatefulSet")
     env = {e["name"]: e.get("value") for e in container(docs, "etcd")["env"]}
@@ -121,7 +94,7 @@ def test_three_etcd_members_form_one_cluster(rendered: dict[str | None, list[dic
     assert len(endpoints) == 3
 
 
-def test_external_etcd_by_endpoints_or_by_secret(rendered: dict[str | None, list[dict[str, Any]]]) -> None:
+def test_external_etcd_by_endpoints_or_by_secret(rendered: Rendered) -> None:
     by_url = rendered["external-endpoints"]
     assert not objects(by_url, "StatefulSet")
     connection = json.loads(one(by_url, "Secret")["stringData"]["etcd_connection"])
@@ -133,7 +106,7 @@ def test_external_etcd_by_endpoints_or_by_secret(rendered: dict[str | None, list
     assert secrets == {"model-serving-etcd", "my-storage"}
 
 
-def test_autoscaling_and_monitoring(rendered: dict[str | None, list[dict[str, Any]]]) -> None:
+def test_autoscaling_and_monitoring(rendered: Rendered) -> None:
     docs = rendered["monitoring-autoscaling"]
     assert "replicas" not in one(docs, "Deployment", "demo-mesh")["spec"]
     hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
@@ -198,7 +171,7 @@ def _rules(role: dict[str, Any]) -> list[tuple[list[str], list[str], list[str]]]
     ],
 )
 def test_controller_rbac_is_least_privilege(
-    rendered: dict[str | None, list[dict[str, Any]]],
+    rendered: Rendered,
     value_set: str | None,
     flags: list[str],
     namespaces: list[str] | None,
@@ -254,34 +227,3 @@ def test_decimals_given_with_set_are_accepted_or_refused_by_value(helm: Helm) ->
     assert helm.template("--set", "pods.capacityFraction=0.5").returncode == 0
     refused = helm.template("--set", "pods.capacityFraction=1.5")
     assert refused.returncode != 0 and "capacityFraction" in refused.stderr
-
-
-@contextlib.contextmanager
-def _argparse_errors() -> Iterator[io.StringIO]:
-    with contextlib.redirect_stderr(io.StringIO()) as errors:
-        yield errors
-
-
-@pytest.mark.parametrize("value_set", VALUE_SETS)
-def test_chart_and_code_agree_on_variables_and_flags(
-    rendered: dict[str | None, list[dict[str, Any]]], value_set: str | None
-) -> None:
-    """Every MESH_* variable the chart sets is a MeshSettings field, and `mesh serve` and
-    `mesh controller` accept the arguments the chart passes, as rendered."""
-    fields = {f"MESH_{name.upper()}" for name in MeshSettings.model_fields}
-    docs = rendered[value_set]
-    commands = []
-    for workload in objects(docs, "Deployment"):
-        for c in workload["spec"]["template"]["spec"]["containers"]:
-            unknown = {e["name"] for e in c.get("env", ()) if e["name"].startswith("MESH_")} - fields
-            assert not unknown, (
-                f"{c['name']} sets variables that mesh.settings does not read: {sorted(unknown)}"
-            )
-            commands.append(c["args"])
-    assert sorted(args[0] for args in commands) == ["controller", "serve"]
-    for args in commands:
-        with _argparse_errors() as errors:
-            try:
-                build_parser().parse_args(args)
-            except SystemExit:
-                pytest.fail(f"`mesh {' '.join(args)}` is refused: {errors.getvalue().strip()}")

@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mesh import samples
 from mesh.edge.client import MeshClient
 from mesh.etcd_process import EtcdProcess
-from tests.charts.helm import CHART, Helm, find_helm, objects, one, values_args
+from tests.charts.conftest import Rendered
+from tests.charts.helm import CHART, objects, one
 from tests.charts.promql import equality_matchers, metric_names
 from tests.conftest import PodThread, pod_settings, wait_until
 
@@ -33,13 +34,8 @@ Series = dict[str, list[dict[str, str]]]
 
 
 @pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    return find_helm(tmp_path_factory.mktemp("helm"))
-
-
-@pytest.fixture(scope="module")
-def monitoring(helm: Helm) -> list[dict[str, Any]]:
-    return helm.render(*values_args("monitoring-autoscaling"))
+def monitoring(rendered: Rendered) -> list[dict[str, Any]]:
+    return rendered["monitoring-autoscaling"]
 
 
 def _scrape(pod: PodThread) -> Series:

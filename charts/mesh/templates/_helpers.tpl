@@ -82,9 +82,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "namespace=%q" .Release.Namespace) .Values.monitoring.prometheusRule.matchers }}
 {{- end }}
 
-{{/* Grace for a stopping pod: preStop wait, hand-over, in-flight calls, and 15 s to release its lease. */}}
+{{/*
+Grace for a stopping pod: the preStop wait, the hand-over, in-flight calls, then up to four
+registry calls of 5 s each (mark shutting down, cancel loads, revoke the lease) and 10 s to spare.
+*/}}
 {{- define "mesh.terminationGrace" -}}
-{{- add (int .Values.pods.preStopSleepSeconds) (int .Values.pods.handoffTimeoutSeconds) (int .Values.pods.stopGraceSeconds) 15 }}
+{{- add (int .Values.pods.preStopSleepSeconds) (int .Values.pods.handoffTimeoutSeconds) (int .Values.pods.stopGraceSeconds) 30 }}
 {{- end }}
 
 {{/*
