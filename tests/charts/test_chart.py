@@ -6,12 +6,14 @@ test_chart_drift.py checks what the chart hands `mesh serve` and `mesh controlle
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.charts.conftest import Rendered
 from tests.charts.helm import CHART, KUBE_VERSION, NAMESPACE, VALUE_SETS, Helm, container, objects, one
@@ -227,3 +229,29 @@ def test_decimals_given_with_set_are_accepted_or_refused_by_value(helm: Helm) ->
     assert helm.template("--set", "pods.capacityFraction=0.5").returncode == 0
     refused = helm.template("--set", "pods.capacityFraction=1.5")
     assert refused.returncode != 0 and "capacityFraction" in refused.stderr
+
+
+def _leaves(values: Any, schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each value's dotted path with its schema, down to values whose schema has no properties."""
+    properties = schema.get("properties")
+    if not isinstance(values, dict) or properties is None:
+        yield path, schema
+        return
+    for key, value in values.items():
+        where = f"{path}.{key}" if path else key
+        assert key in properties, f"values.schema.json does not describe {where}"
+        yield from _leaves(value, properties[key], where)
+
+
+def test_schema_covers_and_documents_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(values, schema)
+    readme = (CHART / "README.md").read_text()
+    leaves = dict(_leaves(values, schema))
+    assert len(leaves) > 60
+    for path, described in leaves.items():
+        assert described.get("description"), f"{path} has no description in values.schema.json"
+        assert "type" in described or "oneOf" in described, f"{path} has no type in values.schema.json"
+        assert f"| `{path}` |" in readme, f"charts/mesh/README.md does not list {path}"
