@@ -19,7 +19,7 @@ from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import PodThread, pod_settings, register, wait_until
 
 CAPACITY = 800 * 1024  # room for one small ONNX model (predicted at about 525 KiB), not two
-LABELS = {"method", "code", "result", "device", "le"}  # per-model labels are off by default
+LABELS = {"method", "code", "result", "device", "le", "tenant"}  # no per-model label; tenants are few
 
 
 @pytest.fixture
