@@ -16,7 +16,17 @@ import pytest
 import yaml
 
 from tests.charts.conftest import Rendered
-from tests.charts.helm import CHART, KUBE_VERSION, NAMESPACE, VALUE_SETS, Helm, container, objects, one
+from tests.charts.helm import (
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    VALUE_SETS,
+    Helm,
+    container,
+    find_helm,
+    objects,
+    one,
+)
 from tests.charts.helm import values_args as given
 from tests.charts.operator_schemas import SCHEMAS
 
@@ -255,3 +265,11 @@ def test_schema_covers_and_documents_every_value() -> None:
         assert described.get("description"), f"{path} has no description in values.schema.json"
         assert "type" in described or "oneOf" in described, f"{path} has no type in values.schema.json"
         assert f"| `{path}` |" in readme, f"charts/mesh/README.md does not list {path}"
+
+
+def test_without_helm_the_chart_tests_fail_saying_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=r"helm not found: run \.ci/install-helm"):
+        find_helm(tmp_path)
