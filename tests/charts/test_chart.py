@@ -214,15 +214,16 @@ def test_controller_rbac_is_least_privilege(
         ("pods:\n  capacityFraction: 1.5\n", "pods.capacityFraction"),
         ("etcd:\n  bundled:\n    replicas: 2\n", "etcd.bundled.replicas"),
         ("etcd:\n  mode: external\n", "etcd.external.endpoints"),
+        ("controller:\n  namespaces: [a]\n  allNamespaces: true\n", "controller.namespaces"),
     ],
 )
 @pytest.mark.parametrize("schema", ["checked", "skipped"])
 def test_values_that_cannot_work_fail_naming_the_value(
     helm: Helm, tmp_path: Path, values: str, named: str, schema: str
 ) -> None:
-    """Each fails through values.schema.json, and through the templates' own checks when the schema
-    is skipped; either message names the value (a path such as /pods/capacityFraction or
-    pods.capacityFraction)."""
+    """Each is refused by values.schema.json or by the templates' own checks (mesh.validate), and
+    still by the templates when the schema is skipped; the message names the value (a path such as
+    /pods/capacityFraction, or pods.capacityFraction)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(values)
     skip = ("--skip-schema-validation",) if schema == "skipped" else ()

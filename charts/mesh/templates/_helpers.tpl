@@ -111,6 +111,12 @@ schema is skipped (--skip-schema-validation) and name each value by its path.
 {{- if and .Values.controller.namespaceSelector (not (regexMatch "^[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*$" .Values.controller.namespaceSelector)) }}
 {{- fail (printf "controller.namespaceSelector must be KEY=VALUE, got %q" .Values.controller.namespaceSelector) }}
 {{- end }}
+{{- if and .Values.controller.namespaces (or .Values.controller.namespaceSelector .Values.controller.allNamespaces) }}
+{{- fail "controller.namespaces cannot be combined with controller.namespaceSelector or controller.allNamespaces: give a list of namespaces, a label selector, or all namespaces" }}
+{{- end }}
+{{- if and .Values.controller.namespaceSelector .Values.controller.allNamespaces }}
+{{- fail "controller.namespaceSelector cannot be combined with controller.allNamespaces" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%v) must be at most autoscaling.maxReplicas (%v)" .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) }}
 {{- end }}
