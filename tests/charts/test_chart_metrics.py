@@ -62,7 +62,12 @@ def exported(etcd: EtcdProcess, tmp_path_factory: pytest.TempPathFactory) -> Ite
         client.register("broken", "sklearn", str(broken), load_now=True, sync=True)
         client.register("iris", "sklearn", str(model), load_now=True, sync=True)
         client.infer("iris", {"input-0": np.ones((1, 4), np.float32)})
-        wait_until(lambda: "mesh_models_loaded" in _scrape(pod), within_s=10, what="the pod's gauges")
+        # The fleet's gauges come from the pod's registry mirror, which follows etcd's watch.
+        wait_until(
+            lambda: any(s.get("tenant") == "default" for s in _scrape(pod).get("mesh_tenant_models", ())),
+            within_s=10,
+            what="the pod's mirror to show the registered models",
+        )
         yield _scrape(pod)
 
 
