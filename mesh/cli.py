@@ -257,9 +257,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from mesh.pod import Pod
-
+def serve_settings(args: argparse.Namespace) -> MeshSettings:
+    """The pod's settings from ``mesh serve``'s flags; what no flag gives comes from ``MESH_*``."""
     overrides: dict[str, object] = {}
     if args.metrics_port is not None:
         overrides["metrics_port"] = None if args.metrics_port < 0 else args.metrics_port
@@ -284,7 +283,13 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["etcd"] = args.etcd
     if args.pod_id:
         overrides["pod_id"] = args.pod_id
-    settings = MeshSettings(**overrides)  # type: ignore[arg-type]
+    return MeshSettings(**overrides)  # type: ignore[arg-type]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mesh.pod import Pod
+
+    settings = serve_settings(args)
 
     async def run() -> None:
         pod = Pod(settings)

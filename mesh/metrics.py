@@ -12,6 +12,7 @@ mirror, computed when Prometheus scrapes; dashboards take ``max`` over pods.
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,18 +154,28 @@ class FleetNumbers:
 
 
 class FleetCollector(Collector):
-    """``mesh_fleet_*`` and ``mesh_tenant_*``, read from ``read`` when Prometheus scrapes (a walk of
-    the mirror per scrape, rather than bookkeeping on every registry change). ``read`` answers None
-    when it cannot say now (the pod is not started): the series are left out."""
+    """``mesh_fleet_*`` and ``mesh_tenant_*``, counted by ``count`` when Prometheus scrapes (a walk of
+    the mirror per scrape, rather than bookkeeping on every registry change). The scrape arrives on
+    the metrics server's thread; ``count`` runs on the pod's event loop (``loop()``), where the
+    mirror changes, so it sees one consistent mirror. No series while ``count`` cannot say (the
+    pod is not started) or the loop does not answer within ``SCRAPE_WAIT_S``."""
 
-    def __init__(self, read: Callable[[], FleetNumbers | None]) -> None:
-        self._read = read
+    SCRAPE_WAIT_S = 5.0
+
+    def __init__(
+        self,
+        count: Callable[[], FleetNumbers | None],
+        *,
+        loop: Callable[[], asyncio.AbstractEventLoop | None],
+    ) -> None:
+        self._count = count
+        self._loop = loop
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # the series are only known at scrape time; nothing to check at register
 
     def collect(self) -> Iterator[Metric]:
-        numbers = self._read()
+        numbers = self._count_on_loop()
         if numbers is None:
             return
         for name, text, value in (
@@ -187,3 +198,21 @@ class FleetCollector(Collector):
             loaded.add_metric([tenant], loaded_bytes)
         yield models
         yield loaded
+
+    def _count_on_loop(self) -> FleetNumbers | None:
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return None
+        try:
+            if asyncio.get_running_loop() is loop:
+                return self._count()
+        except RuntimeError:
+            pass  # no loop in this thread: the metrics server's
+
+        async def count() -> FleetNumbers | None:
+            return self._count()
+
+        try:
+            return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=self.SCRAPE_WAIT_S)
+        except (RuntimeError, TimeoutError):  # the loop stopped, or is too busy to answer a scrape
+            return None

@@ -112,7 +112,7 @@ class Pod:
         self._registry = registry
         self.metrics = MeshMetrics(metrics_registry or CollectorRegistry())
         self.metrics.registry_up.set_function(lambda: 1.0 if registry.reachable else 0.0)
-        self.metrics.registry.register(FleetCollector(self._fleet_numbers))
+        self.metrics.registry.register(FleetCollector(self._count_fleet, loop=lambda: self._loop))
         self.working_set = WorkingSet(settings.pressure_window_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fetchers = fetchers
@@ -303,7 +303,11 @@ class Pod:
         """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release.
 
         The hand-over takes at most ``handoff_timeout_s`` and the drain ``stop_grace_s`` (both
-        ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout.
+        ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout
+        (5 s; after one times out the others fail at once): publish, resign, drop load claims,
+        revoke the lease, record the unloads. So a stop takes at most about
+        ``handoff_timeout_s + stop_grace_s + 25 s``, plus whatever a model load already running in
+        a thread needs to return (a load cannot be interrupted; the process exits after it).
         """
         s = self.settings
         grace = s.stop_grace_s if grace_s is None else grace_s
@@ -312,7 +316,13 @@ class Pod:
         if self._publisher is not None:
             await self._publisher.publish_now()
             if handoff_s > 0:
-                await self._hand_over(deadline=time.monotonic() + handoff_s)
+                try:
+                    async with asyncio.timeout(
+                        handoff_s
+                    ):  # a hard bound: the chart's grace period relies on it
+                        await self._hand_over(deadline=time.monotonic() + handoff_s)
+                except TimeoutError:
+                    log.warning("hand-over cut short after %gs (handoff_timeout_s)", handoff_s)
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
@@ -469,26 +479,8 @@ class Pod:
             self._publisher.changed()
             await asyncio.sleep(1.0)
 
-    def _fleet_numbers(self) -> FleetNumbers | None:
-        """The fleet gauges, for a scrape (on the metrics server's thread): counted on the pod's event
-        loop, where the mirror changes, so the walk sees one consistent mirror."""
-        loop = self._loop
-        if self.manager is None or loop is None or loop.is_closed():
-            return None
-        try:
-            if asyncio.get_running_loop() is loop:
-                return self._count_fleet()
-        except RuntimeError:
-            pass  # no loop in this thread: the metrics server's
-        try:
-            return asyncio.run_coroutine_threadsafe(self._count_fleet_now(), loop).result(timeout=5)
-        except (RuntimeError, TimeoutError):  # the loop stopped, or is too busy to answer a scrape
-            return None
-
-    async def _count_fleet_now(self) -> FleetNumbers | None:
-        return self._count_fleet()
-
     def _count_fleet(self) -> FleetNumbers | None:
+        """The fleet gauges from the mirror (on the event loop: ``FleetCollector`` brings scrapes here)."""
         if self.manager is None:
             return None
         fleet = self.manager.fleet()

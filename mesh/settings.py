@@ -200,9 +200,10 @@ class MeshSettings(BaseSettings):
 
     handoff_timeout_s: float = Field(default=30.0, ge=0)
     """On graceful stop, the longest the pod spends loading its recently used models on other pods
-    before it drains and leaves (0: no hand-over). A whole graceful stop takes at most about
-    ``handoff_timeout_s + stop_grace_s + 4 x registry timeout (5 s)``: set Kubernetes'
-    ``terminationGracePeriodSeconds`` above that."""
+    before it drains and leaves (0: no hand-over); a hard bound. A whole graceful stop takes at
+    most about ``handoff_timeout_s + stop_grace_s + 25 s`` (registry writes, each bounded by the
+    registry's 5 s timeout; see ``Pod.stop``): set Kubernetes' ``terminationGracePeriodSeconds``
+    above that (60 with the defaults)."""
 
     advertise_host: str | None = None
     """Address other pods use to reach this one (default: ``host``)."""

@@ -24,8 +24,10 @@ from mesh.errors import Unavailable
 from mesh.etcd_process import EtcdProcess, EtcdTls, etcd_binary, free_port
 from mesh.registry.etcd import EtcdRegistry
 from mesh.registry.etcd_config import EtcdConnection
+from mesh_proto import etcd_pb2 as pb
+from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
-from tests.conftest import ModelSet, PodThread, pod_settings, register
+from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
 
 PASSWORD = "mesh-pw-7f3a"  # must never appear in a message
 ROOT_PASSWORD = "root-pw-91c2"
@@ -222,3 +224,82 @@ def test_a_pod_reaches_etcd_over_tls_with_a_client_certificate_past_a_dead_endpo
 
         with pytest.raises(Unavailable, match=r"etcd at https://127\.0\.0\.1:\d+\) is unreachable"):
             asyncio.run(read())
+
+
+def test_credentials_for_an_etcd_without_authentication_are_not_needed(
+    etcd: EtcdProcess, tmp_path: Path
+) -> None:
+    config = connection_file(
+        tmp_path, endpoints=etcd.url, userid="mesh", password=PASSWORD, root_prefix="noauth"
+    )
+    registry = EtcdRegistry(EtcdConnection.from_file(config))
+
+    async def round_trip() -> list[str]:
+        try:
+            await registry.put("/mesh/x/models/m", b"{}")
+            entries, _ = await registry.range("/mesh/x/")
+            return [e.key for e in entries]
+        finally:
+            await registry.close()
+
+    assert asyncio.run(round_trip()) == ["/mesh/x/models/m"]
+    assert registry.authentications == 0
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    """Three etcd members on loopback: (process, client URL) each."""
+    clients, peers = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    cluster = ",".join(f"m{i}=http://127.0.0.1:{peers[i]}" for i in range(3))
+    members = [
+        subprocess.Popen(
+            [
+                etcd_binary(),
+                f"--name=m{i}",
+                f"--data-dir={tmp_path / f'm{i}'}",
+                f"--listen-client-urls=http://127.0.0.1:{clients[i]}",
+                f"--advertise-client-urls=http://127.0.0.1:{clients[i]}",
+                f"--listen-peer-urls=http://127.0.0.1:{peers[i]}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peers[i]}",
+                f"--initial-cluster={cluster}",
+                "--initial-cluster-state=new",
+                "--listen-metrics-urls=",
+                "--log-level=error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(3)
+    ]
+    try:
+        for port in clients:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=20)
+                pb_grpc.KVStub(channel).Range(pb.RangeRequest(key=b"/"), timeout=20, wait_for_ready=True)
+        yield [(member, f"http://127.0.0.1:{port}") for member, port in zip(members, clients, strict=True)]
+    finally:
+        for member in members:
+            member.terminate()
+        for member in members:
+            member.wait(timeout=10)
+
+
+def test_calls_fail_over_to_the_next_member_when_one_dies(
+    etcd_cluster: list[tuple[subprocess.Popen[bytes], str]], tmp_path: Path, models: ModelSet
+) -> None:
+    config = connection_file(tmp_path, endpoints=",".join(url for _, url in etcd_cluster))
+    with (
+        PodThread(pod_settings(namespace="failover", etcd_config=config)) as pod,
+        grpc.insecure_channel(pod.target) as channel,
+    ):
+        api = mm_grpc.ModelMeshStub(channel)
+        register(api, "before", "sklearn", models.sklearn)
+        first, _ = etcd_cluster[0]
+        first.terminate()  # the member the pod's calls go to
+        first.wait(timeout=10)
+        # The write finds the member gone (connection refused) and goes to the next one.
+        status = register(api, "after", "sklearn", models.sklearn)
+        assert status.status == status.NOT_LOADED
+        wait_until(
+            lambda: pod.pod.store.model("after") is not None, within_s=15, what="the mirror's watch resuming"
+        )

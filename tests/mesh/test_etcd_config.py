@@ -118,3 +118,33 @@ def test_capacity_from_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None
     for fraction in (0, 1.5):
         with pytest.raises(ValueError, match="capacity_fraction"):
             MeshSettings(memory_limit="1Gi", capacity_fraction=fraction)
+
+
+def test_serve_flags_win_over_variables_and_variables_fill_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mesh.cli import build_parser, serve_settings
+
+    monkeypatch.setenv("MESH_HOST", "0.0.0.0")
+    monkeypatch.setenv("MESH_PORT", "9000")
+    monkeypatch.setenv("MESH_MEMORY_LIMIT", "8Gi")
+    config = write(tmp_path, {"endpoints": "127.0.0.1:2379"})
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--memory-limit",
+            "2Gi",
+            "--capacity-fraction",
+            "0.25",
+            "--etcd-config",
+            str(config),
+            "--handoff-timeout",
+            "12",
+            "--metrics-port",
+            "-1",
+        ]
+    )
+    s = serve_settings(args)
+    assert (s.host, s.port, s.metrics_port) == ("0.0.0.0", 9000, None)
+    assert (s.memory_limit, s.capacity_bytes, s.handoff_timeout_s) == (2 * 2**30, 2**29, 12.0)
+    assert s.etcd_config == config and s.etcd is None
