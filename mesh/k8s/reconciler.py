@@ -65,10 +65,12 @@ class Reconciler:
         backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
         concurrency: int = 16,
+        load_now: bool = True,
     ) -> None:
         self._mesh, self._writer, self._ids, self._supported = mesh, writer, ids, frozenset(supported)
         self._grpc_endpoint, self._http_endpoint = grpc_endpoint, http_endpoint
         self._resync_s, self._backoff_s, self._max_backoff_s = resync_s, backoff_s, max_backoff_s
+        self._load_now = load_now
         self._entries: dict[ResourceRef, Entry] = {}
         self._by_vmodel: dict[str, ResourceRef] = {}
         self._by_model: dict[str, set[ResourceRef]] = {}
@@ -159,7 +161,7 @@ class Reconciler:
         if wanted is None or entry.deleting:
             return
         vmodel = self._vmodels.get(wanted.vmodel_id)
-        load_now = vmodel is None or vmodel.target_model_id != wanted.model_id
+        load_now = self._load_now and (vmodel is None or vmodel.target_model_id != wanted.model_id)
         try:
             async with self._limit:
                 await self._mesh.set_vmodel(wanted, load_now=load_now)
