@@ -113,21 +113,27 @@ class Handlers:
                 await self._reconciler.apply(resource)
 
 
-def register(registry: kopf.OperatorRegistry, handlers: Handlers, scope: NamespaceScope) -> None:
-    """Attach the handlers to ``registry`` for both kinds (and namespaces, with a selector)."""
+def register(
+    registry: kopf.OperatorRegistry, handlers: Handlers, scope: NamespaceScope
+) -> list[dict[str, str]]:
+    """Attach the handlers to ``registry`` for both kinds (and namespaces, with a selector);
+    returns the resources watched (``group``, ``version``, ``plural``)."""
+    watched = []
     for kind in Kind:
-        filters: dict[str, Any] = {"registry": registry, "when": handlers.serves}
+        where = {"group": kind.group, "version": kind.version, "plural": kind.plural}
+        filters: dict[str, Any] = {"registry": registry, "when": handlers.serves, **where}
         if kind is Kind.INFERENCE_SERVICE:
             filters["annotations"] = {DEPLOYMENT_MODE: MODELMESH}
-        where = (kind.group, kind.version, kind.plural)
-        kopf.on.resume(*where, id=f"{kind.plural}-resume", **filters)(handlers.apply)
-        kopf.on.create(*where, id=f"{kind.plural}-create", **filters)(handlers.apply)
-        kopf.on.update(*where, id=f"{kind.plural}-update", **filters)(handlers.apply)
-        kopf.on.delete(*where, id=f"{kind.plural}-delete", **filters)(handlers.delete)
+        kopf.on.resume(id=f"{kind.plural}-resume", **filters)(handlers.apply)
+        kopf.on.create(id=f"{kind.plural}-create", **filters)(handlers.apply)
+        kopf.on.update(id=f"{kind.plural}-update", **filters)(handlers.apply)
+        kopf.on.delete(id=f"{kind.plural}-delete", **filters)(handlers.delete)
+        watched.append(where)
     if scope.selector is not None:
         kopf.on.event("", "v1", "namespaces", registry=registry)(handlers.namespace_event)
     kopf.on.login(registry=registry)(kopf.login_with_service_account)
     kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+    return watched
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
