@@ -69,9 +69,20 @@ class CopyStatus:
 
 @dataclass(frozen=True)
 class ModelStatus:
+    """A model's status as ``getModelStatus`` answers it (``ModelManager.status``)."""
+
     state: ModelState
     errors: list[str] = field(default_factory=list)
     copies: list[CopyStatus] = field(default_factory=list)
+    """Copies on live pods (LOADING or LOADED), then pods whose recent load failed and that hold
+    no copy (LOADING_FAILED), newest first."""
+    failures: dict[str, FailureRecord] = field(default_factory=dict)
+    """Pod id -> its load failure that has not expired yet."""
+    blocked: bool = False
+    """No pod loads or serves it: pods died loading it (``clear_failures`` lifts it)."""
+    changes_at_ms: int = 0
+    """When this status changes by time alone (its oldest failure expires), ``clock_ms`` time;
+    0: it changes only with the records."""
 
 
 NOT_FOUND_STATUS = ModelStatus(ModelState.NOT_FOUND)
@@ -229,7 +240,15 @@ class ModelManager:
             if pod not in record.copies
         ]
         copies.sort(key=lambda c: c.time_ms, reverse=True)
-        return ModelStatus(state, errors if state is ModelState.LOADING_FAILED else [], copies)
+        expires = min((f.time_ms for f in failures.values()), default=None)
+        return ModelStatus(
+            state,
+            errors if state is ModelState.LOADING_FAILED else [],
+            copies,
+            failures=failures,
+            blocked=bool(record.blocked),
+            changes_at_ms=0 if expires is None else expires + self._failure_ttl_ms,
+        )
 
     async def status_fresh(self, model_id: str) -> ModelStatus:
         """``status``, reading the registry when this pod's mirror does not know the model (see

@@ -244,7 +244,9 @@ class Pod:
                 decode_inline_bytes=s.decode_inline_bytes,
             ),
             modelmesh=ModelMeshServicer(self.manager, self.metrics),
-            admin=MeshAdminServicer(self.manager, self.cache, self.metrics, self._status_counts),
+            admin=MeshAdminServicer(
+                self.manager, self.cache, self.metrics, self._status_counts, store=self.store
+            ),
             health_servicer=self._health,
             max_message_bytes=s.max_message_bytes,
         )

@@ -20,8 +20,10 @@ from mesh.dataplane import InferenceRequest, InferenceResponse, ModelStats
 from mesh.edge.wire import split_field
 from mesh.errors import InvalidInput
 from mesh.management import ModelStatus, VModelStatus
+from mesh.model_watch import ModelChange
 from mesh.records import ModelInfo
 from mesh_proto import grpc_service_pb2 as v2
+from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import model_mesh_pb2 as mm
 
 _TYPED_FIELD = {
@@ -352,4 +354,40 @@ def vmodel_status_to_proto(status: VModelStatus) -> mm.VModelStatusInfo:
         message.activeModelStatus.CopyFrom(status_to_proto(status.active))
     if status.target is not None:
         message.targetModelStatus.CopyFrom(status_to_proto(status.target))
+    return message
+
+
+def model_change_to_proto(change: ModelChange) -> admin.ModelChange:
+    message = admin.ModelChange(
+        deleted_model_id=change.deleted_model_id,
+        deleted_vmodel_id=change.deleted_vmodel_id,
+        synced=change.synced,
+    )
+    if (model := change.model) is not None:
+        message.model.CopyFrom(
+            admin.ModelState(
+                model_id=model.model_id,
+                type=model.type,
+                tenant=model.tenant,
+                status=model.status.value,
+                loaded_copies=model.loaded_copies,
+                loading_copies=model.loading_copies,
+                failed_copies=len(model.failures),
+                failures=[
+                    admin.LoadFailure(pod_id=f.pod_id, reason=f.reason, time_ms=f.time_ms)
+                    for f in model.failures
+                ],
+                blocked=model.blocked,
+                size_bytes=model.size_bytes,
+            )
+        )
+    if (vmodel := change.vmodel) is not None:
+        message.vmodel.CopyFrom(
+            admin.VModelSummary(
+                vmodel_id=vmodel.vmodel_id,
+                active_model_id=vmodel.active_model_id,
+                target_model_id=vmodel.target_model_id,
+                owner=vmodel.owner,
+            )
+        )
     return message

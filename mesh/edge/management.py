@@ -16,6 +16,8 @@ from mesh.edge.status import edge_method
 from mesh.errors import InvalidInput, quoted
 from mesh.management import ModelManager, SetVModel, TenantUse
 from mesh.metrics import MeshMetrics
+from mesh.model_watch import ModelWatch
+from mesh.registry import ModelStore
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm
@@ -97,9 +99,11 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
         cache: ModelCache,
         metrics: MeshMetrics,
         counters: Callable[[], dict[str, int]],
+        store: ModelStore,
     ) -> None:
         self._manager = manager
         self._cache = cache
+        self._store = store
         self.metrics = metrics
         self._counters = counters
 
@@ -253,6 +257,12 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
         return admin.ClearFailuresResponse(
             crashes=len(before.crashes), failures=len(before.failures), blocked=bool(before.blocked)
         )
+
+    @edge_method("WatchModels")
+    async def WatchModels(self, request: admin.WatchModelsRequest, context: Context) -> None:
+        async with ModelWatch(self._store, self._manager, request.prefix) as watch:
+            async for change in watch.changes():
+                await context.write(converters.model_change_to_proto(change))
 
 
 PAGE_BYTES = 3 * 2**20

@@ -126,7 +126,19 @@ class ModelStore:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` after each change of the mirror, until ``unsubscribe``. It runs inside
+        the mirror's update, on the event loop: it must be quick and must not block."""
         self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (one that is not subscribed is ignored)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    @property
+    def subscribers(self) -> int:
+        """How many listeners are subscribed now (a stream that ended must have left none)."""
+        return len(self._listeners)
 
     # reads (mirror only)
 
@@ -497,7 +509,7 @@ class ModelStore:
                 del self._tenant_models[tenant]
 
     def _notify(self, kind: str, record_id: str, record: Any) -> None:
-        for listener in self._listeners:
+        for listener in tuple(self._listeners):  # a listener may unsubscribe another meanwhile
             try:
                 listener(kind, record_id, record)
             except Exception:

@@ -6,6 +6,60 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WatchModelsRequest(_message.Message):
+    __slots__ = ("prefix",)
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+
+class ModelChange(_message.Message):
+    __slots__ = ("model", "vmodel", "deleted_model_id", "deleted_vmodel_id", "synced")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VMODEL_FIELD_NUMBER: _ClassVar[int]
+    DELETED_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SYNCED_FIELD_NUMBER: _ClassVar[int]
+    model: ModelState
+    vmodel: VModelSummary
+    deleted_model_id: str
+    deleted_vmodel_id: str
+    synced: bool
+    def __init__(self, model: _Optional[_Union[ModelState, _Mapping]] = ..., vmodel: _Optional[_Union[VModelSummary, _Mapping]] = ..., deleted_model_id: _Optional[str] = ..., deleted_vmodel_id: _Optional[str] = ..., synced: _Optional[bool] = ...) -> None: ...
+
+class ModelState(_message.Message):
+    __slots__ = ("model_id", "type", "tenant", "status", "loaded_copies", "loading_copies", "failed_copies", "failures", "blocked", "size_bytes")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_COPIES_FIELD_NUMBER: _ClassVar[int]
+    LOADING_COPIES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_COPIES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    type: str
+    tenant: str
+    status: str
+    loaded_copies: int
+    loading_copies: int
+    failed_copies: int
+    failures: _containers.RepeatedCompositeFieldContainer[LoadFailure]
+    blocked: bool
+    size_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., tenant: _Optional[str] = ..., status: _Optional[str] = ..., loaded_copies: _Optional[int] = ..., loading_copies: _Optional[int] = ..., failed_copies: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[LoadFailure, _Mapping]]] = ..., blocked: _Optional[bool] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class LoadFailure(_message.Message):
+    __slots__ = ("pod_id", "reason", "time_ms")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    reason: str
+    time_ms: int
+    def __init__(self, pod_id: _Optional[str] = ..., reason: _Optional[str] = ..., time_ms: _Optional[int] = ...) -> None: ...
+
 class ClearFailuresRequest(_message.Message):
     __slots__ = ("model_id",)
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]

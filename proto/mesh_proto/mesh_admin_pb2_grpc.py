@@ -69,6 +69,11 @@ class MeshAdminStub:
                 request_serializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresRequest.SerializeToString,
                 response_deserializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresResponse.FromString,
                 _registered_method=True)
+        self.WatchModels = channel.unary_stream(
+                '/mesh.v1.MeshAdmin/WatchModels',
+                request_serializer=mesh__proto_dot_mesh__admin__pb2.WatchModelsRequest.SerializeToString,
+                response_deserializer=mesh__proto_dot_mesh__admin__pb2.ModelChange.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -127,6 +132,16 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchModels(self, request, context):
+        """Streams the state of models and vmodels as this pod's registry mirror sees them: first every
+        one whose id starts with `prefix` (then one message with `synced` set), then each change as it
+        happens. Changes to one model that come close together may arrive as one message (its latest
+        state). The stream ends only when the pod stops or the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +179,11 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.ClearFailures,
                     request_deserializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresRequest.FromString,
                     response_serializer=mesh__proto_dot_mesh__admin__pb2.ClearFailuresResponse.SerializeToString,
+            ),
+            'WatchModels': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchModels,
+                    request_deserializer=mesh__proto_dot_mesh__admin__pb2.WatchModelsRequest.FromString,
+                    response_serializer=mesh__proto_dot_mesh__admin__pb2.ModelChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +375,33 @@ class MeshAdmin:
             '/mesh.v1.MeshAdmin/ClearFailures',
             mesh__proto_dot_mesh__admin__pb2.ClearFailuresRequest.SerializeToString,
             mesh__proto_dot_mesh__admin__pb2.ClearFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mesh.v1.MeshAdmin/WatchModels',
+            mesh__proto_dot_mesh__admin__pb2.WatchModelsRequest.SerializeToString,
+            mesh__proto_dot_mesh__admin__pb2.ModelChange.FromString,
             options,
             channel_credentials,
             insecure,
