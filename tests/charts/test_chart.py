@@ -91,6 +91,15 @@ def test_defaults_run_pods_etcd_and_a_namespaced_controller(
     assert [r["metadata"]["namespace"] for r in objects(docs, "Role")] == [NAMESPACE]
     assert not objects(docs, "ClusterRole") and not objects(docs, "HorizontalPodAutoscaler")
     assert "prometheus.io/scrape" in pods["spec"]["template"]["metadata"]["annotations"]
+    crd = one(docs, "CustomResourceDefinition")
+    assert (crd["metadata"]["name"], crd["spec"]["group"]) == (
+        "predictors.serving.kserve.io",
+        "serving.kserve.io",
+    )
+
+
+def test_crds_install_off_leaves_the_crd_out(rendered: Rendered) -> None:
+    assert not objects(rendered["all-namespaces"], "CustomResourceDefinition")
 
 
 def test_three_etcd_members_form_one_cluster(rendered: Rendered) -> None:
@@ -179,7 +188,7 @@ def _rules(role: dict[str, Any]) -> list[tuple[list[str], list[str], list[str]]]
             ["team-a", "team-b", "team-c"],
         ),
         ("namespace-selector", ["--namespace-selector", "modelmesh-enabled=true"], None),
-        ("all-namespaces", [], None),
+        ("all-namespaces", ["--all-namespaces"], None),
     ],
 )
 def test_controller_rbac_is_least_privilege(

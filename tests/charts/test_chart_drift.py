@@ -11,13 +11,16 @@ from typing import Any
 
 import pytest
 
-from mesh.cli import build_parser
+from mesh.cli import build_parser, controller_settings
 from mesh.registry.etcd_config import EtcdConnection
-from mesh.settings import MeshSettings, parse_size
+from mesh.settings import ControllerSettings, MeshSettings, parse_size
 from tests.charts.conftest import Rendered
 from tests.charts.helm import VALUE_SETS, container, objects, one
 
 SETTINGS_VARIABLES = {f"MESH_{name.upper()}" for name in MeshSettings.model_fields}
+CONTROLLER_VARIABLES = {f"MESH_CONTROLLER_{name.upper()}" for name in ControllerSettings.model_fields}
+READ_BY = {"serve": SETTINGS_VARIABLES, "controller": CONTROLLER_VARIABLES}
+"""The variables each command reads: MeshSettings' (MESH_*) and ControllerSettings' (MESH_CONTROLLER_*)."""
 
 
 def _containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,8 +35,8 @@ def _containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_every_mesh_variable_is_a_setting(rendered: Rendered, value_set: str | None) -> None:
     for c in _containers(rendered[value_set]):
         names = {e["name"] for e in c.get("env", ()) if e["name"].startswith("MESH_")}
-        unknown = names - SETTINGS_VARIABLES
-        assert not unknown, f"{c['name']} sets variables mesh.settings does not read: {sorted(unknown)}"
+        unknown = names - READ_BY[c["args"][0]]
+        assert not unknown, f"`mesh {c['args'][0]}` does not read {sorted(unknown)} (mesh/settings.py)"
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -93,3 +96,34 @@ def test_the_pods_settings_come_out_as_the_chart_means(
     connection = EtcdConnection.from_file(settings.etcd_config)
     written = json.loads(secret["etcd_connection"])["endpoints"].split(",")
     assert [str(e) for e in connection.endpoints] == written
+
+
+@pytest.mark.parametrize(
+    ("value_set", "namespaces", "selector"),
+    [
+        (None, ["serving"], ""),
+        ("namespaces", ["team-a", "team-b", "team-c"], ""),
+        ("namespace-selector", [], "modelmesh-enabled=true"),
+        ("all-namespaces", [], ""),
+    ],
+)
+def test_the_controllers_settings_come_out_as_the_chart_means(
+    rendered: Rendered,
+    value_set: str | None,
+    namespaces: list[str],
+    selector: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The controller's arguments and environment, read by `mesh controller`'s own parsing."""
+    controller = container(rendered[value_set], "controller")
+    for name in CONTROLLER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for variable in controller.get("env", ()):
+        monkeypatch.setenv(variable["name"], variable["value"])
+    settings = controller_settings(build_parser().parse_args(controller["args"]))
+    assert settings.target == "demo-mesh.serving.svc:8033"
+    assert (settings.namespaces, settings.namespace_selector) == (namespaces, selector)
+    ports = {p["name"]: p["containerPort"] for p in controller["ports"]}
+    assert ports[controller["livenessProbe"]["httpGet"]["port"]] == settings.liveness_port
+    http = "http://demo-mesh.serving.svc:8008" if value_set == "all-namespaces" else ""
+    assert settings.http_endpoint == http
