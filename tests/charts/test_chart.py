@@ -170,7 +170,6 @@ RULES = [
         ["get", "patch", "update"],
     ),
     ([""], ["events"], ["create", "patch"]),
-    (["events.k8s.io"], ["events"], ["create", "patch"]),
 ]
 
 
@@ -213,7 +212,11 @@ def test_controller_rbac_is_least_privilege(
     else:
         assert not objects(docs, "Role")
         role = one(docs, "ClusterRole")
-        assert _rules(role) == [*RULES, ([""], ["namespaces"], ["get", "list", "watch"])]
+        assert _rules(role) == [
+            *RULES,
+            ([""], ["namespaces"], ["get", "list", "watch"]),
+            (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
+        ]
         assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == role["metadata"]["name"]
 
 

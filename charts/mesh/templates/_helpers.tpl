@@ -144,11 +144,8 @@ schema is skipped (--skip-schema-validation) and name each value by its path.
       - inferenceservices/status
       - inferenceservices/finalizers
     verbs: ["get", "patch", "update"]
-  # kopf reports handler progress as events.
+  # kopf reports handler progress as core/v1 events.
   - apiGroups: [""]
-    resources: ["events"]
-    verbs: ["create", "patch"]
-  - apiGroups: ["events.k8s.io"]
     resources: ["events"]
     verbs: ["create", "patch"]
 {{- end }}
