@@ -50,3 +50,19 @@ def test_defaults_and_bad_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         settings("--resync-s", "0")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["controller", "--namespace", "a", "--all-namespaces"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [  # what the chart's controller Deployment passes, per value set (helm template of charts/mesh)
+        ["--target", "mesh.models.svc:8033", "--namespace", "models", "--liveness-port", "8081"],
+        ["--target", "mesh.models.svc:8033", "--namespace-selector", "modelmesh-enabled=true",
+         "--liveness-port", "8081"],
+        ["--target", "mesh.models.svc:8033", "--all-namespaces", "--liveness-port", "8081"],
+        ["--target", "mesh.models.svc:8033", "--namespace", "a", "--namespace", "b",
+         "--liveness-port", "8081"],
+    ],
+)  # fmt: skip
+def test_the_charts_arguments_parse(args: list[str]) -> None:
+    s = settings(*args)
+    assert s.target == "mesh.models.svc:8033" and s.liveness_port == 8081
