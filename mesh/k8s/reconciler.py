@@ -52,6 +52,13 @@ class Entry:
 
 
 class Reconciler:
+    """Args (beyond the parts): ``ids`` names vmodels; ``supported`` the model types the pods
+    serve; ``grpc_endpoint``/``http_endpoint`` what statuses advertise; ``resync_s`` seconds
+    between re-registrations of every resource; ``backoff_s``/``max_backoff_s`` the waits between
+    tries to reach the mesh; ``concurrency`` calls to the mesh and status writes at once;
+    ``load_now`` loads a new resource's model at once (ModelMesh's ``loadNow`` for a new
+    predictor), else on its first call."""
+
     def __init__(
         self,
         mesh: MeshApi,
