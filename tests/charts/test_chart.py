@@ -227,6 +227,7 @@ def test_controller_rbac_is_least_privilege(
         ("etcd:\n  bundled:\n    replicas: 2\n", "etcd.bundled.replicas"),
         ("etcd:\n  mode: external\n", "etcd.external.endpoints"),
         ("controller:\n  namespaces: [a]\n  allNamespaces: true\n", "controller.namespaces"),
+        ("etcd:\n  external:\n    endpoints: http://etcd:2379\n", "etcd.mode"),
     ],
 )
 @pytest.mark.parametrize("schema", ["checked", "skipped"])

@@ -105,6 +105,9 @@ schema is skipped (--skip-schema-validation) and name each value by its path.
 {{- if not (has .Values.etcd.mode (list "bundled" "external")) }}
 {{- fail (printf "etcd.mode must be bundled or external, got %q" .Values.etcd.mode) }}
 {{- end }}
+{{- if and (eq .Values.etcd.mode "bundled") (or .Values.etcd.external.endpoints .Values.etcd.external.secretName) }}
+{{- fail "etcd.external.endpoints or etcd.external.secretName is set but etcd.mode is bundled: set etcd.mode=external to use that etcd" }}
+{{- end }}
 {{- if and (eq .Values.etcd.mode "external") (not .Values.etcd.external.endpoints) (not .Values.etcd.external.secretName) }}
 {{- fail "etcd.mode is external but neither etcd.external.endpoints nor etcd.external.secretName is set: give the etcd URLs or the name of a Secret in the model-serving-etcd format" }}
 {{- end }}
