@@ -287,3 +287,14 @@ def test_without_helm_the_chart_tests_fail_saying_how_to_get_it(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(pytest.fail.Exception, match=r"helm not found: run \.ci/install-helm"):
         find_helm(tmp_path)
+
+
+@pytest.mark.parametrize("value_set", [None, "monitoring-autoscaling", "namespace-selector"])
+def test_notes_tell_how_to_call_the_mesh(helm: Helm, value_set: str | None) -> None:
+    result = helm.run(
+        "install", "demo", str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *given(value_set)
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.partition("NOTES:")[2]
+    assert f"demo-mesh.{NAMESPACE}.svc.cluster.local:8033" in notes
+    assert ("mesh_cache_pressure" in notes) == (value_set == "monitoring-autoscaling")
