@@ -14,9 +14,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from pydantic import ValidationError
 
 from mesh.errors import MeshError
-from mesh.settings import MeshSettings, parse_size
+from mesh.settings import ControllerSettings, MeshSettings, parse_size
 
 DEFAULT_TARGET = "127.0.0.1:8033"
 
@@ -162,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--output", action="append", default=[], help="output name (repeat)")
 
+    controller = commands.add_parser(
+        "controller", help="register Predictors and InferenceServices (ModelMesh) of Kubernetes"
+    )
+    controller.add_argument("--target", default=None, help="HOST:PORT of the mesh's gRPC APIs")
+    scope = controller.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=None, help="a namespace to serve (repeat)")
+    scope.add_argument(
+        "--namespace-selector", default=None, help="serve the namespaces with this label, KEY=VALUE"
+    )
+    scope.add_argument("--all-namespaces", action="store_true", help="serve every namespace")
+    controller.add_argument("--resync-s", type=float, default=None, help="seconds between resyncs (300)")
+    controller.add_argument("--liveness-port", type=int, default=None, help="/healthz port (8081)")
+
     demo = commands.add_parser("demo", help="serve hundreds of real models on a small local fleet")
     demo.add_argument("--models", type=int, default=300)
     demo.add_argument("--pods", type=int, default=3)
@@ -200,6 +214,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "up":
         return _up(args)
+    if args.command == "controller":
+        return _controller(args)
     if args.command == "demo":
         from mesh.demo import run_demo
 
@@ -261,6 +277,31 @@ def _dispatch(args: argparse.Namespace) -> int:
             inputs = dict(parse_input(spec) for spec in args.input)
             for name, value in client.infer(args.model, inputs, args.output).items():
                 print(f"{name}: {json.dumps(_jsonable(value))}")
+    return 0
+
+
+def controller_settings(args: argparse.Namespace) -> ControllerSettings:
+    """The controller's settings: ``MESH_CONTROLLER_*`` variables, overridden by the flags given.
+    No namespace flag at all serves every namespace (as ``--all-namespaces``)."""
+    overrides: dict[str, object] = {}
+    for name in ("target", "namespace_selector", "resync_s", "liveness_port"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.namespace:
+        overrides["namespaces"] = args.namespace
+    if args.all_namespaces:
+        overrides.update(namespaces=[], namespace_selector="")
+    return ControllerSettings(**overrides)  # type: ignore[arg-type]
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from mesh.k8s.operator import run_controller
+
+    try:
+        settings = controller_settings(args)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    asyncio.run(run_controller(settings))
     return 0
 
 

@@ -7,7 +7,11 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
 
     MeshError
     ├── InvalidInput            INVALID_ARGUMENT   malformed request or tensor
-    │   └── UnsupportedModelType                   registration names no adapter
+    │   ├── UnsupportedModelType                   registration names no adapter
+    │   └── ResourceRefused                        a Predictor/InferenceService the controller cannot register
+    │       ├── InvalidSpec                            its spec is invalid (ModelMesh: InvalidPredictorSpec)
+    │       └── NoSupportingRuntime                    no pod serves its model type (or its runtime)
+    │           └── RuntimeNotRecognized               it names a runtime the mesh does not know
     ├── NotFound                NOT_FOUND
     │   └── ModelNotFound                          no model or vmodel with that id
     ├── AlreadyExists           ALREADY_EXISTS     re-registration with other info
@@ -106,6 +110,40 @@ class UnsupportedModelType(InvalidInput):
             f"unknown model type {quoted(model_type)}; supported types: {', '.join(sorted(supported))}",
             model_type=model_type,
         )
+
+
+class ResourceRefused(InvalidInput):
+    """A Kubernetes resource (Predictor, InferenceService) the controller cannot register.
+
+    ``reason`` is ModelMesh's ``FailureReason`` written to the resource's ``lastFailureInfo``;
+    ``transition`` the ``transitionStatus`` it shows while an earlier model keeps serving.
+    ``model_id`` is the concrete model id the spec would have had.
+    """
+
+    reason: str = "InvalidPredictorSpec"
+    transition: str = "InvalidSpec"
+
+    def __init__(self, message: str, *, model_id: str = "") -> None:
+        super().__init__(message, model_id=model_id)
+        self.model_id = model_id
+
+
+class InvalidSpec(ResourceRefused):
+    """The spec cannot be registered as written (ModelMesh: ``InvalidSpec``/``InvalidPredictorSpec``)."""
+
+
+class NoSupportingRuntime(ResourceRefused):
+    """The spec is valid, but no pod of the mesh serves its model type: the model shows
+    ``FailedToLoad`` with ``NoSupportingRuntime``, as in ModelMesh."""
+
+    reason = "NoSupportingRuntime"
+    transition = "BlockedByFailedLoad"
+
+
+class RuntimeNotRecognized(NoSupportingRuntime):
+    """The spec names a runtime (``runtime.name``) the mesh does not know."""
+
+    reason = "RuntimeNotRecognized"
 
 
 class NotFound(MeshError):

@@ -299,3 +299,50 @@ class MeshSettings(BaseSettings):
         directory = self.artifact_dir()
         directory.mkdir(parents=True, exist_ok=True)
         return int(psutil.disk_usage(str(directory)).free * 0.5)
+
+
+class ControllerSettings(BaseSettings):
+    """``mesh controller``'s settings (``MESH_CONTROLLER_*`` variables, or its flags)."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_CONTROLLER_")
+
+    target: str = "127.0.0.1:8033"
+    """``HOST:PORT`` of the mesh's gRPC APIs (the chart's client Service: any pod answers)."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces whose resources are served; empty (and no selector): every namespace."""
+
+    namespace_selector: str = ""
+    """``KEY=VALUE``: serve the namespaces labelled so (ModelMesh's ``modelmesh-enabled=true``)."""
+
+    resync_s: float = Field(default=300.0, gt=0)
+    """Seconds between re-registrations of every resource (the resources are the source of truth:
+    what the registry lost comes back within this)."""
+
+    liveness_port: int = 8081
+    """Port of the ``/healthz`` liveness endpoint."""
+
+    http_endpoint: str = ""
+    """What ``status.httpEndpoint`` says (empty: the mesh serves no REST endpoint to advertise)."""
+
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    """Deadline of each call to the mesh (``setVModel``, ``deleteVModel``)."""
+
+    backoff_s: float = Field(default=0.2, gt=0)
+    """First wait before reopening the watch stream after it could not be opened; doubles."""
+
+    max_backoff_s: float = Field(default=10.0, gt=0)
+    """Longest wait between tries to reach the mesh."""
+
+    @field_validator("namespace_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if value and (value.count("=") != 1 or not value.split("=")[0]):
+            raise ValueError(f"namespace_selector must be KEY=VALUE, not {value!r}")
+        return value
+
+    def selector(self) -> tuple[str, str] | None:
+        if not self.namespace_selector:
+            return None
+        key, value = self.namespace_selector.split("=")
+        return key, value
