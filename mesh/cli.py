@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = with_target(commands.add_parser("list", help="list registered models and vmodels"))
     listing.add_argument("--prefix", default="")
 
+    watch = with_target(
+        commands.add_parser("watch", help="models and vmodels, then each change as it happens (Ctrl-C ends)")
+    )
+    watch.add_argument("--prefix", default="", help="only ids that start with it")
+
     vmodel = commands.add_parser("vmodel", help="manage vmodels").add_subparsers(dest="action", required=True)
     vset = with_target(vmodel.add_parser("set", help="create a vmodel or point it at a new target"))
     vset.add_argument("vmodel_id")
@@ -223,6 +228,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 _print_pod(client.pod_status())
         elif args.command == "list":
             _print_list(client.list_models(args.prefix))
+        elif args.command == "watch":
+            return _watch(client, args.prefix)
         elif args.command == "vmodel":
             return _vmodel(client, args)
         elif args.command == "tenant":
@@ -516,6 +523,45 @@ def _print_list(listing: object) -> None:
         print(f"{m.model_id:40s} {m.type:8s} {m.status:15s} {_mib(m.size_bytes):>12s}  {m.path}")
     for v in listing.vmodels:
         print(f"vmodel {v.vmodel_id} -> active {v.active_model_id}, target {v.target_model_id}")
+
+
+def _watch(client: object, prefix: str) -> int:
+    """Prints one line per ``WatchModels`` message until the pod ends the stream or Ctrl-C."""
+    from mesh.edge.client import MeshClient
+
+    assert isinstance(client, MeshClient)
+    stream = client.watch_models(prefix)
+    try:
+        for change in stream:
+            print(_change_line(change), flush=True)
+    except KeyboardInterrupt:
+        stream.cancel()
+    return 0
+
+
+def _change_line(change: object) -> str:
+    from mesh_proto import mesh_admin_pb2 as admin
+
+    assert isinstance(change, admin.ModelChange)
+    if change.HasField("model"):
+        m = change.model
+        line = (
+            f"model {m.model_id} {m.status} loaded={m.loaded_copies} loading={m.loading_copies} "
+            f"failed={m.failed_copies} size={_mib(m.size_bytes)}"
+        )
+        if m.blocked:
+            line += " BLOCKED"
+        if m.failures:
+            line += f" last failure on {m.failures[0].pod_id}: {m.failures[0].reason}"
+        return line
+    if change.HasField("vmodel"):
+        v = change.vmodel
+        return f"vmodel {v.vmodel_id} -> active {v.active_model_id}, target {v.target_model_id}"
+    if change.deleted_model_id:
+        return f"deleted model {change.deleted_model_id}"
+    if change.deleted_vmodel_id:
+        return f"deleted vmodel {change.deleted_vmodel_id}"
+    return "synced (changes follow)"
 
 
 def _mib(size: int) -> str:

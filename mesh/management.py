@@ -74,8 +74,8 @@ class ModelStatus:
     state: ModelState
     errors: list[str] = field(default_factory=list)
     copies: list[CopyStatus] = field(default_factory=list)
-    """Copies on live pods (LOADING or LOADED), then pods whose recent load failed and that hold
-    no copy (LOADING_FAILED), newest first."""
+    """The copies on live pods, and the pods whose recent load failed that hold no copy (as
+    LOADING_FAILED), newest first."""
     failures: dict[str, FailureRecord] = field(default_factory=dict)
     """Pod id -> its load failure that has not expired yet."""
     blocked: bool = False

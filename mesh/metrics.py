@@ -50,6 +50,9 @@ class MeshMetrics:
         self.device_used_bytes = Gauge(
             "mesh_device_used_bytes", "Memory in use per device", ["device"], registry=registry
         )
+        self.model_watches = Gauge(
+            "mesh_model_watches", "WatchModels streams this pod is serving", registry=registry
+        )
         self.request_bytes_in_flight = Gauge(
             "mesh_inflight_request_bytes",
             "Bytes charged to inference calls being decoded, run or forwarded",

@@ -1,11 +1,14 @@
 """A change stream of the models and vmodels this pod's registry mirror holds (``WatchModels``).
 
 A ``ModelWatch`` follows the ``ModelStore`` for as long as it is open (``async with``): it is
-subscribed to the mirror then, and only then. What it keeps per id under its prefix is *that the id
-is pending*, never a queue of states: when its consumer asks for the next change, the pending id's
-state is computed at that moment (its latest) and sent only if it differs from what this watch last
-sent for it. So a slow consumer costs at most one pending entry and one last-sent state per id, and
-changes to one model that come close together arrive as one.
+subscribed to the mirror then, and only then. ``ModelWatches`` opens them and ends every open one
+when the pod stops (a stream that never ended would hold the server's stop for its whole grace).
+
+What a watch keeps per id under its prefix is *that the id is pending*, never a queue of states:
+when its consumer asks for the next change, the pending id's state is computed at that moment (its
+latest) and sent only if it differs from what this watch last sent for it. So a slow consumer
+costs at most one pending entry and one last-sent state per id, and changes to one model that come
+close together arrive as one.
 
 A model's state is ``ModelManager.status`` (what ``getModelStatus`` answers) plus counts drawn from
 it, and it depends on more than the model's record: copies count only on live pods (an instance
@@ -112,6 +115,7 @@ class ModelWatch:
         """Model id -> when its sent state changes by time alone (a failure expiring), ``clock_ms``."""
         self._live: set[str] = set()
         self._open = False
+        self._ended = False
 
     async def __aenter__(self) -> ModelWatch:
         self._live = set(self._store.instances())
@@ -125,6 +129,11 @@ class ModelWatch:
         self._store.unsubscribe(self._on_change)
         self._open = False
 
+    def end(self) -> None:
+        """Make ``changes()`` stop after the change it is on (the pod is stopping)."""
+        self._ended = True
+        self._wake.set()
+
     async def changes(self) -> AsyncIterator[ModelChange]:
         """The snapshot (every id under the prefix, models then vmodels, each sorted), ``SYNCED``,
         then the changes as they happen. Must be iterated inside ``async with``."""
@@ -135,13 +144,15 @@ class ModelWatch:
             (VMODELS, v.vmodel_id) for v in self._store.vmodels() if v.vmodel_id.startswith(self._prefix)
         ]
         for key in snapshot:
+            if self._ended:
+                return
             self._pending.pop(key, None)
             change = self._resolve(*key)
             if change is not None:
                 yield change
         yield SYNCED
-        while True:
-            while self._pending:
+        while not self._ended:
+            while self._pending and not self._ended:
                 key = next(iter(self._pending))
                 del self._pending[key]
                 change = self._resolve(*key)
@@ -237,3 +248,36 @@ class ModelWatch:
     def _mark(self, kind: str, record_id: str) -> None:
         self._pending[(kind, record_id)] = None
         self._wake.set()
+
+
+class ModelWatches:
+    """Opens the pod's watches and ends them all when it stops (``end_all``)."""
+
+    def __init__(self, store: ModelStore, statuses: StatusSource) -> None:
+        self._store = store
+        self._statuses = statuses
+        self._open: set[ModelWatch] = set()
+        self._ending = False
+
+    @property
+    def open_count(self) -> int:
+        """Watches open now (each stream being served holds one)."""
+        return len(self._open)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, prefix: str) -> AsyncIterator[ModelWatch]:
+        """An open ``ModelWatch`` of the ids starting with ``prefix``; closed (unsubscribed) on exit."""
+        async with ModelWatch(self._store, self._statuses, prefix) as watch:
+            self._open.add(watch)
+            if self._ending:
+                watch.end()
+            try:
+                yield watch
+            finally:
+                self._open.discard(watch)
+
+    def end_all(self) -> None:
+        """End every open watch, and each opened from now on, at its next change."""
+        self._ending = True
+        for watch in self._open:
+            watch.end()

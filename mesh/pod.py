@@ -37,6 +37,7 @@ from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
 from mesh.management import ModelManager, now_ms
 from mesh.metrics import MeshMetrics
+from mesh.model_watch import ModelWatches
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
@@ -134,6 +135,7 @@ class Pod:
         self._dataplane: DataPlane | None = None
         self.cache: ModelCache | None = None
         self.manager: ModelManager | None = None
+        self.watches: ModelWatches | None = None
         self.router: Router | None = None
         self._publisher: InstancePublisher | None = None
         self.janitor: Janitor | None = None
@@ -198,6 +200,8 @@ class Pod:
             dead_after_s=s.lease_ttl_s,
         )
         events.manager = self.manager
+        self.watches = watches = ModelWatches(self.store, self.manager)
+        self.metrics.model_watches.set_function(lambda: watches.open_count)
         self._events = events
         self.router = Router(
             pod_id=s.pod_id,
@@ -237,7 +241,7 @@ class Pod:
             ),
             modelmesh=ModelMeshServicer(self.manager, self.metrics),
             admin=MeshAdminServicer(
-                self.manager, self.cache, self.metrics, self._status_counts, store=self.store
+                self.manager, self.cache, self.metrics, self._status_counts, watches=self.watches
             ),
             health_servicer=self._health,
             max_message_bytes=s.max_message_bytes,
@@ -301,6 +305,8 @@ class Pod:
             await self._publisher.publish_now()
             await self._hand_over(deadline=time.monotonic() + grace)
         await self._health.enter_graceful_shutdown()
+        if self.watches is not None:
+            self.watches.end_all()  # a watch never ends by itself: it would hold the stop for its grace
         if self._server is not None:
             await self._server.stop(grace)
         for task in list(self._background):

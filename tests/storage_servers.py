@@ -245,7 +245,7 @@ def _flip_bytes(data: bytes) -> bytes:
 class TcpRelay:
     """Relays loopback TCP connections to ``target`` (``host:port``) until ``cut``: then every
     relayed connection closes and new ones are refused, as in a partition between the clients
-    that connect through ``endpoint`` and the service."""
+    that connect through ``endpoint`` and the service. ``partition`` does the same until ``heal``."""
 
     def __init__(self, target: str) -> None:
         host, port = target.rsplit(":", 1)
@@ -255,7 +255,20 @@ class TcpRelay:
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self._cut = False
+        self._refusing = False
         threading.Thread(target=self._accept, name="tcp-relay", daemon=True).start()
+
+    def partition(self) -> None:
+        """Close every relayed connection and refuse new ones until ``heal``."""
+        with self._lock:
+            self._refusing = True
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            _close(sock)
+
+    def heal(self) -> None:
+        with self._lock:
+            self._refusing = False
 
     def cut(self) -> None:
         with self._lock:
@@ -277,6 +290,11 @@ class TcpRelay:
                 client, _ = self._listener.accept()
             except OSError:  # cut
                 return
+            with self._lock:
+                refusing = self._refusing
+            if refusing:
+                _close(client)
+                continue
             try:
                 upstream = socket.create_connection(self._target, timeout=5)
                 upstream.settimeout(None)

@@ -86,6 +86,11 @@ class MeshClient:
                 return listing
             request.page_token = page.next_page_token
 
+    def watch_models(self, prefix: str = "") -> Any:
+        """The ``WatchModels`` stream: iterate it for ``admin.ModelChange`` messages (it has no
+        deadline: it ends when the pod stops or ``cancel()`` is called on it)."""
+        return self.admin.WatchModels(admin.WatchModelsRequest(prefix=prefix))
+
     def pod_status(self) -> admin.PodStatusResponse:
         return self.admin.PodStatus(admin.PodStatusRequest(), timeout=self._timeout)
 

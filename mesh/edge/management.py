@@ -16,8 +16,7 @@ from mesh.edge.status import edge_method
 from mesh.errors import InvalidInput, quoted
 from mesh.management import ModelManager, SetVModel, TenantUse
 from mesh.metrics import MeshMetrics
-from mesh.model_watch import ModelWatch
-from mesh.registry import ModelStore
+from mesh.model_watch import ModelWatches
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm
@@ -99,11 +98,11 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
         cache: ModelCache,
         metrics: MeshMetrics,
         counters: Callable[[], dict[str, int]],
-        store: ModelStore,
+        watches: ModelWatches,
     ) -> None:
         self._manager = manager
         self._cache = cache
-        self._store = store
+        self._watches = watches
         self.metrics = metrics
         self._counters = counters
 
@@ -260,7 +259,7 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
 
     @edge_method("WatchModels")
     async def WatchModels(self, request: admin.WatchModelsRequest, context: Context) -> None:
-        async with ModelWatch(self._store, self._manager, request.prefix) as watch:
+        async with self._watches.watch(request.prefix) as watch:
             async for change in watch.changes():
                 await context.write(converters.model_change_to_proto(change))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from mesh.management import ModelManager, now_ms
-from mesh.model_watch import SYNCED, ModelChange, ModelView, ModelWatch
+from mesh.model_watch import SYNCED, ModelChange, ModelView, ModelWatch, ModelWatches
 from mesh.records import CopyRecord, FailureRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
 from mesh.registry import MemoryRegistry, ModelStore
 from puller import default_fetchers
@@ -145,3 +145,17 @@ async def test_changes_outside_a_watch_are_refused(member: Member) -> None:
     watch = ModelWatch(member.store, member.manager, "")
     with pytest.raises(RuntimeError, match="async with"):
         await anext(watch.changes())
+
+
+async def test_ending_the_watches_ends_each_open_stream_and_each_opened_later(member: Member) -> None:
+    watches = ModelWatches(member.store, member.manager)
+    async with watches.watch("") as watch:
+        changes = watch.changes()
+        assert await _next(changes) == SYNCED
+        assert (watches.open_count, member.store.subscribers) == (1, 1)
+        watches.end_all()
+        with pytest.raises(StopAsyncIteration):
+            await _next(changes)
+    assert (watches.open_count, member.store.subscribers) == (0, 0)
+    async with watches.watch("") as late:
+        assert [c async for c in late.changes()] == [SYNCED]
