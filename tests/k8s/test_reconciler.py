@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from adapters import supported_types
+from mesh.edge.client import MeshClient as MeshClientFor
 from mesh.k8s.resources import IdScheme, ResourceRef
 from mesh.k8s.spec import registration
 from mesh.k8s.status import PREDICTOR_STATUS_FIELDS
@@ -220,6 +221,30 @@ async def test_mesh_unreachable(etcd, models: ModelSet, tmp_path: Path) -> None:
             with fleet.client() as client:  # nothing was unregistered
                 assert [v.vmodel_id for v in client.list_models("kept").vmodels] == ["kept"]
                 assert len(client.list_models("kept").models) == 1
+
+
+async def test_registers_once_the_mesh_comes(etcd, models: ModelSet, tmp_path: Path) -> None:
+    from mesh.etcd_process import free_port
+    from tests.conftest import PodThread, pod_settings
+
+    port = free_port()
+    async with controller_for(f"127.0.0.1:{port}", backoff_s=0.1, max_backoff_s=0.5) as ctl:
+        body = predictor("early", str(models.sklearn))
+        ref = ResourceRef.of(body)
+        await ctl.reconciler.apply(body)  # the mesh is not there yet
+        await ctl.writer.wait_for(
+            ref, lambda s: (s["lastFailureInfo"] or {}).get("reason") == "RuntimeUnhealthy",
+            within_s=5, what="RuntimeUnhealthy",
+        )  # fmt: skip
+        settings = pod_settings(etcd=etcd.endpoint, namespace=f"late-{port}", port=port, cache_dir=tmp_path)
+        with PodThread(settings) as pod:
+            registered = ("Standby", "Loading", "Loaded")
+            await ctl.writer.wait_for(
+                ref, lambda s: not s["lastFailureInfo"] and s["activeModelState"] in registered,
+                within_s=10, what="registered once the mesh answered",
+            )  # fmt: skip
+            with MeshClientFor(pod.target) as client:
+                assert [v.vmodel_id for v in client.list_models("early").vmodels] == ["early"]
 
 
 async def test_a_thousand_resources(etcd, models: ModelSet, tmp_path: Path) -> None:
