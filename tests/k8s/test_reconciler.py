@@ -178,6 +178,25 @@ async def test_resync_registers_again(etcd, models: ModelSet, tmp_path: Path) ->
         await ctl.writer.wait_for(ResourceRef.of(body), state(active="Loaded"), within_s=10, what="Loaded")
 
 
+async def test_a_resource_deleted_behind_its_back_is_unregistered(
+    etcd, models: ModelSet, tmp_path: Path
+) -> None:
+    async with fleet_of(etcd, tmp_path) as fleet, controller_for(fleet.target) as ctl:
+        body = predictor("orphan", str(models.sklearn))
+        ref = ResourceRef.of(body)
+        await ctl.reconciler.apply(body)
+        await ctl.writer.wait_for(
+            ref, lambda s: s["activeModelState"] != "Pending", within_s=10, what="registered"
+        )
+        ctl.writer.gone.add(ref)  # deleted with its finalizer removed by hand: the next write finds it gone
+        await ctl.reconciler.apply(
+            changed(body, storage={"path": str(models.onnx)}, modelType={"name": "onnx"})
+        )
+        await until(lambda: ctl.reconciler.status_of(ref) is None, within_s=5, what="forgotten")
+        with fleet.client() as client:
+            await until(lambda: not client.list_models("orphan").vmodels, within_s=5, what="vmodel deleted")
+
+
 async def test_periodic_resync(etcd, models: ModelSet, tmp_path: Path) -> None:
     async with fleet_of(etcd, tmp_path) as fleet, controller_for(fleet.target, resync_s=0.3) as ctl:
         await ctl.reconciler.apply(predictor("steady", str(models.sklearn)))
