@@ -13,7 +13,8 @@ retryable codes; anything that is not a ``MeshError`` becomes an opaque
     │       └── NoSupportingRuntime                    no pod serves its model type (or its runtime)
     │           └── RuntimeNotRecognized               it names a runtime the mesh does not know
     ├── NotFound                NOT_FOUND
-    │   └── ModelNotFound                          no model or vmodel with that id
+    │   ├── ModelNotFound                          no model or vmodel with that id
+    │   └── ResourceGone                           a Kubernetes resource the controller held is deleted
     ├── AlreadyExists           ALREADY_EXISTS     re-registration with other info
     ├── FailedPrecondition      FAILED_PRECONDITION
     │   ├── ModelLoadFailed                        the model's last load failed
@@ -148,6 +149,10 @@ class RuntimeNotRecognized(NoSupportingRuntime):
 
 class NotFound(MeshError):
     code = ErrorCode.NOT_FOUND
+
+
+class ResourceGone(NotFound):
+    """The Kubernetes resource no longer exists (the API server answered 404 for it)."""
 
 
 class ModelNotFound(NotFound):

@@ -34,7 +34,13 @@ async def run_controller(settings: ControllerSettings, *, stop_flag: asyncio.Eve
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise ValueError(
+                "no Kubernetes credentials: not in a pod with a service account, and no usable "
+                f"kubeconfig ({exc})"
+            ) from None
     api_client = client.ApiClient()
     scope = scope_of(settings)
     mesh = GrpcMeshApi(settings.target, timeout_s=settings.request_timeout_s)

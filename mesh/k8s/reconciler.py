@@ -4,7 +4,9 @@ Invariants:
 - A resource the controller holds is registered: ``apply`` sets its vmodel (``setVModel`` with
   ``autoDeleteTargetModel``: a spec change loads the new model behind the same vmodel and the mesh
   retires the old one once the new one is loaded); ``delete`` deletes the vmodel (its models go
-  with it). Nothing else is ever unregistered, whatever the mesh's state.
+  with it), and so does a status write that finds the resource gone (deleted without its
+  finalizer running, as ModelMesh-serving handled a resource not found). Nothing else is ever
+  unregistered, whatever the mesh's state.
 - The resources are the source of truth: every resource is re-applied every ``resync_s``, at
   once when the mesh reports its vmodel or model deleted behind the controller's back, and after
   each reconnect, for those whose vmodel or model the mesh's snapshot lacks.
@@ -25,7 +27,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.errors import AlreadyExists, InvalidSpec, MeshError, ResourceRefused, Unavailable
+from mesh.errors import AlreadyExists, InvalidSpec, MeshError, ResourceGone, ResourceRefused, Unavailable
 from mesh.k8s.meshapi import Change, MeshApi
 from mesh.k8s.resources import IdScheme, Kind, Registration, ResourceRef
 from mesh.k8s.spec import registration
@@ -347,11 +349,21 @@ class Reconciler:
         try:
             async with self._limit:
                 await self._writer.write(ref, status)
+        except ResourceGone:  # deleted without its finalizer running: as ModelMesh, drop its vmodel
+            log.warning("%s was deleted behind the controller's back: deleting its vmodel", ref)
+            await self._drop_deleted(entry)
+            return
         except Exception as exc:  # the API server refused or was unreachable: try again later
             log.warning("%s: status not written: %s", ref, exc)
             asyncio.get_running_loop().call_later(1.0, self._mark, [ref])
             return
         entry.written = status
+
+    async def _drop_deleted(self, entry: Entry) -> None:
+        with contextlib.suppress(MeshError):  # unreachable: the vmodel stays (nothing is lost)
+            await self.delete({"kind": entry.ref.kind.kind, "metadata": {
+                "namespace": entry.ref.namespace, "name": entry.ref.name}})  # fmt: skip
+        self._forget(entry.ref)
 
     def _observe(self, entry: Entry) -> Observation:
         vmodel = self._vmodels.get(entry.vmodel_id)

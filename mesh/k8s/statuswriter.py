@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from mesh.errors import ResourceGone
 from mesh.k8s.resources import ResourceRef
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -18,7 +19,8 @@ MERGE_PATCH = "application/merge-patch+json"
 
 class StatusWriter(Protocol):
     async def write(self, ref: ResourceRef, status: dict[str, Any]) -> None:
-        """Write ``status`` to the resource; raise if the API server refused it."""
+        """Write ``status`` to the resource; ``ResourceGone`` if it no longer exists, another
+        exception if the API server refused or could not be reached."""
         ...
 
 
@@ -39,15 +41,22 @@ class KubeStatusWriter:
         await asyncio.to_thread(self._patch, ref, status)
 
     def _patch(self, ref: ResourceRef, status: dict[str, Any]) -> None:
-        self._api.patch_namespaced_custom_object_status(
-            ref.kind.group,
-            ref.kind.version,
-            ref.namespace,
-            ref.kind.plural,
-            ref.name,
-            {"status": status},
-            _content_type=MERGE_PATCH,
-        )
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._api.patch_namespaced_custom_object_status(
+                ref.kind.group,
+                ref.kind.version,
+                ref.namespace,
+                ref.kind.plural,
+                ref.name,
+                {"status": status},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ResourceGone(f"{ref} no longer exists") from None
+            raise
 
 
 class RecordingStatusWriter:
@@ -56,9 +65,12 @@ class RecordingStatusWriter:
 
     def __init__(self) -> None:
         self.history: dict[ResourceRef, list[tuple[float, dict[str, Any]]]] = {}
+        self.gone: set[ResourceRef] = set()  # resources deleted behind the controller's back
         self._changed = asyncio.Condition()
 
     async def write(self, ref: ResourceRef, status: dict[str, Any]) -> None:
+        if ref in self.gone:
+            raise ResourceGone(f"{ref} no longer exists")
         async with self._changed:
             self.history.setdefault(ref, []).append((time.monotonic(), status))
             self._changed.notify_all()

@@ -75,14 +75,17 @@ async def fleet_of(etcd: EtcdProcess, tmp_path: Path, pods: int = 1) -> AsyncIte
 
 
 class CountingMeshApi:
-    """A real ``GrpcMeshApi`` that counts the watch streams opened (how often the controller retried)."""
+    """A real ``GrpcMeshApi`` that counts the watch streams opened (how often the controller retried)
+    and the registrations made."""
 
     def __init__(self, inner: MeshApi) -> None:
         self.inner = inner
         self.watches: list[float] = []
+        self.registrations = 0
 
     async def set_vmodel(self, registration: Registration, *, load_now: bool) -> None:
         await self.inner.set_vmodel(registration, load_now=load_now)
+        self.registrations += 1
 
     async def delete_vmodel(self, vmodel_id: str, *, owner: str) -> None:
         await self.inner.delete_vmodel(vmodel_id, owner=owner)

@@ -66,3 +66,18 @@ def test_defaults_and_bad_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_charts_arguments_parse(args: list[str]) -> None:
     s = settings(*args)
     assert s.target == "mesh.models.svc:8033" and s.liveness_port == 8081
+
+
+def test_without_credentials_it_says_so(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "controller", "--target", "127.0.0.1:1", "--namespace", "a"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "error: no Kubernetes credentials" in done.stderr

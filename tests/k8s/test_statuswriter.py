@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from mesh.errors import ResourceGone
 from mesh.k8s.resources import Kind, ResourceRef
 from mesh.k8s.statuswriter import KubeStatusWriter
 
@@ -89,11 +90,14 @@ async def test_status_is_merge_patched_into_the_status_subresource(endpoint: Sta
 
 
 async def test_a_refused_write_raises(endpoint: StatusEndpoint) -> None:
-    endpoint.answer = 404
     writer, api = _writer(endpoint.url)
     try:
-        with pytest.raises(client.ApiException) as refused:
+        endpoint.answer = 404
+        with pytest.raises(ResourceGone):
             await writer.write(ResourceRef(Kind.PREDICTOR, "team-a", "gone"), {"available": False})
+        endpoint.answer = 500
+        with pytest.raises(client.ApiException) as refused:
+            await writer.write(ResourceRef(Kind.PREDICTOR, "team-a", "m"), {"available": False})
     finally:
         api.close()
-    assert refused.value.status == 404
+    assert refused.value.status == 500
