@@ -172,11 +172,13 @@ class EtcdRegistry(Registry):
         )
         requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
         requests.put_nowait(pb.WatchRequest(create_request=create))
+        at = self._current
         try:
             metadata = await self._credentials()
         except grpc.aio.AioRpcError as exc:
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
+        at = self._current
         call = self._watch.Watch(_drain(requests), metadata=metadata)
         try:
             async for response in call:
@@ -196,8 +198,8 @@ class EtcdRegistry(Registry):
         except grpc.aio.AioRpcError as exc:
             if _token_rejected(exc):
                 self._token = None
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
         finally:
             requests.put_nowait(None)  # ends the request stream's task
             call.cancel()
@@ -213,11 +215,13 @@ class EtcdRegistry(Registry):
         return int(response.ID)
 
     async def keep_alive(self, lease: int) -> bool:
+        at = self._current
         try:
             metadata = await self._credentials()
         except grpc.aio.AioRpcError as exc:
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
+        at = self._current
         request = iter([pb.LeaseKeepAliveRequest(ID=lease)])
         call = self._lease.LeaseKeepAlive(request, timeout=self._timeout_s, metadata=metadata)
         try:
@@ -230,8 +234,8 @@ class EtcdRegistry(Registry):
                 return False
             if _token_rejected(exc):
                 self._token = None  # the next keep-alive authenticates again
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
         finally:
             call.cancel()
         raise Unavailable(f"etcd at {self.endpoint} did not answer a lease keep-alive")
@@ -286,17 +290,20 @@ class EtcdRegistry(Registry):
         endpoints_left = len(self.connection.endpoints)
         token_retried = False
         while True:
+            at = self._current
             try:
-                result = await start(await self._credentials())
+                metadata = await self._credentials()
+                at = self._current  # ``start`` dials the current endpoint before it awaits
+                result = await start(metadata)
             except grpc.aio.AioRpcError as exc:
                 if not token_retried and _token_rejected(exc):
                     token_retried, self._token = True, None
                     continue
-                self._failed(exc)
+                self._failed(exc, at)
                 endpoints_left -= 1
                 if exc.code() is grpc.StatusCode.UNAVAILABLE and endpoints_left > 0:
                     continue  # not sent: the next endpoint gets it
-                raise self._error(exc) from None
+                raise self._error(exc, at) from None
             self._answered()
             return result
 
@@ -329,12 +336,17 @@ class EtcdRegistry(Registry):
         log.info("authenticated to etcd at %s as %r", self.endpoint, userid)
         return str(response.token)
 
-    def _failed(self, exc: grpc.aio.AioRpcError) -> None:
+    def _failed(self, exc: grpc.aio.AioRpcError, at: int) -> None:
+        """A call to endpoint ``at`` failed. Only a failure of the endpoint calls go to now moves
+        them on: calls in flight together that all find one endpoint dead move them once, not
+        once each (which would carry them round past a live endpoint and back to a dead one)."""
         code = exc.code()
         if code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
             return  # etcd answered (a refusal is an answer)
         now = time.monotonic()
         self._failed_at = now
+        if at != self._current:
+            return  # another call already moved on from that endpoint
         failed = self.endpoint
         if len(self.connection.endpoints) > 1:
             self._current = (self._current + 1) % len(self.connection.endpoints)
@@ -366,31 +378,32 @@ class EtcdRegistry(Registry):
             self._silent_since = None
             self._next_try = 0.0
 
-    def _error(self, exc: grpc.aio.AioRpcError) -> Unavailable:
-        """The mesh's error for a failed etcd call; a refusal of our credentials says which."""
+    def _error(self, exc: grpc.aio.AioRpcError, at: int) -> Unavailable:
+        """The mesh's error for a failed call to endpoint ``at``; a refusal of our credentials says which."""
         code, details = exc.code(), exc.details() or ""
         c = self.connection
+        endpoint = str(c.endpoints[at])
         if code is grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
             return RegistryAccessDenied(
-                f"etcd at {self.endpoint} refused user {c.userid!r}: {details} "
+                f"etcd at {endpoint} refused user {c.userid!r}: {details} "
                 f"(check 'userid' and 'password' in {c.source})",
-                endpoint=self.endpoint,
+                endpoint=endpoint,
             )
         if "user name is empty" in details:
             return RegistryAccessDenied(
-                f"etcd at {self.endpoint} requires authentication: give 'userid' and 'password' "
+                f"etcd at {endpoint} requires authentication: give 'userid' and 'password' "
                 f"(--etcd-config, ModelMesh's etcd_connection format)",
-                endpoint=self.endpoint,
+                endpoint=endpoint,
             )
         if code is grpc.StatusCode.PERMISSION_DENIED:
             return RegistryAccessDenied(
-                f"etcd at {self.endpoint} denied user {c.userid!r} access to keys under "
+                f"etcd at {endpoint} denied user {c.userid!r} access to keys under "
                 f"{c.root_prefix + '/mesh/'!r}: {details}",
-                endpoint=self.endpoint,
+                endpoint=endpoint,
             )
         return Unavailable(
-            f"the registry (etcd at {self.endpoint}) is unreachable: {code.name}: {details}",
-            endpoint=self.endpoint,
+            f"the registry (etcd at {endpoint}) is unreachable: {code.name}: {details}",
+            endpoint=endpoint,
         )
 
 

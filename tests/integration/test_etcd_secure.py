@@ -246,6 +246,23 @@ def test_credentials_for_an_etcd_without_authentication_are_not_needed(
     assert registry.authentications == 0
 
 
+def test_concurrent_calls_that_find_endpoints_dead_all_reach_the_live_one(etcd: EtcdProcess) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]  # nothing listens there
+    registry = EtcdRegistry(EtcdConnection.from_endpoints(",".join([*dead, etcd.url])))
+
+    async def many_reads() -> list[object]:
+        try:
+            reads = [registry.read(f"/mesh/failover-many/m{i}") for i in range(12)]
+            return await asyncio.gather(*reads, return_exceptions=True)
+        finally:
+            await registry.close()
+
+    # Each call that finds its endpoint dead must not move the others past the live one.
+    outcomes = asyncio.run(many_reads())
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert registry.endpoint == etcd.url
+
+
 @pytest.fixture
 def etcd_cluster(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
     """Three etcd members on loopback: (process, client URL) each."""
