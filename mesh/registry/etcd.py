@@ -408,12 +408,13 @@ class EtcdRegistry(Registry):
 
 
 def _token_rejected(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether etcd refused the token (expired, revoked, or older than its auth store), not the user."""
+    """Whether etcd refused the token (expired, revoked, or older than its auth store), not the user;
+    or wants one where none was sent (authentication turned on since the pod found it off)."""
     return exc.code() is grpc.StatusCode.UNAUTHENTICATED or _token_rejected_text(exc.details() or "")
 
 
 def _token_rejected_text(details: str) -> bool:
-    return "invalid auth token" in details or "auth store is old" in details
+    return any(text in details for text in ("invalid auth token", "auth store is old", "user name is empty"))
 
 
 async def _drain(requests: asyncio.Queue[pb.WatchRequest | None]) -> AsyncIterator[pb.WatchRequest]:

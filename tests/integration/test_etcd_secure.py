@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mesh.errors import Unavailable
+from mesh.errors import RegistryAccessDenied, Unavailable
 from mesh.etcd_process import EtcdProcess, EtcdTls, etcd_binary, free_port
 from mesh.registry.etcd import EtcdRegistry
 from mesh.registry.etcd_config import EtcdConnection
@@ -261,6 +261,48 @@ def test_concurrent_calls_that_find_endpoints_dead_all_reach_the_live_one(etcd: 
     outcomes = asyncio.run(many_reads())
     assert [o for o in outcomes if isinstance(o, BaseException)] == []
     assert registry.endpoint == etcd.url
+
+
+def test_a_pod_with_credentials_authenticates_once_etcd_turns_authentication_on(tmp_path: Path) -> None:
+    with EtcdProcess(tmp_path / "etcd") as etcd:
+        config = connection_file(
+            tmp_path, endpoints=etcd.url, userid="mesh", password=PASSWORD, root_prefix="team-a"
+        )
+        registry = EtcdRegistry(EtcdConnection.from_file(config))
+
+        def turn_authentication_on() -> None:
+            etcdctl(etcd, "user", "add", f"root:{ROOT_PASSWORD}")
+            etcdctl(etcd, "user", "grant-role", "root", "root")
+            etcdctl(etcd, "role", "add", "mesh")
+            etcdctl(etcd, "role", "grant-permission", "mesh", "--prefix=true", "readwrite", "team-a/")
+            etcdctl(etcd, "user", "add", f"mesh:{PASSWORD}")
+            etcdctl(etcd, "user", "grant-role", "mesh", "mesh")
+            etcdctl(etcd, "auth", "enable")
+
+        async def before_and_after() -> list[str]:
+            try:
+                await registry.put("/mesh/x/models/before", b"{}")
+                assert registry.authentications == 0  # authentication off: no token
+                await asyncio.to_thread(turn_authentication_on)
+                await registry.put("/mesh/x/models/after", b"{}")
+                entries, _ = await registry.range("/mesh/x/")
+                return [e.key for e in entries]
+            finally:
+                await registry.close()
+
+        assert asyncio.run(before_and_after()) == ["/mesh/x/models/after", "/mesh/x/models/before"]
+        assert registry.authentications == 1
+
+        bare = EtcdRegistry(EtcdConnection.from_endpoints(etcd.endpoint))
+
+        async def without_credentials() -> None:
+            try:
+                await bare.read("/mesh/x/models/after")
+            finally:
+                await bare.close()
+
+        with pytest.raises(RegistryAccessDenied, match="requires authentication: give 'userid'"):
+            asyncio.run(without_credentials())
 
 
 @pytest.fixture
