@@ -158,3 +158,14 @@ def test_a_negative_metrics_port_in_the_environment_turns_the_endpoint_off(
     assert MeshSettings().metrics_port is None
     monkeypatch.setenv("MESH_METRICS_PORT", "0")
     assert MeshSettings().metrics_port == 0
+
+
+def test_an_endpoint_with_credentials_in_it_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    for text in (f"https://mesh:{SECRET}@etcd-0:2379", f"mesh:{SECRET}@etcd-0:2379"):
+        with pytest.raises(EtcdConfigError) as refused:
+            EtcdConnection.from_file(write(tmp_path, {"endpoints": text}))
+        assert SECRET not in str(refused.value)
+        assert "credentials" in str(refused.value) and "'userid' and 'password'" in str(refused.value)
+        with pytest.raises(EtcdConfigError) as flag:
+            EtcdConnection.from_endpoints(text)
+        assert SECRET not in str(flag.value)
