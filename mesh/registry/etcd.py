@@ -83,7 +83,8 @@ class EtcdRegistry(Registry):
         """Index of the endpoint calls go to now."""
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._token: str | None = None
-        self._authenticating: asyncio.Lock | None = None
+        self._authenticating: asyncio.Future[str] | None = None
+        """The Authenticate in flight: every call that needs a token meanwhile awaits this one."""
         self._silent_since: float | None = None
         """When a call first timed out with no answer from etcd since (None: etcd answers)."""
         self._silence = ""
@@ -248,6 +249,8 @@ class EtcdRegistry(Registry):
             )
 
     async def close(self) -> None:
+        if self._authenticating is not None:
+            self._authenticating.cancel()
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close()
@@ -313,12 +316,25 @@ class EtcdRegistry(Registry):
         c = self.connection
         if c.userid is None:
             return None
-        if self._authenticating is None:
-            self._authenticating = asyncio.Lock()
-        async with self._authenticating:  # one Authenticate at a time: the others use its token
-            if self._token is None:
-                self._token = await self._authenticate(c.userid, c.password or "")
+        if self._token is None:
+            # One Authenticate for all the calls that need a token: they share its token or its
+            # failure (a silent etcd costs them one timeout together, not one each in turn).
+            flight = self._authenticating
+            if flight is None:
+                flight = asyncio.ensure_future(self._authenticate(c.userid, c.password or ""))
+                flight.add_done_callback(self._authenticated)
+                self._authenticating = flight
+            token = await asyncio.shield(flight)  # a caller that leaves does not cancel the others'
+            return (("token", token),) if token else None
         return (("token", self._token),) if self._token else None
+
+    def _authenticated(self, flight: asyncio.Future[str]) -> None:
+        """``flight`` ended: its token serves the calls from now on; the next one without a token
+        starts another Authenticate."""
+        if self._authenticating is flight:
+            self._authenticating = None
+        if not flight.cancelled() and flight.exception() is None:
+            self._token = flight.result()
 
     async def _authenticate(self, userid: str, password: str) -> str:
         """A token for the user; "" when etcd has authentication off (it serves calls without one,

@@ -8,8 +8,11 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
+from tests.storage_servers import TcpRelay
 
 PASSWORD = "mesh-pw-7f3a"  # must never appear in a message
 ROOT_PASSWORD = "root-pw-91c2"
@@ -303,6 +307,43 @@ def test_a_pod_with_credentials_authenticates_once_etcd_turns_authentication_on(
 
         with pytest.raises(RegistryAccessDenied, match="requires authentication: give 'userid'"):
             asyncio.run(without_credentials())
+
+
+def test_calls_waiting_for_a_token_from_a_silent_etcd_fail_together(
+    auth_etcd: EtcdProcess, tmp_path: Path
+) -> None:
+    """While etcd hangs, the calls that need a token share one Authenticate and its timeout: they
+    do not queue up for one timeout each."""
+    assert auth_etcd.process is not None
+    relay = TcpRelay(auth_etcd.endpoint)  # a second endpoint to the same member: its tokens hold there
+    config = connection_file(
+        tmp_path,
+        endpoints=f"{auth_etcd.url},http://{relay.endpoint}",
+        userid="mesh",
+        password=PASSWORD,
+        root_prefix="team-a",
+    )
+    registry = EtcdRegistry(EtcdConnection.from_file(config), timeout_s=1.0)
+    calls = 8
+
+    async def while_etcd_hangs() -> tuple[float, list[object]]:
+        try:
+            await registry.put("/mesh/x/models/m", b"{}")
+            os.kill(auth_etcd.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            with pytest.raises(Unavailable):  # times out; the next calls go to the other endpoint
+                await registry.read("/mesh/x/models/m")
+            started = time.monotonic()
+            reads = [registry.read("/mesh/x/models/m") for _ in range(calls)]
+            outcomes = await asyncio.gather(*reads, return_exceptions=True)
+            return time.monotonic() - started, outcomes
+        finally:
+            os.kill(auth_etcd.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            await registry.close()
+
+    with relay:
+        elapsed, outcomes = asyncio.run(while_etcd_hangs())
+    assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+    assert elapsed < calls / 2, f"{calls} calls took {elapsed:.1f}s with a 1s timeout"
 
 
 @pytest.fixture
