@@ -169,3 +169,20 @@ def test_an_endpoint_with_credentials_in_it_is_refused_without_echoing_them(tmp_
         with pytest.raises(EtcdConfigError) as flag:
             EtcdConnection.from_endpoints(text)
         assert SECRET not in str(flag.value)
+
+
+def test_a_registry_flag_wins_over_the_other_registry_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--etcd`` and ``--etcd-config`` are two forms of one setting: a flag of either form wins
+    over a ``MESH_*`` variable of the other, as every flag wins over the variables."""
+    from mesh.cli import build_parser, serve_settings
+
+    config = write(tmp_path, {"endpoints": "127.0.0.1:2379"})
+    monkeypatch.setenv("MESH_ETCD_CONFIG", str(config))
+    s = serve_settings(build_parser().parse_args(["serve", "--etcd", "127.0.0.1:4001"]))
+    assert (s.etcd, s.etcd_config) == ("127.0.0.1:4001", None)
+    monkeypatch.delenv("MESH_ETCD_CONFIG")
+    monkeypatch.setenv("MESH_ETCD", "127.0.0.1:4001")
+    s = serve_settings(build_parser().parse_args(["serve", "--etcd-config", str(config)]))
+    assert (s.etcd, s.etcd_config) == (None, config)
