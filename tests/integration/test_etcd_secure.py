@@ -230,6 +230,27 @@ def test_a_pod_reaches_etcd_over_tls_with_a_client_certificate_past_a_dead_endpo
             asyncio.run(read())
 
 
+def test_override_authority_names_the_certificate_etcd_must_present(tmp_path: Path) -> None:
+    """etcd's certificate names 127.0.0.1: the connection holds without ``override_authority`` and
+    fails verification with one naming another host (the option reaches the TLS handshake)."""
+    pem = _certificates(tmp_path)
+    with EtcdProcess(tmp_path / "etcd", tls=EtcdTls(pem["server"], pem["server-key"], pem["ca"])) as etcd:
+
+        async def round_trip(registry: EtcdRegistry) -> int:
+            try:
+                await registry.put("/mesh/x/models/m", b"{}")
+                return len((await registry.range("/mesh/x/"))[0])
+            finally:
+                await registry.close()
+
+        fields = {"endpoints": etcd.url, "certificate_file": "ca.pem"}
+        plain = connection_file(tmp_path, **fields)
+        assert asyncio.run(round_trip(EtcdRegistry(EtcdConnection.from_file(plain)))) == 1
+        other = connection_file(tmp_path, **fields, override_authority="etcd.elsewhere")
+        with pytest.raises(Unavailable, match="is unreachable"):
+            asyncio.run(round_trip(EtcdRegistry(EtcdConnection.from_file(other), timeout_s=2.0)))
+
+
 def test_credentials_for_an_etcd_without_authentication_are_not_needed(
     etcd: EtcdProcess, tmp_path: Path
 ) -> None:
