@@ -147,8 +147,9 @@ class ModelCache:
         """Callers awaiting each load task (by task: a reload after an unload is another task)."""
         self._idle = asyncio.Event()
         self._waiting_for_room = 0
-        self.bytes_waiting_for_room = 0
-        """Predicted bytes of the loads waiting for a serving model to go idle."""
+        self.waiting_for_room: dict[str, int] = {}
+        """Model id -> predicted bytes, for each load waiting for a serving model to go idle (one
+        load per model at a time)."""
         self._working_set = working_set
         """Told of each eviction, for the cache pressure (``mesh.working_set``)."""
         self._policy = eviction_policy
@@ -443,12 +444,12 @@ class ModelCache:
                     model_id=model_id,
                 )
             self._waiting_for_room += 1
-            self.bytes_waiting_for_room += size
+            self.waiting_for_room[model_id] = size
             try:
                 await self._wait_idle(deadline)
             finally:
                 self._waiting_for_room -= 1
-                self.bytes_waiting_for_room -= size
+                self.waiting_for_room.pop(model_id, None)
 
     async def _settle(self, entry: _Entry, model: LoadedModel) -> None:
         measured = model.size_bytes

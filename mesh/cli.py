@@ -329,6 +329,9 @@ def serve_settings(args: argparse.Namespace) -> MeshSettings:
             overrides[name] = getattr(args, name)
     if args.etcd:
         overrides["etcd"] = args.etcd
+    if args.etcd or args.etcd_config is not None:  # one setting in two forms: the flag's form wins
+        overrides.setdefault("etcd", None)
+        overrides.setdefault("etcd_config", None)
     if args.pod_id:
         overrides["pod_id"] = args.pod_id
     return MeshSettings(**overrides)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ mirror, computed when Prometheus scrapes; dashboards take ``max`` over pods.
 from __future__ import annotations
 
 import asyncio
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,18 +162,20 @@ class FleetCollector(Collector):
     the mirror per scrape, rather than bookkeeping on every registry change). The scrape arrives on
     the metrics server's thread; ``count`` runs on the pod's event loop (``loop()``), where the
     mirror changes, so it sees one consistent mirror. No series while ``count`` cannot say (the
-    pod is not started) or the loop does not answer within ``SCRAPE_WAIT_S``."""
-
-    SCRAPE_WAIT_S = 5.0
+    pod is not started) or the loop does not answer within ``wait_s``; then the count asked for is
+    called off, so a loop stuck across many scrapes does not walk the mirror once per scrape when it
+    frees."""
 
     def __init__(
         self,
         count: Callable[[], FleetNumbers | None],
         *,
         loop: Callable[[], asyncio.AbstractEventLoop | None],
+        wait_s: float = 5.0,
     ) -> None:
         self._count = count
         self._loop = loop
+        self._wait_s = wait_s
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # the series are only known at scrape time; nothing to check at register
@@ -212,10 +215,13 @@ class FleetCollector(Collector):
         except RuntimeError:
             pass  # no loop in this thread: the metrics server's
 
+        given_up = threading.Event()
+
         async def count() -> FleetNumbers | None:
-            return self._count()
+            return None if given_up.is_set() else self._count()
 
         try:
-            return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=self.SCRAPE_WAIT_S)
+            return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=self._wait_s)
         except (RuntimeError, TimeoutError):  # the loop stopped, or is too busy to answer a scrape
+            given_up.set()  # its count, when the loop gets to it, walks nothing
             return None

@@ -161,10 +161,12 @@ class ModelWatch:
             await self._wait()
 
     async def _wait(self) -> None:
-        """Until an id is pending: a change of the mirror, or a sent failure expiring."""
+        """Until an id is pending (a change of the mirror, or a sent failure expiring) or the watch
+        ends. ``end()`` may have come while the consumer held the last change: its wake-up is not
+        cleared away unseen."""
         self._wake.clear()
         delay = self._expire()
-        if self._pending:
+        if self._pending or self._ended:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):

@@ -207,7 +207,9 @@ class MeshSettings(BaseSettings):
     above that (60 with the defaults)."""
 
     advertise_host: str | None = None
-    """Address other pods use to reach this one (default: ``host``)."""
+    """Address other pods use to reach this one (default: ``host``). Required with a registry
+    shared with other pods (``etcd``, ``etcd_config``) when ``host`` binds every address
+    (``0.0.0.0``, ``::``), which is no address to dial."""
 
     lease_ttl_s: float = 10.0
     """Lifetime of this pod's registry lease without keep-alives: a dead pod vanishes after it."""
@@ -263,6 +265,13 @@ class MeshSettings(BaseSettings):
         if self.etcd and self.etcd_config is not None:
             raise ValueError(
                 "give etcd (--etcd, MESH_ETCD) or etcd_config (--etcd-config, MESH_ETCD_CONFIG), not both"
+            )
+        in_a_fleet = bool(self.etcd) or self.etcd_config is not None
+        if in_a_fleet and self.advertise_host is None and self.host.strip("[]") in ("0.0.0.0", "::", ""):
+            raise ValueError(
+                f"host {self.host!r} (--host, MESH_HOST) binds every address, but other pods cannot "
+                "dial it: give advertise_host (MESH_ADVERTISE_HOST; on Kubernetes the pod's "
+                "status.podIP through the downward API)"
             )
         if self.memory_limit is not None and "capacity_bytes" not in self.model_fields_set:
             self.capacity_bytes = int(self.memory_limit * self.capacity_fraction)

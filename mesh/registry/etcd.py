@@ -83,7 +83,8 @@ class EtcdRegistry(Registry):
         """Index of the endpoint calls go to now."""
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._token: str | None = None
-        self._authenticating: asyncio.Lock | None = None
+        self._authenticating: asyncio.Future[str] | None = None
+        """The Authenticate in flight: every call that needs a token meanwhile awaits this one."""
         self._silent_since: float | None = None
         """When a call first timed out with no answer from etcd since (None: etcd answers)."""
         self._silence = ""
@@ -172,11 +173,13 @@ class EtcdRegistry(Registry):
         )
         requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
         requests.put_nowait(pb.WatchRequest(create_request=create))
+        at = self._current
         try:
             metadata = await self._credentials()
         except grpc.aio.AioRpcError as exc:
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
+        at = self._current
         call = self._watch.Watch(_drain(requests), metadata=metadata)
         try:
             async for response in call:
@@ -196,8 +199,8 @@ class EtcdRegistry(Registry):
         except grpc.aio.AioRpcError as exc:
             if _token_rejected(exc):
                 self._token = None
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
         finally:
             requests.put_nowait(None)  # ends the request stream's task
             call.cancel()
@@ -213,11 +216,13 @@ class EtcdRegistry(Registry):
         return int(response.ID)
 
     async def keep_alive(self, lease: int) -> bool:
+        at = self._current
         try:
             metadata = await self._credentials()
         except grpc.aio.AioRpcError as exc:
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
+        at = self._current
         request = iter([pb.LeaseKeepAliveRequest(ID=lease)])
         call = self._lease.LeaseKeepAlive(request, timeout=self._timeout_s, metadata=metadata)
         try:
@@ -230,8 +235,8 @@ class EtcdRegistry(Registry):
                 return False
             if _token_rejected(exc):
                 self._token = None  # the next keep-alive authenticates again
-            self._failed(exc)
-            raise self._error(exc) from None
+            self._failed(exc, at)
+            raise self._error(exc, at) from None
         finally:
             call.cancel()
         raise Unavailable(f"etcd at {self.endpoint} did not answer a lease keep-alive")
@@ -244,6 +249,8 @@ class EtcdRegistry(Registry):
             )
 
     async def close(self) -> None:
+        if self._authenticating is not None:
+            self._authenticating.cancel()
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close()
@@ -286,17 +293,20 @@ class EtcdRegistry(Registry):
         endpoints_left = len(self.connection.endpoints)
         token_retried = False
         while True:
+            at = self._current
             try:
-                result = await start(await self._credentials())
+                metadata = await self._credentials()
+                at = self._current  # ``start`` dials the current endpoint before it awaits
+                result = await start(metadata)
             except grpc.aio.AioRpcError as exc:
                 if not token_retried and _token_rejected(exc):
                     token_retried, self._token = True, None
                     continue
-                self._failed(exc)
+                self._failed(exc, at)
                 endpoints_left -= 1
                 if exc.code() is grpc.StatusCode.UNAVAILABLE and endpoints_left > 0:
                     continue  # not sent: the next endpoint gets it
-                raise self._error(exc) from None
+                raise self._error(exc, at) from None
             self._answered()
             return result
 
@@ -306,12 +316,25 @@ class EtcdRegistry(Registry):
         c = self.connection
         if c.userid is None:
             return None
-        if self._authenticating is None:
-            self._authenticating = asyncio.Lock()
-        async with self._authenticating:  # one Authenticate at a time: the others use its token
-            if self._token is None:
-                self._token = await self._authenticate(c.userid, c.password or "")
+        if self._token is None:
+            # One Authenticate for all the calls that need a token: they share its token or its
+            # failure (a silent etcd costs them one timeout together, not one each in turn).
+            flight = self._authenticating
+            if flight is None:
+                flight = asyncio.ensure_future(self._authenticate(c.userid, c.password or ""))
+                flight.add_done_callback(self._authenticated)
+                self._authenticating = flight
+            token = await asyncio.shield(flight)  # a caller that leaves does not cancel the others'
+            return (("token", token),) if token else None
         return (("token", self._token),) if self._token else None
+
+    def _authenticated(self, flight: asyncio.Future[str]) -> None:
+        """``flight`` ended: its token serves the calls from now on; the next one without a token
+        starts another Authenticate."""
+        if self._authenticating is flight:
+            self._authenticating = None
+        if not flight.cancelled() and flight.exception() is None:
+            self._token = flight.result()
 
     async def _authenticate(self, userid: str, password: str) -> str:
         """A token for the user; "" when etcd has authentication off (it serves calls without one,
@@ -329,12 +352,17 @@ class EtcdRegistry(Registry):
         log.info("authenticated to etcd at %s as %r", self.endpoint, userid)
         return str(response.token)
 
-    def _failed(self, exc: grpc.aio.AioRpcError) -> None:
+    def _failed(self, exc: grpc.aio.AioRpcError, at: int) -> None:
+        """A call to endpoint ``at`` failed. Only a failure of the endpoint calls go to now moves
+        them on: calls in flight together that all find one endpoint dead move them once, not
+        once each (which would carry them round past a live endpoint and back to a dead one)."""
         code = exc.code()
         if code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
             return  # etcd answered (a refusal is an answer)
         now = time.monotonic()
         self._failed_at = now
+        if at != self._current:
+            return  # another call already moved on from that endpoint
         failed = self.endpoint
         if len(self.connection.endpoints) > 1:
             self._current = (self._current + 1) % len(self.connection.endpoints)
@@ -366,41 +394,43 @@ class EtcdRegistry(Registry):
             self._silent_since = None
             self._next_try = 0.0
 
-    def _error(self, exc: grpc.aio.AioRpcError) -> Unavailable:
-        """The mesh's error for a failed etcd call; a refusal of our credentials says which."""
+    def _error(self, exc: grpc.aio.AioRpcError, at: int) -> Unavailable:
+        """The mesh's error for a failed call to endpoint ``at``; a refusal of our credentials says which."""
         code, details = exc.code(), exc.details() or ""
         c = self.connection
+        endpoint = str(c.endpoints[at])
         if code is grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
             return RegistryAccessDenied(
-                f"etcd at {self.endpoint} refused user {c.userid!r}: {details} "
+                f"etcd at {endpoint} refused user {c.userid!r}: {details} "
                 f"(check 'userid' and 'password' in {c.source})",
-                endpoint=self.endpoint,
+                endpoint=endpoint,
             )
         if "user name is empty" in details:
             return RegistryAccessDenied(
-                f"etcd at {self.endpoint} requires authentication: give 'userid' and 'password' "
+                f"etcd at {endpoint} requires authentication: give 'userid' and 'password' "
                 f"(--etcd-config, ModelMesh's etcd_connection format)",
-                endpoint=self.endpoint,
+                endpoint=endpoint,
             )
         if code is grpc.StatusCode.PERMISSION_DENIED:
             return RegistryAccessDenied(
-                f"etcd at {self.endpoint} denied user {c.userid!r} access to keys under "
+                f"etcd at {endpoint} denied user {c.userid!r} access to keys under "
                 f"{c.root_prefix + '/mesh/'!r}: {details}",
-                endpoint=self.endpoint,
+                endpoint=endpoint,
             )
         return Unavailable(
-            f"the registry (etcd at {self.endpoint}) is unreachable: {code.name}: {details}",
-            endpoint=self.endpoint,
+            f"the registry (etcd at {endpoint}) is unreachable: {code.name}: {details}",
+            endpoint=endpoint,
         )
 
 
 def _token_rejected(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether etcd refused the token (expired, revoked, or older than its auth store), not the user."""
+    """Whether etcd refused the token (expired, revoked, or older than its auth store), not the user;
+    or wants one where none was sent (authentication turned on since the pod found it off)."""
     return exc.code() is grpc.StatusCode.UNAUTHENTICATED or _token_rejected_text(exc.details() or "")
 
 
 def _token_rejected_text(details: str) -> bool:
-    return "invalid auth token" in details or "auth store is old" in details
+    return any(text in details for text in ("invalid auth token", "auth store is old", "user name is empty"))
 
 
 async def _drain(requests: asyncio.Queue[pb.WatchRequest | None]) -> AsyncIterator[pb.WatchRequest]:

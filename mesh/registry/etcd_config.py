@@ -167,6 +167,11 @@ def _endpoints(text: str, *, where: str, tls_default: bool) -> tuple[EtcdEndpoin
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
+        if "@" in item:  # user:password@host: the item must not be quoted back
+            raise EtcdConfigError(
+                f"{where}: an endpoint holds credentials ({item.rpartition('@')[2][:100]!r} after "
+                "'@'): give them as fields 'userid' and 'password' of the etcd config instead"
+            )
         match = _ENDPOINT.fullmatch(item)
         scheme = (match.group("scheme") or "").lower() if match else ""
         if match is None or scheme not in ("", "http", "https"):

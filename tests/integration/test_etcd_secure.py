@@ -8,8 +8,11 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mesh.errors import Unavailable
+from mesh.errors import RegistryAccessDenied, Unavailable
 from mesh.etcd_process import EtcdProcess, EtcdTls, etcd_binary, free_port
 from mesh.registry.etcd import EtcdRegistry
 from mesh.registry.etcd_config import EtcdConnection
@@ -28,6 +31,7 @@ from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
+from tests.storage_servers import TcpRelay
 
 PASSWORD = "mesh-pw-7f3a"  # must never appear in a message
 ROOT_PASSWORD = "root-pw-91c2"
@@ -226,6 +230,27 @@ def test_a_pod_reaches_etcd_over_tls_with_a_client_certificate_past_a_dead_endpo
             asyncio.run(read())
 
 
+def test_override_authority_names_the_certificate_etcd_must_present(tmp_path: Path) -> None:
+    """etcd's certificate names 127.0.0.1: the connection holds without ``override_authority`` and
+    fails verification with one naming another host (the option reaches the TLS handshake)."""
+    pem = _certificates(tmp_path)
+    with EtcdProcess(tmp_path / "etcd", tls=EtcdTls(pem["server"], pem["server-key"], pem["ca"])) as etcd:
+
+        async def round_trip(registry: EtcdRegistry) -> int:
+            try:
+                await registry.put("/mesh/x/models/m", b"{}")
+                return len((await registry.range("/mesh/x/"))[0])
+            finally:
+                await registry.close()
+
+        fields = {"endpoints": etcd.url, "certificate_file": "ca.pem"}
+        plain = connection_file(tmp_path, **fields)
+        assert asyncio.run(round_trip(EtcdRegistry(EtcdConnection.from_file(plain)))) == 1
+        other = connection_file(tmp_path, **fields, override_authority="etcd.elsewhere")
+        with pytest.raises(Unavailable, match="is unreachable"):
+            asyncio.run(round_trip(EtcdRegistry(EtcdConnection.from_file(other), timeout_s=2.0)))
+
+
 def test_credentials_for_an_etcd_without_authentication_are_not_needed(
     etcd: EtcdProcess, tmp_path: Path
 ) -> None:
@@ -244,6 +269,102 @@ def test_credentials_for_an_etcd_without_authentication_are_not_needed(
 
     assert asyncio.run(round_trip()) == ["/mesh/x/models/m"]
     assert registry.authentications == 0
+
+
+def test_concurrent_calls_that_find_endpoints_dead_all_reach_the_live_one(etcd: EtcdProcess) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]  # nothing listens there
+    registry = EtcdRegistry(EtcdConnection.from_endpoints(",".join([*dead, etcd.url])))
+
+    async def many_reads() -> list[object]:
+        try:
+            reads = [registry.read(f"/mesh/failover-many/m{i}") for i in range(12)]
+            return await asyncio.gather(*reads, return_exceptions=True)
+        finally:
+            await registry.close()
+
+    # Each call that finds its endpoint dead must not move the others past the live one.
+    outcomes = asyncio.run(many_reads())
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert registry.endpoint == etcd.url
+
+
+def test_a_pod_with_credentials_authenticates_once_etcd_turns_authentication_on(tmp_path: Path) -> None:
+    with EtcdProcess(tmp_path / "etcd") as etcd:
+        config = connection_file(
+            tmp_path, endpoints=etcd.url, userid="mesh", password=PASSWORD, root_prefix="team-a"
+        )
+        registry = EtcdRegistry(EtcdConnection.from_file(config))
+
+        def turn_authentication_on() -> None:
+            etcdctl(etcd, "user", "add", f"root:{ROOT_PASSWORD}")
+            etcdctl(etcd, "user", "grant-role", "root", "root")
+            etcdctl(etcd, "role", "add", "mesh")
+            etcdctl(etcd, "role", "grant-permission", "mesh", "--prefix=true", "readwrite", "team-a/")
+            etcdctl(etcd, "user", "add", f"mesh:{PASSWORD}")
+            etcdctl(etcd, "user", "grant-role", "mesh", "mesh")
+            etcdctl(etcd, "auth", "enable")
+
+        async def before_and_after() -> list[str]:
+            try:
+                await registry.put("/mesh/x/models/before", b"{}")
+                assert registry.authentications == 0  # authentication off: no token
+                await asyncio.to_thread(turn_authentication_on)
+                await registry.put("/mesh/x/models/after", b"{}")
+                entries, _ = await registry.range("/mesh/x/")
+                return [e.key for e in entries]
+            finally:
+                await registry.close()
+
+        assert asyncio.run(before_and_after()) == ["/mesh/x/models/after", "/mesh/x/models/before"]
+        assert registry.authentications == 1
+
+        bare = EtcdRegistry(EtcdConnection.from_endpoints(etcd.endpoint))
+
+        async def without_credentials() -> None:
+            try:
+                await bare.read("/mesh/x/models/after")
+            finally:
+                await bare.close()
+
+        with pytest.raises(RegistryAccessDenied, match="requires authentication: give 'userid'"):
+            asyncio.run(without_credentials())
+
+
+def test_calls_waiting_for_a_token_from_a_silent_etcd_fail_together(
+    auth_etcd: EtcdProcess, tmp_path: Path
+) -> None:
+    """While etcd hangs, the calls that need a token share one Authenticate and its timeout: they
+    do not queue up for one timeout each."""
+    assert auth_etcd.process is not None
+    relay = TcpRelay(auth_etcd.endpoint)  # a second endpoint to the same member: its tokens hold there
+    config = connection_file(
+        tmp_path,
+        endpoints=f"{auth_etcd.url},http://{relay.endpoint}",
+        userid="mesh",
+        password=PASSWORD,
+        root_prefix="team-a",
+    )
+    registry = EtcdRegistry(EtcdConnection.from_file(config), timeout_s=1.0)
+    calls = 8
+
+    async def while_etcd_hangs() -> tuple[float, list[object]]:
+        try:
+            await registry.put("/mesh/x/models/m", b"{}")
+            os.kill(auth_etcd.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            with pytest.raises(Unavailable):  # times out; the next calls go to the other endpoint
+                await registry.read("/mesh/x/models/m")
+            started = time.monotonic()
+            reads = [registry.read("/mesh/x/models/m") for _ in range(calls)]
+            outcomes = await asyncio.gather(*reads, return_exceptions=True)
+            return time.monotonic() - started, outcomes
+        finally:
+            os.kill(auth_etcd.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            await registry.close()
+
+    with relay:
+        elapsed, outcomes = asyncio.run(while_etcd_hangs())
+    assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+    assert elapsed < calls / 2, f"{calls} calls took {elapsed:.1f}s with a 1s timeout"
 
 
 @pytest.fixture

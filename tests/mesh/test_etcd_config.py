@@ -126,6 +126,7 @@ def test_serve_flags_win_over_variables_and_variables_fill_the_rest(
     from mesh.cli import build_parser, serve_settings
 
     monkeypatch.setenv("MESH_HOST", "0.0.0.0")
+    monkeypatch.setenv("MESH_ADVERTISE_HOST", "10.1.2.3")
     monkeypatch.setenv("MESH_PORT", "9000")
     monkeypatch.setenv("MESH_MEMORY_LIMIT", "8Gi")
     config = write(tmp_path, {"endpoints": "127.0.0.1:2379"})
@@ -158,3 +159,42 @@ def test_a_negative_metrics_port_in_the_environment_turns_the_endpoint_off(
     assert MeshSettings().metrics_port is None
     monkeypatch.setenv("MESH_METRICS_PORT", "0")
     assert MeshSettings().metrics_port == 0
+
+
+def test_an_endpoint_with_credentials_in_it_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    for text in (f"https://mesh:{SECRET}@etcd-0:2379", f"mesh:{SECRET}@etcd-0:2379"):
+        with pytest.raises(EtcdConfigError) as refused:
+            EtcdConnection.from_file(write(tmp_path, {"endpoints": text}))
+        assert SECRET not in str(refused.value)
+        assert "credentials" in str(refused.value) and "'userid' and 'password'" in str(refused.value)
+        with pytest.raises(EtcdConfigError) as flag:
+            EtcdConnection.from_endpoints(text)
+        assert SECRET not in str(flag.value)
+
+
+def test_a_registry_flag_wins_over_the_other_registry_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--etcd`` and ``--etcd-config`` are two forms of one setting: a flag of either form wins
+    over a ``MESH_*`` variable of the other, as every flag wins over the variables."""
+    from mesh.cli import build_parser, serve_settings
+
+    config = write(tmp_path, {"endpoints": "127.0.0.1:2379"})
+    monkeypatch.setenv("MESH_ETCD_CONFIG", str(config))
+    s = serve_settings(build_parser().parse_args(["serve", "--etcd", "127.0.0.1:4001"]))
+    assert (s.etcd, s.etcd_config) == ("127.0.0.1:4001", None)
+    monkeypatch.delenv("MESH_ETCD_CONFIG")
+    monkeypatch.setenv("MESH_ETCD", "127.0.0.1:4001")
+    s = serve_settings(build_parser().parse_args(["serve", "--etcd-config", str(config)]))
+    assert (s.etcd, s.etcd_config) == (None, config)
+
+
+def test_a_pod_in_a_fleet_bound_to_every_address_must_say_where_it_is_reached() -> None:
+    """``MESH_HOST=0.0.0.0`` (the image's) is no address another pod can dial: one published as
+    the pod's endpoint would send every forwarded call back to the caller itself."""
+    for host in ("0.0.0.0", "::", "[::]"):
+        with pytest.raises(ValueError, match=r"MESH_ADVERTISE_HOST.*status\.podIP"):
+            MeshSettings(host=host, etcd="127.0.0.1:2379")
+    reached = MeshSettings(host="0.0.0.0", etcd="127.0.0.1:2379", advertise_host="10.1.2.3")
+    assert reached.advertise_host == "10.1.2.3"
+    assert MeshSettings(host="0.0.0.0").etcd is None  # a lone pod (in-memory registry) advertises nothing

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from mesh.metrics import _LATENCY_BUCKETS, MeshMetrics
+from mesh.metrics import _LATENCY_BUCKETS, FleetCollector, FleetNumbers, MeshMetrics
 
 
 def _reference(calls: list[tuple[str, str, float]]) -> CollectorRegistry:
@@ -85,3 +87,36 @@ def test_a_scrape_during_updates_sees_consistent_series() -> None:
         scraper.join()
     assert problems == []
     assert sum(metrics.requests.value(f"Method{m}", "OK") for m in range(50)) == 20000
+
+
+def test_a_scrape_gives_up_on_a_stuck_loop_and_its_count_never_runs_later() -> None:
+    """The fleet gauges come from the pod's loop: a scrape while the loop is stuck ends after
+    ``wait_s`` with no fleet series, and the count it asked for does not run once the loop frees."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    counted: list[str] = []
+    unstuck = threading.Event()
+
+    def count() -> FleetNumbers:
+        counted.append(threading.current_thread().name)
+        return FleetNumbers(3, 1, 1, 2, (("team-x", 3, 100),))
+
+    collector = FleetCollector(count, loop=lambda: loop, wait_s=0.2)
+    try:
+        names = {m.name for m in collector.collect()}
+        assert "mesh_fleet_models_registered" in names and counted == [thread.name]
+
+        loop.call_soon_threadsafe(unstuck.wait, 30)  # the loop is stuck in a blocking call
+        started = time.monotonic()
+        assert list(collector.collect()) == []
+        assert time.monotonic() - started < 10
+        unstuck.set()
+        done = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop)
+        done.result(timeout=10)  # the loop ran everything queued before this
+        assert counted == [thread.name]
+    finally:
+        unstuck.set()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

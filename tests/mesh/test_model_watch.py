@@ -159,3 +159,15 @@ async def test_ending_the_watches_ends_each_open_stream_and_each_opened_later(me
     assert (watches.open_count, member.store.subscribers) == (0, 0)
     async with watches.watch("") as late:
         assert [c async for c in late.changes()] == [SYNCED]
+
+
+async def test_ending_a_watch_while_its_consumer_holds_a_change_ends_the_stream(member: Member) -> None:
+    watches = ModelWatches(member.store, member.manager)
+    async with watches.watch("") as watch:
+        changes = watch.changes()
+        assert await _next(changes) == SYNCED
+        await member.store.create_model(ModelRecord("m", ModelInfo("fake", "m.txt")))
+        assert _model(await _next(changes)).model_id == "m"  # the stream is writing this one out
+        watches.end_all()  # the pod stops meanwhile, and nothing else changes
+        with pytest.raises(StopAsyncIteration):
+            await _next(changes)
