@@ -20,6 +20,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto/ proto/
 COPY mesh/ mesh/
+COPY mesh_common/ mesh_common/
 COPY adapters/ adapters/
 COPY placement/ placement/
 COPY puller/ puller/

@@ -16,8 +16,9 @@ import grpc
 import numpy as np
 from pydantic import ValidationError
 
-from mesh.errors import MeshError
-from mesh.settings import ControllerSettings, MeshSettings, parse_size
+from mesh.settings import ControllerSettings, MeshSettings
+from mesh_common.errors import MeshError
+from mesh_common.units import parse_size
 
 DEFAULT_TARGET = "127.0.0.1:8033"
 

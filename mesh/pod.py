@@ -30,12 +30,11 @@ from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server
-from mesh.errors import MeshError
 from mesh.heap import HeapFreezer
 from mesh.inference_threads import InferenceThreads
 from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
-from mesh.management import ModelManager, now_ms
+from mesh.management import ModelManager
 from mesh.metrics import FleetCollector, FleetNumbers, MeshMetrics
 from mesh.model_watch import ModelWatches
 from mesh.records import InstanceRecord, ModelRecord
@@ -46,6 +45,8 @@ from mesh.request_budget import RequestBudget
 from mesh.router import Router
 from mesh.settings import MeshSettings
 from mesh.working_set import WorkingSet
+from mesh_common.clock import now_ms
+from mesh_common.errors import MeshError
 from placement.copies import CopyPolicy
 from placement.eviction import EvictionPolicy
 from puller import ArtifactCache, FetcherTable, storage_fetchers

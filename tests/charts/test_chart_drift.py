@@ -13,7 +13,8 @@ import pytest
 
 from mesh.cli import build_parser, controller_settings
 from mesh.registry.etcd_config import EtcdConnection
-from mesh.settings import ControllerSettings, MeshSettings, parse_size
+from mesh.settings import ControllerSettings, MeshSettings
+from mesh_common.units import parse_size
 from tests.charts.conftest import Rendered
 from tests.charts.helm import VALUE_SETS, container, objects, one
 

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mesh.errors import Unavailable
 from mesh.etcd_process import EtcdProcess, EtcdTls, etcd_binary, free_port
 from mesh.registry.etcd import EtcdRegistry
 from mesh.registry.etcd_config import EtcdConnection
+from mesh_common.errors import Unavailable
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc

@@ -29,8 +29,8 @@ from mesh.edge.client import MeshClient
 from mesh.etcd_process import EtcdProcess
 from mesh.fleet import LocalFleet
 from mesh.launcher import spawn_pod
-from mesh.management import now_ms
 from mesh.records import CopyRecord, ModelRecord, ModelState
+from mesh_common.clock import now_ms
 from mesh_proto import model_mesh_pb2 as mm
 from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
 

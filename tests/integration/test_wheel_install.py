@@ -187,7 +187,7 @@ def test_venv_holds_exactly_the_pinned_dependencies(installed: Installed) -> Non
 
 
 def test_mesh_imports_from_the_venv_not_the_checkout(installed: Installed, tmp_path: Path) -> None:
-    packages = "mesh, mesh_proto, adapters, placement, puller"
+    packages = "mesh, mesh_common, mesh_proto, adapters, placement, puller"
     code = f"import sysconfig, {packages}; print(sysconfig.get_path('purelib'))"
     code += f"; [print(m.__file__) for m in ({packages})]"
     done = subprocess.run(

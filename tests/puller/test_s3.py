@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, ArtifactTooLarge, Unavailable
+from mesh_common.errors import (
+    ArtifactAccessDenied,
+    ArtifactCorrupt,
+    ArtifactNotFound,
+    ArtifactTooLarge,
+    Unavailable,
+)
 from puller import ArtifactCache, FetcherTable, storage_fetchers
 from tests.storage_servers import SECRET_KEY, S3Server
 
