@@ -123,7 +123,8 @@ def test_capacity_from_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None
 def test_serve_flags_win_over_variables_and_variables_fill_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mesh.cli import build_parser, serve_settings
+    from mesh_tools.parser import build_parser
+    from mesh_tools.servers import serve_settings
 
     monkeypatch.setenv("MESH_HOST", "0.0.0.0")
     monkeypatch.setenv("MESH_ADVERTISE_HOST", "10.1.2.3")
@@ -177,7 +178,8 @@ def test_a_registry_flag_wins_over_the_other_registry_variable(
 ) -> None:
     """``--etcd`` and ``--etcd-config`` are two forms of one setting: a flag of either form wins
     over a ``MESH_*`` variable of the other, as every flag wins over the variables."""
-    from mesh.cli import build_parser, serve_settings
+    from mesh_tools.parser import build_parser
+    from mesh_tools.servers import serve_settings
 
     config = write(tmp_path, {"endpoints": "127.0.0.1:2379"})
     monkeypatch.setenv("MESH_ETCD_CONFIG", str(config))
