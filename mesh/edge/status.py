@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from mesh.edge.hop import error_trailers
 from mesh.metrics import MeshMetrics
 from mesh_common.errors import ErrorCode, InvalidInput, MeshError, Unavailable
 
@@ -46,10 +47,6 @@ class MalformedRequest:
 
     def reject(self) -> InvalidInput:
         return InvalidInput(f"the request is not a valid {self.type_name}: {self.error}")
-
-
-ERROR_TRAILER = "mesh-error"
-"""Trailing metadata naming a ``MeshError.signal`` (how a forwarding pod reads our answer)."""
 
 
 def internal_error(method: str) -> str:
@@ -89,8 +86,9 @@ def bounded(message: str, limit: int = MESSAGE_BYTES) -> str:
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
-    if exc.signal is not None:
-        context.set_trailing_metadata(((ERROR_TRAILER, exc.signal),))
+    trailers = error_trailers(exc)  # how a forwarding pod reads what the error means for routing
+    if trailers:
+        context.set_trailing_metadata(trailers)
     await context.abort(GRPC_STATUS[exc.code], bounded(exc.message))
 
 
