@@ -126,8 +126,8 @@ class Pod:
         self._artifacts: ArtifactCache | None = None
         self._load_pool = ThreadPoolExecutor(settings.load_concurrency + 1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
-        # Each trial's worker runs the program's main module again (``mesh serve``: mesh.cli), which
-        # imports the pod: imported once in the fork server, that costs 5 ms a worker, not 200.
+        # Each trial's worker runs the program's main module again (``mesh serve``: mesh_tools.cli),
+        # which imports the pod: imported once in the fork server, that costs 5 ms a worker, not 200.
         self.probe = (
             LoadProbe(workers=settings.load_concurrency, preload=("mesh.pod",))
             if settings.probe_loads

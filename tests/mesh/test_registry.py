@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mesh.etcd_process import EtcdProcess
 from mesh.instance import InstancePublisher
 from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry, RegistryConflict
@@ -22,6 +21,7 @@ from mesh_common.clock import now_ms
 from mesh_common.errors import Unavailable
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
+from mesh_tools.etcd_process import EtcdProcess
 from tests.mesh.fakes import CountingRegistry
 
 _names = itertools.count()

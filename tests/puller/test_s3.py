@@ -275,6 +275,6 @@ async def test_unreachable_storage_uses_the_cached_copy_else_is_unavailable(
 
 
 def _closed_port() -> int:
-    from mesh.etcd_process import free_port
+    from mesh_tools.etcd_process import free_port
 
     return free_port()
