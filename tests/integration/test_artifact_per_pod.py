@@ -12,11 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess
 from mesh.settings import MeshSettings
 from mesh_proto import model_mesh_pb2 as mm
+from mesh_tools import samples
+from mesh_tools.etcd_process import EtcdProcess
 from tests.conftest import PodThread, pod_settings, wait_until
 
 SMALL = 512 * 1024
