@@ -444,6 +444,28 @@ async def test_load_failures_on_several_pods_report_each(harness: Harness) -> No
         assert f"{pod}: {reason}" in caught.value.reason
 
 
+async def test_an_artifact_this_pod_cannot_read_is_a_failed_load_tried_on_the_next_pod(
+    harness: Harness,
+) -> None:
+    """The same error a peer's load answers: the call goes on to another pod."""
+    await harness.pod("pod-b", used=500)  # this pod has more room: placement tries it first
+    absent = harness.artifacts / "absent.txt"
+    record = ModelRecord("m", ModelInfo("fake", str(absent)), size_bytes=10)
+    assert await harness.store.create_model(record) is None
+    assert await harness.call() == b"answer from pod-b"
+    assert harness.peers.routes() == [("pod-b", Route.LOAD)]
+    failed = harness.store.model("m")
+    assert failed is not None and set(failed.failures) == {SELF} and failed.copies == {}
+    assert str(absent) in failed.failures[SELF].reason
+    # Where no other pod can load it, the caller gets the error as this pod raised it.
+    harness.peers.answers["pod-b"] = ModelLoadFailed(model_id="m", reason=f"artifact not found: {absent}")
+    record = ModelRecord("n", ModelInfo("fake", str(absent)), size_bytes=10)
+    assert await harness.store.create_model(record) is None
+    with pytest.raises(ModelLoadFailed) as caught:
+        await harness.call("n")
+    assert caught.value.reason.startswith(f"pod-a: {failed.failures[SELF].reason}; pod-b: artifact not found")
+
+
 async def test_no_room_anywhere_is_resource_exhausted(harness: Harness) -> None:
     await harness.pod("pod-b")
     await harness.model("m")
