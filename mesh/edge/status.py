@@ -1,11 +1,12 @@
 """Maps the core's error codes to gRPC statuses (one table) and counts every call.
 
 ``edge_method`` wraps a servicer method: a ``MeshError`` aborts with its mapped
-status and message; anything else is logged with a trace id and answered with an
-opaque ``INTERNAL`` that names the trace id. A cancellation that did not come from
-gRPC (a future on the call's path cancelled under it) is answered ``UNAVAILABLE``:
-gRPC sends no status for a handler that ends cancelled, so the caller would wait
-until its deadline.
+status and message, and with the hop's error trailers (``mesh.edge.hop.error_trailers``:
+what the error means for routing, for a pod that forwarded the call); anything else is
+logged with a trace id and answered with an opaque ``INTERNAL`` that names the trace id.
+A cancellation that did not come from gRPC (a future on the call's path cancelled under
+it) is answered ``UNAVAILABLE``: gRPC sends no status for a handler that ends cancelled,
+so the caller would wait until its deadline.
 """
 
 from __future__ import annotations
