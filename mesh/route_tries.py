@@ -15,10 +15,10 @@ from mesh_common.errors import (
     DeadlineExceeded,
     MeshError,
     ModelLoadFailed,
-    Routing,
     Unavailable,
     quoted,
 )
+from mesh_common.routing import Routing
 
 _NONE: frozenset[str] = frozenset()
 

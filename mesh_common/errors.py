@@ -5,11 +5,12 @@ statuses through one table (``mesh.edge.status``). Retryable conditions have
 retryable codes; anything that is not a ``MeshError`` becomes an opaque
 ``INTERNAL`` logged with a trace id.
 
-Each class also says what it means for routing (``MeshError.routing``, read the same way for
-an error raised here and one a peer answered): ``ModelLoadFailed`` and the ``Artifact*`` and
-``StorageConfigError`` errors are a failed load, ``Busy`` and ``CapacityExceeded`` no room,
-``NotHere``, ``Unavailable`` and ``Unreachable`` send the call to another pod,
-``DeadlineExceeded`` ends the tries; every other error is final (the caller gets it as it is).
+Each class also says what it means for routing (``MeshError.routing``, a
+``mesh_common.routing.Routing``, read the same way for an error raised here and one a peer
+answered): ``ModelLoadFailed`` and the ``Artifact*`` and ``StorageConfigError`` errors are a
+failed load, ``Busy`` and ``CapacityExceeded`` no room, ``NotHere``, ``Unavailable`` and
+``Unreachable`` send the call to another pod, ``DeadlineExceeded`` ends the tries; every other
+error is final (the caller gets it as it is).
 
     MeshError
     ├── InvalidInput            INVALID_ARGUMENT   malformed request or tensor
@@ -51,6 +52,8 @@ import enum
 import re
 from typing import Any, ClassVar
 
+from mesh_common.routing import Routing
+
 QUOTE_CHARS = 200
 """How much of a caller's id, path or key a message quotes: enough for any id in ordinary use,
 and a bounded message whatever the caller sent (a status message travels in a trailer, which
@@ -86,39 +89,6 @@ class ErrorCode(enum.Enum):
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     UNIMPLEMENTED = "unimplemented"
-
-
-class Routing(enum.Enum):
-    """What an error means for where a call goes next: a property of its class, read the same
-    way for an error raised on this pod and one a peer answered (the hop carries it in a trailer,
-    ``mesh.edge.hop``). The values are what the trailer says."""
-
-    FINAL = "final"
-    """No other pod would do better: the caller gets the error (bad input, a tenant's cap, ...)."""
-    NOT_HERE = "not-here"
-    """That pod does not hold the model (or lost the race to load it): another may serve it."""
-    LOAD_FAILED = "load-failed"
-    """The model failed to load on that pod: another pod may load it; once every try is spent the
-    model is ``LOADING_FAILED`` with each pod's reason."""
-    NO_ROOM = "no-room"
-    """That pod has no room for the model now: another may."""
-    UNAVAILABLE = "unavailable"
-    """That pod answered that it cannot serve now (registry down, load timed out): another may,
-    and the pod is skipped for a while."""
-    UNREACHABLE = "unreachable"
-    """That pod gave no answer at all: its process may be gone, though its record is not yet."""
-    OUT_OF_TIME = "out-of-time"
-    """The caller's deadline passed: no try is left, and no pod is to blame."""
-
-    @property
-    def retry_elsewhere(self) -> bool:
-        """Whether another pod may succeed where this one did not."""
-        return self in _ELSEWHERE
-
-
-_ELSEWHERE = frozenset(
-    {Routing.NOT_HERE, Routing.LOAD_FAILED, Routing.NO_ROOM, Routing.UNAVAILABLE, Routing.UNREACHABLE}
-)
 
 
 class MeshError(Exception):

@@ -33,7 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mesh_common.errors import InvalidInput, MeshError, Routing
+from mesh_common.errors import InvalidInput, MeshError
+from mesh_common.routing import Routing
 
 HOP = "mesh-hop"
 ROUTE = "mesh-route"

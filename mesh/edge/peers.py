@@ -35,11 +35,11 @@ from mesh_common.errors import (
     ModelLoadFailed,
     NotHere,
     RemoteError,
-    Routing,
     Unavailable,
     Unreachable,
     quoted,
 )
+from mesh_common.routing import Routing
 from mesh_proto import grpc_service_pb2 as v2
 
 SERVICE = "/inference.GRPCInferenceService/"

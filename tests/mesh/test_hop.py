@@ -22,7 +22,8 @@ from mesh.edge.hop import (
     read_error_trailers,
     read_hop,
 )
-from mesh_common.errors import InvalidInput, ModelLoadFailed, Routing, Unreachable
+from mesh_common.errors import InvalidInput, ModelLoadFailed, Unreachable
+from mesh_common.routing import Routing
 
 
 def _read(metadata: object) -> dict[str, str]:

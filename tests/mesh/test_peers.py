@@ -37,11 +37,11 @@ from mesh_common.errors import (
     NotFound,
     NotHere,
     QuotaExceeded,
-    Routing,
     StorageConfigError,
     Unavailable,
     Unreachable,
 )
+from mesh_common.routing import Routing
 
 SERVICE = "inference.GRPCInferenceService"
 

@@ -22,11 +22,11 @@ from mesh_common.errors import (
     OutOfMemory,
     QuotaExceeded,
     RemoteError,
-    Routing,
     StorageConfigError,
     Unavailable,
     Unreachable,
 )
+from mesh_common.routing import Routing
 
 ROUTINGS: list[tuple[MeshError, Routing]] = [
     (ModelLoadFailed(model_id="m", reason="bad weights"), Routing.LOAD_FAILED),
