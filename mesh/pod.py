@@ -30,6 +30,8 @@ from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server
+from mesh.fleet_calls import FleetCalls
+from mesh.fleet_copies import FleetCopies
 from mesh.heap import HeapFreezer
 from mesh.inference_threads import InferenceThreads
 from mesh.instance import InstancePublisher
@@ -37,6 +39,7 @@ from mesh.janitor import Janitor
 from mesh.management import ModelManager
 from mesh.metrics import FleetCollector, FleetNumbers, MeshMetrics
 from mesh.model_watch import ModelWatches
+from mesh.placement_view import PlacementView
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
@@ -144,6 +147,7 @@ class Pod:
         self.manager: ModelManager | None = None
         self.watches: ModelWatches | None = None
         self.router: Router | None = None
+        self.copies: FleetCopies | None = None
         self._publisher: InstancePublisher | None = None
         self.janitor: Janitor | None = None
         self._server: Any = None
@@ -212,16 +216,32 @@ class Pod:
         self.watches = watches = ModelWatches(self.store, self.manager)
         self.metrics.model_watches.set_function(lambda: watches.open_count)
         self._events = events
+        in_flight: Counter[str] = Counter()
+        placement = PlacementView(
+            pod_id=s.pod_id,
+            store=self.store,
+            describe_self=self.describe,
+            in_flight=in_flight,
+            failure_ttl_s=s.failure_ttl_s,
+        )
         self.router = Router(
             pod_id=s.pod_id,
             store=self.store,
             manager=self.manager,
             cache=self.cache,
             peers=self.peers,
-            describe_self=self.describe,
+            placement=placement,
+            in_flight=in_flight,
             attempts=s.route_attempts,
-            failure_ttl_s=s.failure_ttl_s,
             suspect_s=s.lease_ttl_s,
+        )
+        self.copies = FleetCopies(
+            pod_id=s.pod_id,
+            store=self.store,
+            manager=self.manager,
+            cache=self.cache,
+            peers=self.peers,
+            router=self.router,
         )
         self.manager.set_loader(self._load_in_fleet)
         # A pod restarted with the same id holds nothing: drop the copies its last life recorded.
@@ -243,6 +263,13 @@ class Pod:
                 dataplane,
                 self.router,
                 self.metrics,
+                fleet=FleetCalls(
+                    pod_id=s.pod_id,
+                    store=self.store,
+                    manager=self.manager,
+                    cache=self.cache,
+                    peers=self.peers,
+                ),
                 request_timeout_s=s.request_timeout_s,
                 budget=self.request_budget,
                 decoder=self._decode_pool,
@@ -282,13 +309,13 @@ class Pod:
             store=self.store,
             manager=self.manager,
             lease=lambda: self._publisher.lease if self._publisher else 0,
-            view=self.router.view,
+            view=placement.view,
             load=self._preload,
             interval_s=s.janitor_interval_s,
             failure_ttl_s=s.failure_ttl_s,
             preloads_per_round=s.preloads_per_round,
             load_timeout_s=s.load_timeout_s,
-            copies=self.router,
+            copies=self.copies,
             copy_policy=copy_policy,
             copies_per_round=s.copies_per_round,
             on_round=self.metrics.janitor_rounds.inc,
@@ -397,9 +424,9 @@ class Pod:
         )
 
     async def _admit(self, record: ModelRecord, size_bytes: int) -> None:
-        assert self.router is not None
+        assert self.copies is not None
         deadline = time.monotonic() + self.settings.load_timeout_s
-        await self.router.make_tenant_room(record, size_bytes, deadline=deadline)
+        await self.copies.make_tenant_room(record, size_bytes, deadline=deadline)
 
     async def _load_in_fleet(self, model_id: str) -> None:
         assert self.router is not None
@@ -435,8 +462,6 @@ class Pod:
             self.working_set.forget(record_id)
             if self._dataplane is not None:
                 self._dataplane.forget(record_id)
-            if self.router is not None:
-                self.router.forget(record_id)
             if self.cache is not None and self.cache.loaded(record_id) is not None:
                 # Through whichever pod it was unregistered, every copy is unloaded and freed.
                 self._spawn(self.cache.unload(record_id, reason="unregistered"), f"unload:{record_id}")

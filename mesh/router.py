@@ -1,7 +1,7 @@
 """Where a call runs: here, on a pod that holds the model, or on the pod placement picks.
 
 Transport-free: the edge hands over the raw request bytes and a ``local`` callable that
-serves them on this pod; peers are reached through the ``Peers`` interface.
+serves them on this pod; peers are reached through the ``Peers`` interface (``mesh.edge.hop``).
 
 One call, at most ``attempts`` tries, all within the caller's deadline:
 
@@ -13,94 +13,62 @@ One call, at most ``attempts`` tries, all within the caller's deadline:
    model at once), loads and serves. This pod may be the chosen one.
 
 A pod that answers "not here", fails the load, has no room or does not answer is
-excluded and the next try picks again from a fresh view. A forwarded call is served
-where it lands or refused there ("not here"): it is never forwarded again, so no call
-loops. Exhausted tries end in ``Unavailable`` with every reason (``ModelLoadFailed``
-with each pod's reason when loads failed), never ``INTERNAL``.
+excluded and the next try picks again from a fresh view (``route_tries``: each error is
+read by its routing, the same for this pod's errors and a peer's). A forwarded call is
+served where it lands or refused there ("not here"): it is never forwarded again, so no
+call loops. Exhausted tries end in ``Unavailable`` with every reason (the load's error, or
+``ModelLoadFailed`` with each pod's reason, when loads failed), never ``INTERNAL``.
+
+The router keeps nothing per model: each try's decision and its reason travel with the try
+(``Target``); a copy's reason is kept in the registry, where ``mesh status`` reads it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import replace
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import NamedTuple
 
 from mesh.cache import ModelCache
 from mesh.deadlines import Deadlines
+from mesh.edge.hop import Hop, Metadata, Peers, Route
+from mesh.load_claims import LoadClaims
 from mesh.management import ModelManager
-from mesh.records import CopyRecord, InstanceRecord, ModelRecord, ModelState
+from mesh.placement_view import PlacementView, explain
+from mesh.records import InstanceRecord, ModelRecord, ModelState
 from mesh.registry import ModelStore
-from mesh_common.clock import now_ms
-from mesh_common.errors import (
-    Busy,
-    CapacityExceeded,
-    DeadlineExceeded,
-    MeshError,
-    ModelLoadFailed,
-    NotHere,
-    QuotaExceeded,
-    Unavailable,
-    Unreachable,
-    quoted,
-)
-from placement.cluster import ClusterView, ModelView, PodView
-from placement.loading import LoadDecision, choose_copy, choose_load_pod
-from placement.quotas import TenantCopy, tenant_victims
+from mesh.route_tries import Suspects, Tries, load_failed
+from mesh_common.errors import DeadlineExceeded, MeshError, ModelLoadFailed, NotHere, Unavailable, quoted
+from placement.loading import choose_copy
 
 log = logging.getLogger(__name__)
 
-LOADED = "loaded"
-LOAD = "load"
-LOCAL = "local"
-"""A fleet-wide read: answer from this pod alone."""
-COPY = "copy"
-"""Load one more copy here even though other pods hold the model (the janitor scaling it)."""
-EXCLUDE = "mesh-exclude"
-"""Metadata on a forwarded load: pods the sender found unreachable, whose claims the receiver ignores."""
-WHY = "mesh-why-bin"
-"""Metadata on a forwarded load: why placement chose the receiver (kept in its copy record); on a
-dropped copy: why (kept in the model's history). UTF-8: reasons may quote model ids."""
-_NONE: frozenset[str] = frozenset()
 _SHED_MIN = 0.05
 """A copy serving this little above its share keeps all its calls (a hop costs more)."""
-_PENDING_S = 2.0
-"""How long a load this pod sent elsewhere counts against that pod (until its record shows it)."""
 
-Metadata = Sequence[tuple[str, str | bytes]]
 Local = Callable[[str], Awaitable[bytes]]
-Forward = Callable[[str, str, float], Awaitable[bytes]]
+Forward = Callable[[str, Hop, float], Awaitable[bytes]]
+"""Sends a try to a peer: its endpoint, the hop, the time left (s)."""
 
 
-class Peers(Protocol):
-    async def forward(
-        self,
-        endpoint: str,
-        method: str,
-        payload: bytes,
-        *,
-        model_id: str,
-        route: str,
-        timeout_s: float,
-        metadata: Metadata = (),
-    ) -> bytes: ...
+class Target(NamedTuple):
+    """Where the next try goes, how, and why there."""
 
-    async def load(
-        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = (), route: str = LOAD
-    ) -> None: ...
-
-    async def unload(
-        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = ()
-    ) -> None: ...
+    pod_id: str
+    route: Route
+    why: str = ""
+    """For a load placement chose: the decision in one line (kept in the copy record)."""
 
 
 class Router:
+    """The request path of one pod. Owns the calls in flight by serving pod (shared with the
+    ``PlacementView``, which counts them against each pod) and the pods it skips for a while."""
+
     def __init__(
         self,
         *,
@@ -109,9 +77,9 @@ class Router:
         manager: ModelManager,
         cache: ModelCache,
         peers: Peers,
-        describe_self: Callable[[], InstanceRecord],
+        placement: PlacementView,
+        in_flight: Counter[str],
         attempts: int,
-        failure_ttl_s: float,
         suspect_s: float,
     ) -> None:
         self.pod_id = pod_id
@@ -119,28 +87,17 @@ class Router:
         self._manager = manager
         self._cache = cache
         self._peers = peers
-        self._describe_self = describe_self
+        self._placement = placement
         self._attempts = attempts
-        self._failure_ttl_ms = int(failure_ttl_s * 1000)
-        self._suspect_s = suspect_s
-        self._suspects: dict[str, float] = {}
-        """Pods that did not answer, until when (monotonic) they are skipped; their lease may
-        not have expired yet."""
-        self._unreachable: dict[str, float] = {}
-        """Of those, pods that gave no answer at all (``Unreachable``), until when: their process
-        may be gone though their instance record has not gone yet."""
-        self.in_flight: Counter[str] = Counter()
+        self._suspects = Suspects(suspect_s)
+        self._claims = LoadClaims(pod_id=pod_id, store=store, manager=manager)
+        self.in_flight = in_flight
         """Calls this pod is serving or forwarding, by the pod serving them."""
         self.served = 0
         """Calls served on this pod so far."""
-        self._sent_loads: dict[str, list[float]] = {}
         self._calls = itertools.count()
         self._deadlines = Deadlines()
         """Bounds calls served here or forwarded by their deadline (one timer for all of them)."""
-        self.last_decision: dict[str, LoadDecision] = {}
-        """The latest placement decision per model made here (for ``mesh status``)."""
-
-    # entry points
 
     async def call(
         self,
@@ -156,15 +113,9 @@ class Router:
         """Serve a call that entered at this pod, here or on a peer."""
         model_id = (await self._manager.lookup_fresh(name, vmodel=vmodel)).model_id
 
-        async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
+        async def forward(endpoint: str, hop: Hop, timeout_s: float) -> bytes:
             return await self._peers.forward(
-                endpoint,
-                method,
-                payload,
-                model_id=model_id,
-                route=route,
-                timeout_s=timeout_s,
-                metadata=(*metadata, *self._load_metadata(model_id, route)),
+                endpoint, method, payload, hop=hop, timeout_s=timeout_s, metadata=metadata
             )
 
         return await self._attempt(model_id, local, forward, deadline)
@@ -183,72 +134,17 @@ class Router:
             await self._manager.load_here(model_id)
             return b""
 
-        async def forward(endpoint: str, route: str, timeout_s: float) -> bytes:
-            if route == LOAD:
-                extra = self._load_metadata(model_id, route)
-                await self._peers.load(endpoint, model_id=model_id, timeout_s=timeout_s, metadata=extra)
+        async def forward(endpoint: str, hop: Hop, timeout_s: float) -> bytes:
+            if hop.route == Route.LOAD:
+                await self._peers.load(endpoint, hop=hop, timeout_s=timeout_s)
             return b""
 
         await self._attempt(model_id, local, forward, deadline, excluded)
 
-    async def unload(self, name: str, *, vmodel: bool | None, deadline: float) -> None:
-        """Unload the model a name resolves to on every pod that holds it (this one included).
-
-        Peers are asked at once; ``Unavailable`` names the pods that could not be reached
-        (their copies stay until they answer or their lease expires; retrying is safe).
-        """
-        model_id = (await self._manager.lookup_fresh(name, vmodel=vmodel)).model_id
-        record = self._manager.record_any(model_id)
-        live = self._store.instances()
-        holders = sorted(pod for pod in record.copies if pod in live and pod != self.pod_id)
-        timeout_s = max(deadline - time.monotonic(), 0.001)
-
-        async def unload_on(pod_id: str) -> None:
-            await self._peers.unload(live[pod_id].endpoint, model_id=model_id, timeout_s=timeout_s)
-
-        results = await asyncio.gather(
-            self._cache.unload(model_id), *(unload_on(pod) for pod in holders), return_exceptions=True
-        )
-        failed = []
-        for pod_id, result in zip((self.pod_id, *holders), results, strict=True):
-            if isinstance(result, MeshError):
-                failed.append(f"{pod_id}: {result.message}")
-            elif isinstance(result, BaseException):
-                raise result
-        if failed:
-            raise Unavailable(
-                f"model {quoted(model_id)} could not be unloaded everywhere: {'; '.join(failed)}",
-                model_id=model_id,
-            )
-
-    async def ask_every_pod(
-        self, method: str, payload: bytes, *, key: str, deadline: float
-    ) -> list[tuple[str, bytes | MeshError]]:
-        """Send one call to every other live pod at once (fleet-wide reads such as statistics).
-
-        Returns each pod's answer or error; ``key`` travels as the hop's model id.
-        """
-        peers = {pod: i.endpoint for pod, i in self._store.instances().items() if pod != self.pod_id}
-        timeout_s = max(deadline - time.monotonic(), 0.001)
-
-        async def ask(endpoint: str) -> bytes:
-            return await self._peers.forward(
-                endpoint, method, payload, model_id=key, route=LOCAL, timeout_s=timeout_s
-            )
-
-        results = await asyncio.gather(*(ask(e) for e in peers.values()), return_exceptions=True)
-        answers: list[tuple[str, bytes | MeshError]] = []
-        for pod_id, result in zip(peers, results, strict=True):
-            if isinstance(result, (bytes, MeshError)):
-                answers.append((pod_id, result))
-            else:
-                raise result
-        return answers
-
     async def serve_forwarded(
         self,
         model_id: str,
-        route: str,
+        route: Route,
         local: Local,
         *,
         ignore: frozenset[str] = frozenset(),
@@ -260,184 +156,20 @@ class Router:
         ``why``: the sender's reason for choosing this pod, kept in the copy record.
         """
         here = self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
-        if route == LOADED and not here:
+        if route == Route.LOADED and not here:
             raise NotHere(f"model {quoted(model_id)} is not loaded on {self.pod_id}", pod_id=self.pod_id)
         if not here:
             if self._store.model(model_id) is None:  # the sender knows it: this pod's watch is behind
                 await self._store.fetch_model(model_id)
             self._manager.record(model_id)  # unknown model: NOT_FOUND, not "not here"
-            ignore = ignore | self._suspected()
+            ignore = ignore | self._suspects.suspected()
             serve = functools.partial(self._serve_here, model_id, local)
-            return await self._claimed(model_id, serve, ignore=ignore, why=why, extra_copy=route == COPY)
+            return await self._claims.claimed(
+                model_id, serve, ignore=ignore, why=why, extra_copy=route == Route.COPY
+            )
         return await self._serve_here(model_id, local)
 
-    async def add_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
-        """Load one more copy of ``model_id`` on ``pod_id`` (other pods may hold it already)."""
-        timeout_s = max(deadline - time.monotonic(), 0.001)
-        if pod_id == self.pod_id:
-
-            async def local(model_id: str) -> bytes:
-                await self._manager.load_here(model_id)
-                return b""
-
-            async with asyncio.timeout(timeout_s):
-                await self.serve_forwarded(model_id, COPY, local, why=why)
-            return
-        instance = self._store.instance(pod_id)
-        if instance is None:
-            raise Unavailable(f"pod {pod_id} left the fleet")
-        await self._peers.load(
-            instance.endpoint,
-            model_id=model_id,
-            timeout_s=timeout_s,
-            metadata=((WHY, why.encode()),),
-            route=COPY,
-        )
-
-    async def drop_copy(self, model_id: str, pod_id: str, *, why: str, deadline: float) -> None:
-        """Unload the copy of ``model_id`` on ``pod_id`` only (after its calls in flight finish); the
-        unloading pod records ``why`` with the unload in the model's history."""
-        if pod_id == self.pod_id:
-            await self._cache.unload(model_id, reason=why)
-            return
-        instance = self._store.instance(pod_id)
-        if instance is None:
-            return  # gone, and its copy with it
-        timeout_s = max(deadline - time.monotonic(), 0.001)
-        await self._peers.unload(
-            instance.endpoint, model_id=model_id, timeout_s=timeout_s, metadata=((WHY, why.encode()),)
-        )
-
-    async def make_tenant_room(self, record: ModelRecord, size_bytes: int, *, deadline: float) -> None:
-        """Before ``record`` loads here: keep its tenant under its loaded-bytes cap by unloading the
-        tenant's own coldest copies anywhere in the fleet (``placement.quotas``), or refuse the load."""
-        quota = self._store.tenant(record.tenant)
-        if quota is None or not quota.max_loaded_bytes:
-            return
-        cap = quota.max_loaded_bytes
-        tenant = record.tenant
-        copies = self.tenant_copies([tenant], loading=record)[tenant]
-        victims = tenant_victims(copies, cap_bytes=cap, need_bytes=size_bytes, loading_pod=self.pod_id)
-        if victims is None:
-            used = sum(c.size_bytes for c in copies)
-            raise QuotaExceeded(
-                f"tenant {quoted(tenant)} has {used} bytes loaded across the fleet and model "
-                f"{quoted(record.model_id)} needs {size_bytes} more; its loaded-bytes cap is {cap} bytes "
-                "and no idle model of the tenant can make room",
-                tenant=tenant,
-                cap="max_loaded_bytes",
-            )
-        for victim in victims:
-            why = (
-                f"tenant {quoted(tenant)} at its loaded-bytes cap ({cap} bytes): "
-                f"room for {quoted(record.model_id)}"
-            )
-            log.info("unloading %s from %s: %s", victim.model_id, victim.pod_id, why)
-            try:
-                await self.drop_copy(victim.model_id, victim.pod_id, why=why, deadline=deadline)
-            except MeshError as exc:
-                raise Unavailable(
-                    f"tenant {quoted(tenant)} is at its loaded-bytes cap and its model "
-                    f"{quoted(victim.model_id)} "
-                    f"could not be unloaded from {victim.pod_id} to make room: {exc.message}",
-                    model_id=record.model_id,
-                ) from None
-
-    def tenant_copies(
-        self, tenants: Collection[str], *, loading: ModelRecord | None = None
-    ) -> dict[str, list[TenantCopy]]:
-        """Every live copy of the given tenants' models (but ``loading`` about to load here), by tenant."""
-        live = self._store.instances()
-        here = {m.model_id: m for m in self._cache.models()}
-        now_wall, now_mono = now_ms(), time.monotonic()
-        copies: dict[str, list[TenantCopy]] = {tenant: [] for tenant in tenants}
-        for r in (r for tenant in tenants for r in self._store.models_of(tenant)):
-            found = copies[r.tenant]
-            for pod_id, copy in r.copies.items():
-                if copy.state not in (ModelState.LOADED, ModelState.LOADING):
-                    continue
-                if (pod_id not in live and pod_id != self.pod_id) or (
-                    loading is not None and r.model_id == loading.model_id and pod_id == self.pod_id
-                ):
-                    continue
-                traffic = live[pod_id].hot.get(r.model_id) if pod_id in live else None
-                busy = copy.state is ModelState.LOADING
-                last_used = copy.since_ms
-                if pod_id == self.pod_id:
-                    cached = here.get(r.model_id)
-                    busy = busy or cached is None or not cached.loaded or cached.in_use > 0
-                    if cached is not None:
-                        last_used = now_wall - int((now_mono - cached.last_used) * 1000)
-                rate = traffic.rate if traffic is not None else 0.0
-                found.append(TenantCopy(r.model_id, pod_id, r.size_bytes, rate, last_used, busy))
-        return copies
-
-    async def claim(
-        self,
-        model_id: str,
-        *,
-        ignore: frozenset[str] = frozenset(),
-        why: str = "",
-        extra_copy: bool = False,
-    ) -> None:
-        """Record this pod as loading ``model_id`` unless another live pod holds or loads it
-        (``extra_copy``: even then: the janitor is adding a copy)."""
-        holder = ""
-        live = {
-            pod
-            for pod, instance in self._store.instances().items()
-            if pod not in ignore and not instance.shutting_down  # a leaving pod's copy goes with it
-        }
-
-        def change(record: ModelRecord) -> ModelRecord:
-            nonlocal holder
-            holder = (
-                ""
-                if extra_copy
-                else next(
-                    (
-                        pod
-                        for pod, copy in sorted(record.copies.items())
-                        if pod != self.pod_id
-                        and pod in live
-                        and copy.state in (ModelState.LOADED, ModelState.LOADING)
-                    ),
-                    "",
-                )
-            )
-            if holder or self.pod_id in record.copies:
-                return record
-            copy = CopyRecord(ModelState.LOADING, now_ms(), why)
-            return replace(record, copies={**record.copies, self.pod_id: copy})
-
-        try:
-            await self._store.update_model(model_id, change)
-        except Unavailable as exc:  # registry down: serving beats a perfect record
-            log.warning("could not claim the load of %s in the registry (%s); loading anyway", model_id, exc)
-            return
-        if holder:
-            message = f"pod {holder} already holds model {quoted(model_id)}"
-            raise NotHere(message, pod_id=self.pod_id, holder=holder)
-
-    async def _claimed(
-        self,
-        model_id: str,
-        serve: Callable[[], Awaitable[bytes]],
-        *,
-        ignore: frozenset[str],
-        why: str,
-        extra_copy: bool = False,
-    ) -> bytes:
-        """``claim`` the load here, then ``serve``. A claim whose load never started in the cache
-        (the call was cancelled, or refused before it reached the cache) is dropped when the call
-        ends: left LOADING, it would count as a crash of the model once this pod's lease ended."""
-        try:
-            await self.claim(model_id, ignore=ignore, why=why, extra_copy=extra_copy)
-            return await serve()
-        finally:
-            await self._manager.drop_claim(model_id)
-
-    # the loop
+    # the tries
 
     async def _attempt(
         self,
@@ -447,67 +179,44 @@ class Router:
         deadline: float,
         excluded_at_start: frozenset[str] = frozenset(),
     ) -> bytes:
-        excluded = set(excluded_at_start)
-        reasons: list[str] = []
-        load_failures: dict[str, str] = {}
-        no_room: MeshError | None = None
-        timed_out = False
+        tries = Tries(model_id, excluded_at_start)
         for _ in range(self._attempts):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if deadline - time.monotonic() <= 0:
                 break
             try:
-                pod_id, route = self._target(model_id, excluded, load_failures)
-            except MeshError:
-                if no_room is not None and not load_failures:
-                    raise no_room from None  # RESOURCE_EXHAUSTED: room may come later
-                raise
+                target = self._target(model_id, tries)
+            except MeshError as exc:
+                raise tries.refused(exc) from None
             try:
-                if pod_id == self.pod_id:
-                    if route == LOAD and not self._cache.loading(model_id):
-                        decision = self.last_decision.get(model_id)
-                        why = explain(decision, self.pod_id) if decision is not None else ""
-                        ignore = frozenset(excluded) | self._suspected()
-                        serve = functools.partial(self._serve_until, model_id, local, deadline)
-                        return await self._claimed(model_id, serve, ignore=ignore, why=why)
-                    return await self._serve_until(model_id, local, deadline)
-                # The peer call carries the deadline too; this bound holds whatever the transport does.
-                return await self._deadlines.run(self._forward(pod_id, route, forward, remaining), deadline)
-            except (TimeoutError, DeadlineExceeded) as exc:
-                # Out of time is not the peer's fault: it is not suspected, and no try is left.
-                reasons.append(f"{pod_id}: {getattr(exc, 'message', 'no answer in time')}")
-                timed_out = True
+                return await self._try(target, local, forward, deadline, tries)
+            except TimeoutError:  # the bound below: out of time is not the peer's fault
+                error: MeshError = DeadlineExceeded("no answer in time")
+            except MeshError as exc:
+                if exc.final:
+                    raise
+                error = exc
+            if target.pod_id != self.pod_id:
+                self._suspects.suspect(target.pod_id, error)
+            if not tries.note(target.pod_id, error):
                 break
-            except ModelLoadFailed as exc:
-                load_failures[pod_id] = exc.reason
-                excluded.add(pod_id)
-            except (Busy, CapacityExceeded) as exc:
-                no_room = exc
-                reasons.append(f"{pod_id}: {exc.message}")
-                excluded.add(pod_id)
-            except NotHere as exc:
-                reasons.append(f"{pod_id}: {exc.message}")
-                excluded.add(pod_id)
-            except Unavailable as exc:
-                reasons.append(f"{pod_id}: {exc.message}")
-                excluded.add(pod_id)
-                if pod_id != self.pod_id:
-                    self._suspects[pod_id] = time.monotonic() + self._suspect_s
-                    if isinstance(exc, Unreachable):
-                        self._unreachable[pod_id] = self._suspects[pod_id]
-        if load_failures:
-            raise self._load_failed(model_id, load_failures)
-        if no_room is not None and len(reasons) == 1:
-            raise no_room
-        if timed_out or time.monotonic() >= deadline:
-            tried = "; ".join(reasons) or "no pod answered in time"
-            message = f"model {quoted(model_id)}: the deadline passed ({tried})"
-            raise DeadlineExceeded(message, model_id=model_id)
-        raise Unavailable(
-            f"model {quoted(model_id)} could not be served after {len(reasons)} attempt(s): "
-            f"{'; '.join(reasons)}",
-            model_id=model_id,
-        )
+        raise tries.spent(deadline)
+
+    async def _try(
+        self, target: Target, local: Local, forward: Forward, deadline: float, tries: Tries
+    ) -> bytes:
+        model_id = tries.model_id
+        if target.pod_id == self.pod_id:
+            if target.route == Route.LOAD and not self._cache.loading(model_id):
+                ignore = frozenset(tries.excluded) | self._suspects.suspected()
+                serve = functools.partial(self._serve_until, model_id, local, deadline)
+                return await self._claims.claimed(model_id, serve, ignore=ignore, why=target.why)
+            return await self._serve_until(model_id, local, deadline)
+        hop = Hop(model_id, target.route)
+        if target.route == Route.LOAD:  # the pods to ignore and why placement chose the receiver
+            hop = Hop(model_id, target.route, self._suspects.suspected(), target.why)
+        # The peer call carries the deadline too; this bound holds whatever the transport does.
+        remaining = deadline - time.monotonic()
+        return await self._deadlines.run(self._forward(target.pod_id, hop, forward, remaining), deadline)
 
     async def _serve_until(self, model_id: str, local: Local, deadline: float) -> bytes:
         return await self._deadlines.run(self._serve_here(model_id, local), deadline)
@@ -520,84 +229,45 @@ class Router:
         finally:
             self.in_flight[self.pod_id] -= 1
 
-    async def _forward(
-        self,
-        pod_id: str,
-        route: str,
-        forward: Callable[[str, str, float], Awaitable[bytes]],
-        timeout_s: float,
-    ) -> bytes:
+    async def _forward(self, pod_id: str, hop: Hop, forward: Forward, timeout_s: float) -> bytes:
         instance = self._store.instance(pod_id)
         if instance is None:
             raise Unavailable(f"pod {pod_id} left the fleet")
-        if route == LOAD:
-            self._sent_loads.setdefault(pod_id, []).append(time.monotonic())
+        if hop.route == Route.LOAD:
+            self._placement.load_sent(pod_id)
         self.in_flight[pod_id] += 1
         try:
-            return await forward(instance.endpoint, route, timeout_s)
+            return await forward(instance.endpoint, hop, timeout_s)
         finally:
             self.in_flight[pod_id] -= 1
 
-    def _suspected(self) -> frozenset[str]:
-        if not self._suspects:  # on every call: nothing to prune
-            return _NONE
-        now = time.monotonic()
-        self._suspects = {pod: until for pod, until in self._suspects.items() if until > now}
-        return frozenset(self._suspects)
+    # where the next try goes
 
-    def _silent(self, suspected: frozenset[str]) -> frozenset[str]:
-        """The suspected pods that gave no answer at all (``_suspected`` prunes both)."""
-        if not self._unreachable:
-            return _NONE
-        self._unreachable = {pod: until for pod, until in self._unreachable.items() if pod in suspected}
-        return frozenset(self._unreachable)
+    def _target(self, model_id: str, tries: Tries) -> Target:
+        """The pod to try next, how (``loaded`` or ``load``) and why there.
 
-    def forget(self, model_id: str) -> None:
-        """Drop what this pod kept about a model that is no longer registered."""
-        self.last_decision.pop(model_id, None)
-
-    def _load_metadata(self, model_id: str, route: str) -> Metadata:
-        """On a forwarded load: the pods to ignore and why placement chose the receiver."""
-        if route != LOAD:
-            return ()
-        skipped = self._suspected()
-        extra: list[tuple[str, str | bytes]] = [(EXCLUDE, ",".join(sorted(skipped)))] if skipped else []
-        decision = self.last_decision.get(model_id)
-        if decision is not None and decision.pod_id is not None:
-            extra.append((WHY, explain(decision, self.pod_id).encode()))
-        return extra
-
-    def _target(self, model_id: str, excluded: set[str], load_failures: dict[str, str]) -> tuple[str, str]:
-        """The pod to try next and how (``loaded`` or ``load``)."""
-        suspected = self._suspected()
-        if suspected:
-            excluded = excluded | suspected
+        Raises:
+            ModelLoadFailed: the model is blocked, or failed on every pod that may load it.
+            Unavailable: no pod may load it now (one that may have died loading it is not yet
+                accounted for, or none is eligible).
+        """
+        suspected = self._suspects.suspected()
+        excluded = tries.excluded | suspected if suspected else tries.excluded
         if self.pod_id not in excluded and (
             self._cache.loaded(model_id) is not None or self._cache.loading(model_id)
         ):
             if self._cache.loaded(model_id) is None:
-                return self.pod_id, LOAD
+                return Target(self.pod_id, Route.LOAD)
             other = self._shed(model_id, excluded)
-            return (other, LOADED) if other is not None else (self.pod_id, LOADED)
+            return Target(other, Route.LOADED) if other is not None else Target(self.pod_id, Route.LOADED)
         record = self._manager.record_any(model_id)
         if record.blocked:  # it killed the pods that loaded it: no pod tries again
             raise ModelLoadFailed(model_id=model_id, reason=record.blocked)
         live = self._store.instances()
-        copies = {
-            pod: copy.state
-            for pod, copy in record.copies.items()
-            if pod not in excluded and pod in live and pod != self.pod_id
-        }
-        loaded = [pod for pod, state in copies.items() if state is ModelState.LOADED]
-        salt = f"{model_id}:{next(self._calls)}"
-        holder = choose_copy(loaded, self.in_flight, salt=salt)
+        holder = self._holder(record, excluded, live)
         if holder is not None:
-            return holder, LOADED
-        loading = [pod for pod, state in copies.items() if state is ModelState.LOADING]
-        holder = choose_copy(loading, self.in_flight, salt=salt)
-        if holder is not None:
-            return holder, LOAD
-        silent = self._lost_load(record, live, self._silent(suspected))
+            return holder
+        silent = self._lost_load(record, live, self._suspects.silent(suspected))
         if silent is not None:
             raise Unavailable(
                 f"model {quoted(model_id)} was loading on {silent}, which stopped answering and may have "
@@ -605,15 +275,37 @@ class Router:
                 "recorded; retry later",
                 model_id=model_id,
             )
-        decision = choose_load_pod(self.view(excluded), self._model_view(record, load_failures))
-        self.last_decision[model_id] = decision
+        return self._placed(record, excluded, tries)
+
+    def _holder(
+        self, record: ModelRecord, excluded: Collection[str], live: Mapping[str, InstanceRecord]
+    ) -> Target | None:
+        """A live peer holding the model (the least busy), else one loading it (join its load)."""
+        copies = {
+            pod: copy.state
+            for pod, copy in record.copies.items()
+            if pod not in excluded and pod in live and pod != self.pod_id
+        }
+        salt = f"{record.model_id}:{next(self._calls)}"
+        for state, route in ((ModelState.LOADED, Route.LOADED), (ModelState.LOADING, Route.LOAD)):
+            holder = choose_copy([p for p, s in copies.items() if s is state], self.in_flight, salt=salt)
+            if holder is not None:
+                return Target(holder, route)
+        return None
+
+    def _placed(self, record: ModelRecord, excluded: Collection[str], tries: Tries) -> Target:
+        """The pod placement chooses to load the model, with its reason."""
+        decision = self._placement.choose(record, excluded, tries.load_failures)
         if decision.pod_id is None:
-            failures = self._recent_failures(record) | load_failures
+            failures: dict[str, MeshError | str] = {
+                **self._placement.recent_failures(record),
+                **tries.load_failures,
+            }
             if failures:
-                raise self._load_failed(model_id, failures)
-            message = f"no pod can load model {quoted(model_id)}: {decision.reason}"
-            raise Unavailable(message, model_id=model_id)
-        return decision.pod_id, LOAD
+                raise load_failed(record.model_id, failures)
+            message = f"no pod can load model {quoted(record.model_id)}: {decision.reason}"
+            raise Unavailable(message, model_id=record.model_id)
+        return Target(decision.pod_id, Route.LOAD, explain(decision, self.pod_id))
 
     def _lost_load(self, record: ModelRecord, live: Collection[str], silent: Collection[str]) -> str | None:
         """A pod whose copy of the model is LOADING but that may have died: its instance record is
@@ -634,7 +326,7 @@ class Router:
             None,
         )
 
-    def _shed(self, model_id: str, excluded: set[str]) -> str | None:
+    def _shed(self, model_id: str, excluded: Collection[str]) -> str | None:
         """Another copy to send this call to, when this pod serves more than its share of the model.
 
         A copy here serves the calls entering here, so without shedding a copy added elsewhere
@@ -647,10 +339,22 @@ class Router:
         mine = me.hot.get(model_id) if me is not None else None
         if mine is None or mine.rate <= 0:
             return None
+        peers = self._other_copies(model_id, excluded)
+        if not peers:
+            return None
+        rates = [t.rate for instance in peers.values() if (t := instance.hot.get(model_id)) is not None]
+        fair = (mine.rate + sum(rates)) / (len(peers) + 1)
+        excess = (mine.rate - fair) / mine.rate
+        if excess <= _SHED_MIN or random.random() >= excess:
+            return None
+        return choose_copy(list(peers), self.in_flight, salt=f"{model_id}:{next(self._calls)}")
+
+    def _other_copies(self, model_id: str, excluded: Collection[str]) -> dict[str, InstanceRecord]:
+        """The other live pods, not leaving, that hold the model loaded."""
         record = self._store.model(model_id)
         if record is None:
-            return None
-        peers = {
+            return {}
+        return {
             pod: instance
             for pod, copy in record.copies.items()
             if copy.state is ModelState.LOADED
@@ -659,74 +363,3 @@ class Router:
             and (instance := self._store.instance(pod)) is not None
             and not instance.shutting_down
         }
-        others = list(peers)
-        if not others:
-            return None
-        rates = [t.rate for instance in peers.values() if (t := instance.hot.get(model_id)) is not None]
-        fair = (mine.rate + sum(rates)) / (len(others) + 1)
-        excess = (mine.rate - fair) / mine.rate
-        if excess <= _SHED_MIN or random.random() >= excess:
-            return None
-        return choose_copy(others, self.in_flight, salt=f"{model_id}:{next(self._calls)}")
-
-    # snapshots for placement
-
-    def view(self, excluded: set[str] | frozenset[str] = frozenset()) -> ClusterView:
-        instances = self._store.instances()
-        instances[self.pod_id] = self._describe_self()
-        now = time.monotonic()
-        pods = []
-        for pod_id, instance in sorted(instances.items()):
-            used, loads = instance.used_bytes, instance.loads_in_flight
-            if pod_id != self.pod_id:
-                # Another pod's record can be a publish interval old: add the copies it recorded
-                # since, and the loads sent from here that it may not have recorded yet.
-                sent = [t for t in self._sent_loads.get(pod_id, []) if now - t < _PENDING_S]
-                self._sent_loads[pod_id] = sent
-                fresh = self._store.unpublished(pod_id)
-                used = min(used + fresh.bytes, instance.capacity_bytes)
-                loads += max(len(sent), fresh.loads)
-            pods.append(
-                PodView(
-                    pod_id=pod_id,
-                    capacity_bytes=instance.capacity_bytes,
-                    used_bytes=used,
-                    oldest_used_ms=instance.oldest_used_ms,
-                    loads_in_flight=loads,
-                    requests_in_flight=max(instance.requests_in_flight, self.in_flight[pod_id]),
-                    request_rate=instance.request_rate,
-                    labels=frozenset(instance.labels),
-                    shutting_down=instance.shutting_down,
-                )
-            )
-        return ClusterView(tuple(pods), now_ms(), frozenset(excluded))
-
-    def _model_view(self, record: ModelRecord, load_failures: dict[str, str]) -> ModelView:
-        holders = frozenset(
-            pod
-            for pod, c in record.copies.items()
-            if c.state in (ModelState.LOADED, ModelState.LOADING) and pod != self.pod_id
-        )
-        failed = frozenset(self._recent_failures(record)) | frozenset(load_failures)
-        return ModelView(record.model_id, record.info.type, record.size_bytes, holders, failed)
-
-    def _recent_failures(self, record: ModelRecord) -> dict[str, str]:
-        recent = record.recent_failures(now_ms=now_ms(), failure_ttl_ms=self._failure_ttl_ms)
-        return {pod: failure.reason for pod, failure in recent.items()}
-
-    def _load_failed(self, model_id: str, failures: dict[str, str]) -> ModelLoadFailed:
-        if len(failures) == 1:
-            return ModelLoadFailed(model_id=model_id, reason=next(iter(failures.values())))
-        reason = "; ".join(f"{pod}: {why}" for pod, why in sorted(failures.items()))
-        return ModelLoadFailed(model_id=model_id, reason=reason)
-
-
-def explain(decision: LoadDecision, decided_by: str) -> str:
-    """One line for a copy record: the winner's score and the runner-up's."""
-    best = decision.ranked[0]
-    fits = " (fits)" if best.fits else " (evicts)"
-    text = f"placed on {best.pod_id} by {decided_by}: score {best.score:.2f}{fits}"
-    runner = decision.runner_up
-    if runner is None:
-        return text + ", the only eligible pod"
-    return text + f" vs runner-up {runner.pod_id} {runner.score:.2f}"

@@ -5,6 +5,13 @@ statuses through one table (``mesh.edge.status``). Retryable conditions have
 retryable codes; anything that is not a ``MeshError`` becomes an opaque
 ``INTERNAL`` logged with a trace id.
 
+Each class also says what it means for routing (``MeshError.routing``, a
+``mesh_common.routing.Routing``, read the same way for an error raised here and one a peer
+answered): ``ModelLoadFailed`` and the ``Artifact*`` and ``StorageConfigError`` errors are a
+failed load, ``Busy`` and ``CapacityExceeded`` no room, ``NotHere``, ``Unavailable`` and
+``Unreachable`` send the call to another pod, ``DeadlineExceeded`` ends the tries; every other
+error is final (the caller gets it as it is).
+
     MeshError
     ├── InvalidInput            INVALID_ARGUMENT   malformed request or tensor
     │   ├── UnsupportedModelType                   registration names no adapter
@@ -43,7 +50,9 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Any
+from typing import Any, ClassVar
+
+from mesh_common.routing import Routing
 
 QUOTE_CHARS = 200
 """How much of a caller's id, path or key a message quotes: enough for any id in ordinary use,
@@ -85,12 +94,12 @@ class ErrorCode(enum.Enum):
 class MeshError(Exception):
     """Base of the tree. ``message`` is safe to show callers; ``fields`` are structured.
 
-    ``signal``, when set, travels to a forwarding pod in the ``mesh-error`` trailer so it
-    can tell "try another pod" from an answer to relay.
+    ``routing`` (a class property) says what the error means for routing; ``detail`` is its
+    reason alone, as a pod's failure record keeps it and the hop's reason trailer carries it.
     """
 
     code: ErrorCode = ErrorCode.FAILED_PRECONDITION
-    signal: str | None = None
+    routing: ClassVar[Routing] = Routing.FINAL
 
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
@@ -98,6 +107,31 @@ class MeshError(Exception):
         self.fields = fields
 
     def __str__(self) -> str:
+        return self.message
+
+    @property
+    def retry_elsewhere(self) -> bool:
+        """Whether another pod may succeed where this error was raised."""
+        return self.routing.retry_elsewhere
+
+    @property
+    def failed_load(self) -> bool:
+        """Whether the model failed to load where this error was raised."""
+        return self.routing is Routing.LOAD_FAILED
+
+    @property
+    def no_room(self) -> bool:
+        """Whether the pod had no room for the model."""
+        return self.routing is Routing.NO_ROOM
+
+    @property
+    def final(self) -> bool:
+        """Whether the caller gets this error as it is (no other pod would do better)."""
+        return self.routing is Routing.FINAL
+
+    @property
+    def detail(self) -> str:
+        """The reason alone (a failed load's cause without "model X failed to load")."""
         return self.message
 
 
@@ -170,7 +204,7 @@ class FailedPrecondition(MeshError):
 
 
 class ModelLoadFailed(FailedPrecondition):
-    signal = "load-failed"
+    routing = Routing.LOAD_FAILED
 
     def __init__(self, *, model_id: str, reason: str) -> None:
         super().__init__(
@@ -178,6 +212,10 @@ class ModelLoadFailed(FailedPrecondition):
         )
         self.model_id = model_id
         self.reason = reason
+
+    @property
+    def detail(self) -> str:
+        return self.reason
 
 
 class LoaderCrashed(ModelLoadFailed):
@@ -188,31 +226,31 @@ class LoaderCrashed(ModelLoadFailed):
 class ArtifactNotFound(FailedPrecondition):
     """The artifact a registration points at is missing or unreadable."""
 
-    signal = "load-failed"
+    routing = Routing.LOAD_FAILED
 
 
 class ArtifactAccessDenied(FailedPrecondition):
     """The store refused the request (wrong or missing credentials, no permission)."""
 
-    signal = "load-failed"
+    routing = Routing.LOAD_FAILED
 
 
 class ArtifactCorrupt(FailedPrecondition):
     """A downloaded object did not match its size or the store's checksum."""
 
-    signal = "load-failed"
+    routing = Routing.LOAD_FAILED
 
 
 class ArtifactTooLarge(FailedPrecondition):
     """The artifact is larger than this pod's whole artifact cache."""
 
-    signal = "load-failed"
+    routing = Routing.LOAD_FAILED
 
 
 class StorageConfigError(FailedPrecondition):
     """The storage key a model names is missing from the storage config or is malformed."""
 
-    signal = "load-failed"
+    routing = Routing.LOAD_FAILED
 
 
 class ModelInUse(FailedPrecondition):
@@ -241,7 +279,7 @@ class CapacityExceeded(MeshError):
     """The model can never fit: its size exceeds the pod's whole capacity."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
-    signal = "no-room"
+    routing = Routing.NO_ROOM
 
     def __init__(self, *, model_id: str, size_bytes: int, capacity_bytes: int) -> None:
         super().__init__(
@@ -256,7 +294,7 @@ class CapacityExceeded(MeshError):
 class QuotaExceeded(MeshError):
     """A tenant's cap (registered models or loaded bytes across the fleet) refuses the request.
 
-    No signal: a forwarding pod relays it as is, since no other pod could do better.
+    Final: a forwarding pod relays it as is, since no other pod could do better.
     """
 
     code = ErrorCode.RESOURCE_EXHAUSTED
@@ -268,7 +306,7 @@ class QuotaExceeded(MeshError):
 class OutOfMemory(MeshError):
     """The framework could not allocate memory while running the model on a call.
 
-    No signal: the call's own size is the likely cause, so a forwarding pod relays it rather
+    Final: the call's own size is the likely cause, so a forwarding pod relays it rather
     than trying the call elsewhere. The pod and the model serve on.
     """
 
@@ -280,7 +318,7 @@ class OutOfMemory(MeshError):
 
 class RequestTooLarge(MeshError):
     """A call would hold more memory while it is decoded and run than the pod's whole budget of
-    request bytes in flight (``MESH_MAX_REQUEST_BYTES_IN_FLIGHT``). No signal: every pod has the
+    request bytes in flight (``MESH_MAX_REQUEST_BYTES_IN_FLIGHT``). Final: every pod has the
     same budget, so a forwarding pod relays it."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
@@ -317,19 +355,18 @@ class Busy(MeshError):
     """No room right now (every loaded model is serving); retrying later can succeed."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
-    signal = "no-room"
+    routing = Routing.NO_ROOM
 
 
 class Unavailable(MeshError):
     code = ErrorCode.UNAVAILABLE
-    signal = "unavailable"
-    """Sent with the answer, so a forwarding pod tells a live pod's answer from no answer."""
+    routing = Routing.UNAVAILABLE
 
 
 class NotHere(Unavailable):
     """A forwarded call reached a pod that does not hold the model (or lost the race to load it)."""
 
-    signal = "not-here"
+    routing = Routing.NOT_HERE
 
     def __init__(self, message: str, *, pod_id: str, holder: str = "") -> None:
         super().__init__(message, pod_id=pod_id, holder=holder)
@@ -339,6 +376,8 @@ class NotHere(Unavailable):
 class Unreachable(Unavailable):
     """A forwarded call got no answer from the peer's server: the connection could not be made or
     broke under the call. Unlike an ``Unavailable`` the peer answered, its process may be gone."""
+
+    routing = Routing.UNREACHABLE
 
 
 class RegistryAccessDenied(Unavailable):
@@ -357,6 +396,7 @@ class RemoteError(MeshError):
 
 class DeadlineExceeded(MeshError):
     code = ErrorCode.DEADLINE_EXCEEDED
+    routing = Routing.OUT_OF_TIME
 
 
 class Unimplemented(MeshError):

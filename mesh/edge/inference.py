@@ -22,44 +22,37 @@ from google.protobuf.message import DecodeError
 from mesh import __version__
 from mesh.dataplane import DataPlane, InferenceRequest, InferenceResponse, ModelStats, merge_statistics
 from mesh.edge import converters
-from mesh.edge.peers import HOP, MODEL_ID, MODEL_ID_BIN, ROUTE
+from mesh.edge.hop import (
+    HOP_KEYS,
+    MODEL_ID,
+    RESERVED_PREFIXES,
+    ROUTING_KEYS,
+    VMODEL_ID,
+    Hop,
+    Metadata,
+    metadata_text,
+    read_hop,
+)
 from mesh.edge.status import MalformedRequest, edge_method, internal_error, interrupted
 from mesh.edge.wire import embed
+from mesh.fleet_calls import FleetCalls
 from mesh.metrics import MeshMetrics
 from mesh.request_budget import RequestBudget, charge
-from mesh.router import EXCLUDE, WHY, Metadata, Router
-from mesh_common.errors import InvalidInput, MeshError, Unimplemented
+from mesh.router import Router
+from mesh_common.errors import MeshError, Unimplemented
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["model_repository", "statistics", "mm-model-id", "mm-vmodel-id"]
+EXTENSIONS = ["model_repository", "statistics", MODEL_ID, VMODEL_ID]
 RAW_METHODS = frozenset({"ModelInfer", "ModelStreamInfer", "ModelMetadata"})
 """Methods whose requests and answers cross the servicer as bytes."""
 
 _TRANSPORT_HEADERS = frozenset({"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding"})
-_NOT_CARRIED = ("mm-", "mesh-", ":", "grpc-")
-_HOP_KEYS = frozenset({HOP, ROUTE, MODEL_ID, MODEL_ID_BIN, EXCLUDE, WHY})
-_ROUTING_KEYS = {  # key -> whether it names a vmodel
-    "mm-vmodel-id": True,
-    "mm-vmodel-id-bin": True,
-    "mm-model-id": False,
-    "mm-model-id-bin": False,
-}
+_NOT_CARRIED = (*RESERVED_PREFIXES, ":", "grpc-")
 _STREAM_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
 T = TypeVar("T")
-
-
-class Hop(NamedTuple):
-    """A call another pod forwarded here."""
-
-    model_id: str
-    route: str
-    ignore: frozenset[str]
-    """Pods the sender could not reach."""
-    why: str = ""
-    """Why the sender chose this pod for a load, or drops the copy here."""
 
 
 class CallMetadata(NamedTuple):
@@ -81,26 +74,16 @@ def read_metadata(context: grpc.aio.ServicerContext) -> CallMetadata:
         if not key.startswith(_NOT_CARRIED) and key not in _TRANSPORT_HEADERS:
             carried.append((key, value))
             continue
-        if key in _HOP_KEYS:  # mm-model-id is both: the id a hop carries and a routing key
-            hop_keys[key] = _text(key, value)
-        if routed is None and key in _ROUTING_KEYS:  # the first one wins
-            routed = _text(key, value), _ROUTING_KEYS[key]
+        if key in HOP_KEYS:  # mm-model-id is both: the id a hop carries and a routing key
+            hop_keys[key] = metadata_text(key, value)
+        if routed is None and key in ROUTING_KEYS:  # the first one wins
+            routed = metadata_text(key, value), ROUTING_KEYS[key]
     if not hop_keys and routed is None and not carried:
         return _PLAIN  # most calls: nothing but transport headers
-    return CallMetadata(_hop(hop_keys), routed, tuple(carried))
+    return CallMetadata(read_hop(hop_keys), routed, tuple(carried))
 
 
 _PLAIN = CallMetadata(None, None, ())
-
-
-def _hop(found: dict[str, str]) -> Hop | None:
-    if HOP not in found:
-        return None
-    model_id = found.get(MODEL_ID) or found.get(MODEL_ID_BIN)
-    if not model_id or not found.get(ROUTE):
-        raise InvalidInput(f"a forwarded call needs {MODEL_ID} (or {MODEL_ID_BIN}) and {ROUTE} metadata")
-    ignore = frozenset(p for p in found.get(EXCLUDE, "").split(",") if p)
-    return Hop(model_id, found[ROUTE], ignore, found.get(WHY, ""))
 
 
 def forwarded(context: grpc.aio.ServicerContext) -> Hop | None:
@@ -115,18 +98,6 @@ def route(name: str, context: grpc.aio.ServicerContext) -> tuple[str, bool | Non
     return read_metadata(context).routed or (name, None)
 
 
-def _text(key: str, value: str | bytes) -> str:
-    """A metadata value as text: a ``-bin`` value must be UTF-8."""
-    if isinstance(value, str):
-        return value
-    try:
-        return value.decode()
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(
-            f"metadata {key} is not UTF-8 text ({exc.reason} at byte {exc.start} of {len(value)})"
-        ) from None
-
-
 RawRequest = type[v2.ModelInferRequest] | type[v2.ModelMetadataRequest]
 """The requests that arrive as bytes: a call served on another pod forwards the bytes it came with."""
 
@@ -138,6 +109,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         router: Router,
         metrics: MeshMetrics,
         *,
+        fleet: FleetCalls,
         request_timeout_s: float,
         budget: RequestBudget,
         decoder: Executor,
@@ -146,6 +118,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         self._dataplane = dataplane
         self._router = router
+        self._fleet = fleet
         self.metrics = metrics
         self._request_timeout_s = request_timeout_s
         self._budget = budget
@@ -322,7 +295,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         parts = [stats]
         payload = v2.ModelStatisticsRequest(name=name).SerializeToString()
         key = name or "*"
-        answers = await self._router.ask_every_pod(
+        answers = await self._fleet.ask_every_pod(
             "ModelStatistics", payload, key=key, deadline=self._deadline(context)
         )
         for pod_id, answer in answers:
@@ -375,7 +348,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             await self._dataplane.unload_here(hop.model_id, reason=hop.why)
         else:
             name, vmodel = route(request.model_name, context)
-            await self._router.unload(name, vmodel=vmodel, deadline=self._deadline(context))
+            await self._fleet.unload(name, vmodel=vmodel, deadline=self._deadline(context))
         return v2.RepositoryModelUnloadResponse()
 
     async def _load_here(self, model_id: str) -> bytes:

@@ -1,16 +1,13 @@
 """Calls to other pods: raw request bytes forwarded unchanged, and load requests.
 
-A forwarded call goes through a generic unary call with identity (de)serializers, so
-this pod never decodes or re-encodes the payload. It carries ``mesh-hop`` (the
-forwarding pod, so the receiver never forwards again), ``mesh-route`` (``loaded``:
-serve only if the model is loaded there; ``load``: placement chose that pod, load it)
-and ``mm-model-id`` (the model the entry pod resolved; ``mm-model-id-bin``, UTF-8, for an id
-that plain metadata cannot carry).
+The gRPC side of ``mesh.edge.hop``'s ``Peers``. A forwarded call goes through a generic unary
+call with identity (de)serializers, so this pod never decodes or re-encodes the payload; it
+carries the hop's metadata (``hop.hop_metadata``).
 
-Answers map back to the error tree: the ``mesh-error`` trailer says "not here",
-"load failed", "no room" or "unavailable"; a peer whose server gave no answer (the connection
-failed or broke) is ``Unreachable``; anything else the peer answered is relayed with its code
-and message.
+Answers map back to the error tree: the hop's error trailers say what a peer's error means for
+routing ("not here", "load failed" with its reason, "no room", "unavailable"); a peer whose
+server gave no answer (the connection failed or broke) is ``Unreachable``; anything else the
+peer answered is relayed with its code and message.
 
 When a pod leaves the registry its channel is retired, not cut: a pod whose lease
 ran out while etcd was silent is still serving, and the calls already on their way
@@ -24,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Sequence
 from typing import TypeAlias
 
 import grpc
 
-from mesh.edge.status import ERROR_TRAILER, GRPC_STATUS
+from mesh.edge.hop import Hop, Metadata, Route, hop_metadata, read_error_trailers
+from mesh.edge.status import GRPC_STATUS
 from mesh_common.errors import (
     Busy,
     DeadlineExceeded,
@@ -42,13 +39,9 @@ from mesh_common.errors import (
     Unreachable,
     quoted,
 )
+from mesh_common.routing import Routing
 from mesh_proto import grpc_service_pb2 as v2
 
-HOP = "mesh-hop"
-ROUTE = "mesh-route"
-MODEL_ID = "mm-model-id"
-MODEL_ID_BIN = "mm-model-id-bin"
-"""The hop's model id when plain metadata cannot carry it (not printable ASCII): UTF-8 bytes."""
 SERVICE = "/inference.GRPCInferenceService/"
 
 _Call: TypeAlias = "grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]"
@@ -67,6 +60,8 @@ _RETRY_ELSEWHERE = {
 
 
 class PeerClient:
+    """``Peers`` over gRPC: one channel per peer endpoint, retired when the peer leaves."""
+
     def __init__(
         self, pod_id: str, *, max_message_bytes: int, retire_grace_s: float = RETIRE_GRACE_S
     ) -> None:
@@ -91,17 +86,17 @@ class PeerClient:
         method: str,
         payload: bytes,
         *,
-        model_id: str,
-        route: str,
+        hop: Hop,
         timeout_s: float,
-        metadata: Sequence[tuple[str, str | bytes]] = (),
+        metadata: Metadata = (),
     ) -> bytes:
         found = self._calls.get((endpoint, method))
         if found is None:
             channel = self._channel(endpoint)
             found = self._calls[(endpoint, method)] = (channel, channel.unary_unary(SERVICE + method))
         channel, call = found
-        headers = (*metadata, (HOP, self.pod_id), (ROUTE, route), id_header(model_id))
+        headers = (*metadata, *hop_metadata(self.pod_id, hop))
+        model_id = hop.model_id
         self._in_flight[channel] += 1
         try:
             response: bytes = await call(payload, timeout=timeout_s, metadata=headers)
@@ -126,44 +121,14 @@ class PeerClient:
                     drained.set()
         return response
 
-    async def load(
-        self,
-        endpoint: str,
-        *,
-        model_id: str,
-        timeout_s: float,
-        metadata: Sequence[tuple[str, str | bytes]] = (),
-        route: str = "load",
-    ) -> None:
-        payload = v2.RepositoryModelLoadRequest(model_name=model_id).SerializeToString()
-        await self.forward(
-            endpoint,
-            "RepositoryModelLoad",
-            payload,
-            model_id=model_id,
-            route=route,
-            timeout_s=timeout_s,
-            metadata=metadata,
-        )
+    async def load(self, endpoint: str, *, hop: Hop, timeout_s: float) -> None:
+        payload = v2.RepositoryModelLoadRequest(model_name=hop.model_id).SerializeToString()
+        await self.forward(endpoint, "RepositoryModelLoad", payload, hop=hop, timeout_s=timeout_s)
 
-    async def unload(
-        self,
-        endpoint: str,
-        *,
-        model_id: str,
-        timeout_s: float,
-        metadata: Sequence[tuple[str, str | bytes]] = (),
-    ) -> None:
+    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float, why: str = "") -> None:
         payload = v2.RepositoryModelUnloadRequest(model_name=model_id).SerializeToString()
-        await self.forward(
-            endpoint,
-            "RepositoryModelUnload",
-            payload,
-            model_id=model_id,
-            route="unload",
-            timeout_s=timeout_s,
-            metadata=metadata,
-        )
+        hop = Hop(model_id, Route.UNLOAD, why=why)
+        await self.forward(endpoint, "RepositoryModelUnload", payload, hop=hop, timeout_s=timeout_s)
 
     async def forget(self, endpoint: str) -> None:
         """Retire the channel to a pod that left the registry: new calls get a new channel, and
@@ -199,35 +164,23 @@ class PeerClient:
         return channel
 
 
-def id_header(model_id: str) -> tuple[str, str | bytes]:
-    """The metadata that carries a hop's model id: ``mm-model-id`` when the id is printable ASCII
-    without surrounding spaces (what every pod of the fleet reads), else ``mm-model-id-bin``
-    (any id: gRPC sends it base64-encoded)."""
-    if model_id.isascii() and model_id.isprintable() and model_id == model_id.strip():
-        return MODEL_ID, model_id
-    return MODEL_ID_BIN, model_id.encode()
-
-
 def _error(exc: grpc.aio.AioRpcError, endpoint: str, model_id: str) -> MeshError:
-    signal = ""
+    routing, reason = None, None
     with contextlib.suppress(TypeError):
-        for key, value in exc.trailing_metadata() or ():
-            if key == ERROR_TRAILER:
-                signal = value.decode() if isinstance(value, bytes) else value
+        routing, reason = read_error_trailers(exc.trailing_metadata() or ())
     details = exc.details() or exc.code().name
-    if signal == "not-here":
+    if routing is Routing.NOT_HERE:
         return NotHere(f"{endpoint}: {details}", pod_id=endpoint)
-    if signal == "load-failed":
-        prefix = f"model {quoted(model_id)} failed to load: "
-        return ModelLoadFailed(model_id=model_id, reason=details.removeprefix(prefix))
-    if signal == "no-room":
+    if routing is Routing.LOAD_FAILED:
+        return ModelLoadFailed(model_id=model_id, reason=details if reason is None else reason)
+    if routing is Routing.NO_ROOM:
         return Busy(f"{endpoint}: {details}", model_id=model_id)
     if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
         # The caller's deadline ran out there: the peer is slow or busy, not unreachable.
         return DeadlineExceeded(f"{endpoint} did not answer before the deadline", endpoint=endpoint)
     if exc.code() in _RETRY_ELSEWHERE:
         message = f"{endpoint} did not answer: {exc.code().name}: {details}"
-        if signal:  # the pod's server answered (an ``Unavailable`` of its own)
+        if routing is not None:  # the pod's server answered (an ``Unavailable`` of its own)
             return Unavailable(message, endpoint=endpoint)
         return Unreachable(message, endpoint=endpoint)
     return RemoteError(_CODES.get(exc.code(), ErrorCode.UNAVAILABLE), details)

@@ -1,11 +1,12 @@
 """Maps the core's error codes to gRPC statuses (one table) and counts every call.
 
 ``edge_method`` wraps a servicer method: a ``MeshError`` aborts with its mapped
-status and message; anything else is logged with a trace id and answered with an
-opaque ``INTERNAL`` that names the trace id. A cancellation that did not come from
-gRPC (a future on the call's path cancelled under it) is answered ``UNAVAILABLE``:
-gRPC sends no status for a handler that ends cancelled, so the caller would wait
-until its deadline.
+status and message, and with the hop's error trailers (``mesh.edge.hop.error_trailers``:
+what the error means for routing, for a pod that forwarded the call); anything else is
+logged with a trace id and answered with an opaque ``INTERNAL`` that names the trace id.
+A cancellation that did not come from gRPC (a future on the call's path cancelled under
+it) is answered ``UNAVAILABLE``: gRPC sends no status for a handler that ends cancelled,
+so the caller would wait until its deadline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from mesh.edge.hop import error_trailers
 from mesh.metrics import MeshMetrics
 from mesh_common.errors import ErrorCode, InvalidInput, MeshError, Unavailable
 
@@ -46,10 +48,6 @@ class MalformedRequest:
 
     def reject(self) -> InvalidInput:
         return InvalidInput(f"the request is not a valid {self.type_name}: {self.error}")
-
-
-ERROR_TRAILER = "mesh-error"
-"""Trailing metadata naming a ``MeshError.signal`` (how a forwarding pod reads our answer)."""
 
 
 def internal_error(method: str) -> str:
@@ -89,8 +87,9 @@ def bounded(message: str, limit: int = MESSAGE_BYTES) -> str:
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
-    if exc.signal is not None:
-        context.set_trailing_metadata(((ERROR_TRAILER, exc.signal),))
+    trailers = error_trailers(exc)  # how a forwarding pod reads what the error means for routing
+    if trailers:
+        context.set_trailing_metadata(trailers)
     await context.abort(GRPC_STATUS[exc.code], bounded(exc.message))
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import tritonclient.grpc as tc
 
 from mesh.edge.peers import PeerClient
-from mesh.router import WHY
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm
@@ -78,7 +77,7 @@ def test_a_peer_dropping_this_pods_copy_says_why_in_the_same_history_event(
     async def drop() -> None:
         peers = PeerClient("pod-z", max_message_bytes=1 << 20)
         try:
-            await peers.unload(pod.target, model_id="m", timeout_s=10, metadata=((WHY, why.encode()),))
+            await peers.unload(pod.target, model_id="m", timeout_s=10, why=why)
         finally:
             await peers.close()
 

@@ -1,10 +1,13 @@
-"""Fakes for unit tests of the pod's core: a model adapter whose sizes come from the artifact, and
-the in-memory registry counting its reads."""
+"""Fakes for unit tests of the pod's core: a model adapter whose sizes come from the artifact,
+the in-memory registry counting its reads, and peers that answer as told (``FakePeers``, the
+fake of ``mesh.edge.hop.Peers``)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import numpy as np
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.signature import ModelSignature
 from mesh.cache import CacheListener, ModelCache
+from mesh.edge.hop import Hop, Metadata, Route
 from mesh.registry import MemoryRegistry
 from mesh.registry.base import Entry
 from puller import default_fetchers
@@ -79,3 +83,68 @@ class CountingRegistry(MemoryRegistry):
     async def read(self, key: str) -> tuple[Entry | None, int]:
         self.gets += 1
         return await super().read(key)
+
+
+@dataclass
+class Sent:
+    """One call a ``FakePeers`` received."""
+
+    endpoint: str
+    method: str
+    payload: bytes
+    hop: Hop
+    timeout_s: float
+    metadata: tuple[tuple[str, str | bytes], ...]
+
+    @property
+    def model_id(self) -> str:
+        return self.hop.model_id
+
+    @property
+    def route(self) -> Route:
+        return self.hop.route
+
+
+@dataclass
+class FakePeers:
+    """``Peers`` that answer per endpoint: bytes, an exception to raise, or ``hang`` (wait until
+    cancelled). Every call is kept in ``sent``; loads and unloads arrive as the repository methods."""
+
+    answers: dict[str, bytes | BaseException | str] = field(default_factory=dict)
+    sent: list[Sent] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def forward(
+        self,
+        endpoint: str,
+        method: str,
+        payload: bytes,
+        *,
+        hop: Hop,
+        timeout_s: float,
+        metadata: Metadata = (),
+    ) -> bytes:
+        self.sent.append(Sent(endpoint, method, payload, hop, timeout_s, tuple(metadata)))
+        self.started.set()
+        answer = self.answers.get(endpoint, b"answer from " + endpoint.encode())
+        if answer == "hang":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(endpoint)
+                raise
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, bytes)
+        return answer
+
+    async def load(self, endpoint: str, *, hop: Hop, timeout_s: float) -> None:
+        await self.forward(endpoint, "RepositoryModelLoad", b"", hop=hop, timeout_s=timeout_s)
+
+    async def unload(self, endpoint: str, *, model_id: str, timeout_s: float, why: str = "") -> None:
+        hop = Hop(model_id, Route.UNLOAD, why=why)
+        await self.forward(endpoint, "RepositoryModelUnload", b"", hop=hop, timeout_s=timeout_s)
+
+    def routes(self) -> list[tuple[str, str]]:
+        return [(s.endpoint, s.route) for s in self.sent]

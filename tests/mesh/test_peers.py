@@ -10,9 +10,38 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from mesh.edge.peers import HOP, MODEL_ID, ROUTE, PeerClient
-from mesh.edge.status import ERROR_TRAILER, abort
-from mesh_common.errors import DeadlineExceeded, ModelLoadFailed, NotHere, Unavailable, Unreachable
+from mesh.edge.hop import (
+    ERROR,
+    EXCLUDE,
+    HOP,
+    MODEL_ID,
+    MODEL_ID_BIN,
+    REASON,
+    ROUTE,
+    WHY,
+    Hop,
+    Route,
+    error_trailers,
+)
+from mesh.edge.peers import PeerClient
+from mesh.edge.status import abort
+from mesh_common.errors import (
+    ArtifactNotFound,
+    Busy,
+    CapacityExceeded,
+    DeadlineExceeded,
+    InvalidInput,
+    LoaderCrashed,
+    MeshError,
+    ModelLoadFailed,
+    NotFound,
+    NotHere,
+    QuotaExceeded,
+    StorageConfigError,
+    Unavailable,
+    Unreachable,
+)
+from mesh_common.routing import Routing
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -20,13 +49,14 @@ SERVICE = "inference.GRPCInferenceService"
 class Behaviour:
     def __init__(self) -> None:
         self.mode = "echo"
-        self.seen: list[tuple[bytes, dict[str, str]]] = []
+        self.seen: list[tuple[bytes, dict[str, str | bytes]]] = []
+        self.error: MeshError | None = None
         self.cancelled = asyncio.Event()
         self.arrived = asyncio.Event()
         self.release = asyncio.Event()
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        metadata = dict(context.invocation_metadata() or ())
         self.seen.append((request, metadata))
         self.arrived.set()
         if self.mode in ("slow", "pause"):
@@ -36,13 +66,14 @@ class Behaviour:
                 self.cancelled.set()
                 raise
         if self.mode == "not-here":
-            context.set_trailing_metadata(((ERROR_TRAILER, "not-here"),))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "model 'm' is not loaded on pod-b")
+            await abort(context, NotHere("model 'm' is not loaded on pod-b", pod_id="pod-b"))
         if self.mode == "unavailable":
             await abort(context, Unavailable("loading model 'm' timed out after 5s"))
         if self.mode == "load-failed":
-            context.set_trailing_metadata(((ERROR_TRAILER, "load-failed"),))
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "model 'm' failed to load: bad weights")
+            await abort(context, ModelLoadFailed(model_id="m", reason="bad weights: ünïcode; model 'x'"))
+        if self.mode == "error":  # answers with ``error`` as a pod's edge does
+            assert self.error is not None
+            await abort(context, self.error)
         return b"echo:" + request
 
 
@@ -72,10 +103,9 @@ async def client() -> AsyncIterator[PeerClient]:
     await peers.close()
 
 
-async def forward(client: PeerClient, endpoint: str, timeout_s: float = 5.0) -> bytes:
-    return await client.forward(
-        endpoint, "ModelInfer", b"\x00raw\xff", model_id="m", route="loaded", timeout_s=timeout_s
-    )
+async def forward(client: PeerClient, endpoint: str, timeout_s: float = 5.0, hop: Hop | None = None) -> bytes:
+    hop = hop or Hop("m", Route.LOADED)
+    return await client.forward(endpoint, "ModelInfer", b"\x00raw\xff", hop=hop, timeout_s=timeout_s)
 
 
 async def test_bytes_and_hop_metadata_arrive_unchanged(
@@ -86,6 +116,17 @@ async def test_bytes_and_hop_metadata_arrive_unchanged(
     request, metadata = behaviour.seen[0]
     assert request == b"\x00raw\xff"
     assert (metadata[HOP], metadata[ROUTE], metadata[MODEL_ID]) == ("pod-a", "loaded", "m")
+    assert EXCLUDE not in metadata and WHY not in metadata
+    # A load carries the pods to ignore and why (UTF-8 bytes); an id plain metadata cannot carry goes -bin.
+    hop = Hop("模型", Route.LOAD, frozenset({"pod-d", "pod-c"}), "placed on pod-b by pod-a: ü")
+    assert await forward(client, endpoint, hop=hop) == b"echo:\x00raw\xff"
+    _, metadata = behaviour.seen[1]
+    assert (metadata[ROUTE], metadata[MODEL_ID_BIN], metadata[EXCLUDE]) == (
+        "load",
+        "模型".encode(),
+        "pod-c,pod-d",
+    )
+    assert metadata[WHY] == "placed on pod-b by pod-a: ü".encode() and MODEL_ID not in metadata
 
 
 async def test_trailers_map_to_not_here_and_load_failed(
@@ -98,7 +139,52 @@ async def test_trailers_map_to_not_here_and_load_failed(
     behaviour.mode = "load-failed"
     with pytest.raises(ModelLoadFailed) as caught:
         await forward(client, endpoint)
-    assert caught.value.reason == "bad weights"
+    # The reason arrives in its own trailer, whole, and the message reads as the peer's did.
+    assert caught.value.reason == "bad weights: ünïcode; model 'x'"
+    assert caught.value.message == "model 'm' failed to load: bad weights: ünïcode; model 'x'"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotHere("model 'm' is not loaded on pod-b", pod_id="pod-b"),
+        ModelLoadFailed(model_id="m", reason="bad weights"),
+        LoaderCrashed(model_id="m", reason="the loader process died"),
+        ArtifactNotFound("artifact not found: /models/m.joblib"),
+        StorageConfigError("storage key 'k' is not in the storage config"),
+        Busy("every loaded model is serving", model_id="m"),
+        CapacityExceeded(model_id="m", size_bytes=10, capacity_bytes=5),
+        Unavailable("the registry is unavailable"),
+        Unreachable("pod-c did not answer"),
+        QuotaExceeded("tenant 't' is at its cap", tenant="t", cap="max_models"),
+        InvalidInput("input 'x' has the wrong shape"),
+        NotFound("model 'm' is not registered"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_an_errors_meaning_for_routing_crosses_the_hop(
+    client: PeerClient, peer: tuple[str, Behaviour], error: MeshError
+) -> None:
+    """What a peer's answer means for routing is what the same error raised here means (an
+    ``Unreachable`` a pod answers with is that pod answering: unavailable)."""
+    endpoint, behaviour = peer
+    behaviour.mode, behaviour.error = "error", error
+    with pytest.raises(MeshError) as caught:
+        await forward(client, endpoint)
+    expected = Routing.UNAVAILABLE if error.routing is Routing.UNREACHABLE else error.routing
+    assert (caught.value.routing, caught.value.retry_elsewhere) == (expected, error.retry_elsewhere)
+    assert caught.value.code is error.code
+    assert error.message in caught.value.message
+    if error.failed_load:
+        assert isinstance(caught.value, ModelLoadFailed) and caught.value.reason == error.detail
+
+
+def test_a_final_error_sends_no_routing_trailers() -> None:
+    assert error_trailers(QuotaExceeded("at its cap", tenant="t", cap="max_models")) == ()
+    assert dict(error_trailers(ArtifactNotFound("artifact not found: /m"))) == {
+        ERROR: "load-failed",
+        REASON: b"artifact not found: /m",
+    }
 
 
 async def test_a_slow_peer_is_a_deadline_not_an_unreachable_peer(

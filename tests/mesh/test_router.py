@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,12 @@ import pytest
 
 from mesh.cache import ModelCache
 from mesh.dataplane import DataPlane
+from mesh.edge.hop import Route
+from mesh.fleet_calls import FleetCalls
+from mesh.fleet_copies import FleetCopies
 from mesh.inference_threads import InferenceThreads
 from mesh.management import ModelManager, SetVModel
+from mesh.placement_view import PlacementView
 from mesh.records import (
     CopyRecord,
     InstanceRecord,
@@ -32,7 +37,7 @@ from mesh.records import (
     VModelRecord,
 )
 from mesh.registry import ModelStore
-from mesh.router import COPY, EXCLUDE, LOAD, LOADED, WHY, Router
+from mesh.router import Router
 from mesh_common.clock import now_ms
 from mesh_common.errors import (
     Busy,
@@ -48,93 +53,11 @@ from mesh_common.errors import (
     quoted,
 )
 from puller import default_fetchers
-from tests.mesh.fakes import CountingRegistry, fake_cache
+from tests.mesh.fakes import CountingRegistry, FakePeers, fake_cache
 
 SELF = "pod-a"
 LABELS = ("type:fake",)
-Metadata = tuple[tuple[str, str | bytes], ...]
 PAYLOAD = b"\x0a\x05model\x12raw-tensor-bytes"
-
-
-@dataclass
-class Sent:
-    endpoint: str
-    method: str
-    payload: bytes
-    model_id: str
-    route: str
-    timeout_s: float
-    metadata: Metadata
-
-
-@dataclass
-class FakePeers:
-    """Answers per endpoint: bytes, an exception to raise, or ``hang`` (wait until cancelled)."""
-
-    answers: dict[str, bytes | BaseException | str] = field(default_factory=dict)
-    sent: list[Sent] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def forward(
-        self,
-        endpoint: str,
-        method: str,
-        payload: bytes,
-        *,
-        model_id: str,
-        route: str,
-        timeout_s: float,
-        metadata: Metadata = (),
-    ) -> bytes:
-        self.sent.append(Sent(endpoint, method, payload, model_id, route, timeout_s, tuple(metadata)))
-        self.started.set()
-        answer = self.answers.get(endpoint, b"answer from " + endpoint.encode())
-        if answer == "hang":
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                self.cancelled.append(endpoint)
-                raise
-        if isinstance(answer, BaseException):
-            raise answer
-        assert isinstance(answer, bytes)
-        return answer
-
-    async def load(
-        self,
-        endpoint: str,
-        *,
-        model_id: str,
-        timeout_s: float,
-        metadata: Metadata = (),
-        route: str = LOAD,
-    ) -> None:
-        await self.forward(
-            endpoint,
-            "RepositoryModelLoad",
-            b"",
-            model_id=model_id,
-            route=route,
-            timeout_s=timeout_s,
-            metadata=metadata,
-        )
-
-    async def unload(
-        self, endpoint: str, *, model_id: str, timeout_s: float, metadata: Metadata = ()
-    ) -> None:
-        await self.forward(
-            endpoint,
-            "RepositoryModelUnload",
-            b"",
-            model_id=model_id,
-            route="unload",
-            timeout_s=timeout_s,
-            metadata=metadata,
-        )
-
-    def routes(self) -> list[tuple[str, str]]:
-        return [(s.endpoint, s.route) for s in self.sent]
 
 
 class _Listener:
@@ -183,6 +106,9 @@ class RacingRegistry(CountingRegistry):
 @dataclass
 class Harness:
     router: Router
+    view: PlacementView
+    fleet: FleetCalls
+    copies: FleetCopies
     store: ModelStore
     registry: RacingRegistry
     cache: ModelCache
@@ -280,7 +206,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     listener = _Listener()
 
     async def admit(record: ModelRecord, size_bytes: int) -> None:
-        await harness.router.make_tenant_room(record, size_bytes, deadline=time.monotonic() + 5)
+        await harness.copies.make_tenant_room(record, size_bytes, deadline=time.monotonic() + 5)
 
     cache = fake_cache(capacity_bytes=1000, executor=pool, listener=listener, load_timeout_s=5, admit=admit)
     manager = ModelManager(
@@ -290,6 +216,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     peers = FakePeers()
     harness = Harness(
         router=None,  # type: ignore[arg-type]
+        view=None,  # type: ignore[arg-type]
+        fleet=FleetCalls(pod_id=SELF, store=store, manager=manager, cache=cache, peers=peers),
+        copies=None,  # type: ignore[arg-type]
         store=store,
         registry=registry,
         cache=cache,
@@ -298,16 +227,23 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         lease=await registry.grant_lease(60),
         manager=manager,
     )
+    in_flight: Counter[str] = Counter()
+    harness.view = PlacementView(
+        pod_id=SELF, store=store, describe_self=harness.describe, in_flight=in_flight, failure_ttl_s=30
+    )
     harness.router = Router(
         pod_id=SELF,
         store=store,
         manager=manager,
         cache=cache,
         peers=peers,
-        describe_self=harness.describe,
+        placement=harness.view,
+        in_flight=in_flight,
         attempts=3,
-        failure_ttl_s=30,
         suspect_s=30,
+    )
+    harness.copies = FleetCopies(
+        pod_id=SELF, store=store, manager=manager, cache=cache, peers=peers, router=harness.router
     )
     await harness.pod(SELF)
     yield harness
@@ -322,7 +258,12 @@ async def test_forwards_the_raw_bytes_to_the_holder_marked_serve_only_if_loaded(
     await harness.model("m", pod_b=ModelState.LOADED)
     assert await harness.call() == b"answer from pod-b"
     (sent,) = harness.peers.sent
-    assert (sent.endpoint, sent.method, sent.route, sent.model_id) == ("pod-b", "ModelInfer", LOADED, "m")
+    assert (sent.endpoint, sent.method, sent.route, sent.model_id) == (
+        "pod-b",
+        "ModelInfer",
+        Route.LOADED,
+        "m",
+    )
     assert sent.payload is PAYLOAD  # the very bytes: never decoded and re-encoded
     assert ("x-trace", "t1") in sent.metadata
     assert harness.cache.loaded("m") is None
@@ -357,7 +298,7 @@ async def test_not_here_excludes_that_pod_and_tries_the_next(harness: Harness) -
     await harness.pod("pod-b", used=900)
     await harness.pod("pod-c", used=900)
     assert await harness.call() == b"served here"
-    assert sorted(harness.peers.routes()) == [("pod-b", LOADED), ("pod-c", LOADED)]
+    assert sorted(harness.peers.routes()) == [("pod-b", Route.LOADED), ("pod-c", Route.LOADED)]
     record = harness.store.model("m")
     assert record is not None and record.copies[SELF].state is ModelState.LOADED
 
@@ -384,13 +325,13 @@ async def test_an_unreachable_peer_is_suspected_and_named_in_later_loads(harness
     harness.peers.answers["pod-b"] = Unavailable("pod-b did not answer: UNAVAILABLE")
     harness.self_used = 995  # this pod is full: placement must pick pod-c
     assert await harness.call() == b"answer from pod-c"
-    assert harness.peers.routes() == [("pod-b", LOADED), ("pod-c", LOAD)]
-    assert (EXCLUDE, "pod-b") in harness.peers.sent[1].metadata
+    assert harness.peers.routes() == [("pod-b", Route.LOADED), ("pod-c", Route.LOAD)]
+    assert harness.peers.sent[1].hop.ignore == {"pod-b"}
     # The next call skips pod-b at once, though its copy is still on record.
     await harness.model("n", pod_b=ModelState.LOADED, pod_c=ModelState.LOADED)
     harness.peers.sent.clear()
     assert await harness.call("n") == b"answer from pod-c"
-    assert harness.peers.routes() == [("pod-c", LOADED)]
+    assert harness.peers.routes() == [("pod-c", Route.LOADED)]
 
 
 async def test_the_deadline_is_propagated_and_ends_the_call(harness: Harness) -> None:
@@ -432,9 +373,31 @@ async def test_a_load_placed_on_a_peer_goes_there_as_a_load(harness: Harness) ->
     await harness.model("m")
     harness.self_used = 995
     assert await harness.call() == b"answer from pod-b"
-    assert harness.peers.routes() == [("pod-b", LOAD)]
-    decision = harness.router.last_decision["m"]
-    assert decision.pod_id == "pod-b" and decision.runner_up is not None
+    assert harness.peers.routes() == [("pod-b", Route.LOAD)]
+    why = harness.peers.sent[0].hop.why  # the decision travels with the load, not kept here
+    assert why.startswith("placed on pod-b by pod-a: score") and " vs runner-up pod-a " in why, why
+
+
+def _sizes(component: object) -> dict[str, int]:
+    """The size of every container a component holds (its attributes), by attribute name."""
+    return {
+        name: len(value) for name, value in vars(component).items() if isinstance(value, (dict, list, set))
+    }
+
+
+async def test_placing_a_thousand_models_leaves_the_router_no_bigger(harness: Harness) -> None:
+    """The router keeps nothing per model: what it holds stays bounded by the pods of the fleet
+    however many models it placed (each decision travels with its load)."""
+    harness.self_leaving = True  # every load is placed on pod-b, through the peer
+    await harness.pod("pod-b")
+    for i in range(1000):
+        await harness.model(f"m{i}")
+        assert await harness.call(f"m{i}") == b"answer from pod-b"
+    assert len(harness.peers.sent) == 1000 and {s.route for s in harness.peers.sent} == {Route.LOAD}
+    pods = len(harness.store.instances())
+    for component in (harness.router, harness.view):
+        sizes = _sizes(component)
+        assert sizes and all(size <= pods for size in sizes.values()), sizes
 
 
 async def test_placement_counts_copies_a_peer_recorded_after_its_published_record(
@@ -447,13 +410,13 @@ async def test_placement_counts_copies_a_peer_recorded_after_its_published_recor
     await harness.model("big", size=600, pod_b=ModelState.LOADED)
     await harness.model("coming", size=50, pod_b=ModelState.LOADING)
     await harness.model("m", size=300)
-    pod_b = next(pod for pod in harness.router.view().pods if pod.pod_id == "pod-b")
+    pod_b = next(pod for pod in harness.view.view().pods if pod.pod_id == "pod-b")
     assert (pod_b.used_bytes, pod_b.loads_in_flight) == (650, 1)
     harness.self_used = 995
     assert await harness.call() == b"answer from pod-c"
-    assert harness.peers.routes() == [("pod-c", LOAD)]
+    assert harness.peers.routes() == [("pod-c", Route.LOAD)]
     await harness.pod("pod-b", used=650, published_ms=now_ms() + 1)  # pod-b republished
-    pod_b = next(pod for pod in harness.router.view().pods if pod.pod_id == "pod-b")
+    pod_b = next(pod for pod in harness.view.view().pods if pod.pod_id == "pod-b")
     assert (pod_b.used_bytes, pod_b.loads_in_flight) == (650, 0)
 
 
@@ -466,9 +429,12 @@ async def test_load_failures_on_several_pods_report_each(harness: Harness) -> No
     harness.peers.answers["pod-c"] = ModelLoadFailed(model_id="broken", reason="bad weights on c")
     with pytest.raises(ModelLoadFailed) as caught:
         await harness.call("broken")
-    assert harness.peers.routes() == [("pod-b", LOAD), ("pod-c", LOAD)] or harness.peers.routes() == [
-        ("pod-c", LOAD),
-        ("pod-b", LOAD),
+    assert harness.peers.routes() == [
+        ("pod-b", Route.LOAD),
+        ("pod-c", Route.LOAD),
+    ] or harness.peers.routes() == [
+        ("pod-c", Route.LOAD),
+        ("pod-b", Route.LOAD),
     ]
     for pod, reason in (
         ("pod-b", "bad weights on b"),
@@ -476,6 +442,28 @@ async def test_load_failures_on_several_pods_report_each(harness: Harness) -> No
         (SELF, "RuntimeError: bad weights"),
     ):
         assert f"{pod}: {reason}" in caught.value.reason
+
+
+async def test_an_artifact_this_pod_cannot_read_is_a_failed_load_tried_on_the_next_pod(
+    harness: Harness,
+) -> None:
+    """The same error a peer's load answers: the call goes on to another pod."""
+    await harness.pod("pod-b", used=500)  # this pod has more room: placement tries it first
+    absent = harness.artifacts / "absent.txt"
+    record = ModelRecord("m", ModelInfo("fake", str(absent)), size_bytes=10)
+    assert await harness.store.create_model(record) is None
+    assert await harness.call() == b"answer from pod-b"
+    assert harness.peers.routes() == [("pod-b", Route.LOAD)]
+    failed = harness.store.model("m")
+    assert failed is not None and set(failed.failures) == {SELF} and failed.copies == {}
+    assert str(absent) in failed.failures[SELF].reason
+    # Where no other pod can load it, the caller gets the error as this pod raised it.
+    harness.peers.answers["pod-b"] = ModelLoadFailed(model_id="m", reason=f"artifact not found: {absent}")
+    record = ModelRecord("n", ModelInfo("fake", str(absent)), size_bytes=10)
+    assert await harness.store.create_model(record) is None
+    with pytest.raises(ModelLoadFailed) as caught:
+        await harness.call("n")
+    assert caught.value.reason.startswith(f"pod-a: {failed.failures[SELF].reason}; pod-b: artifact not found")
 
 
 async def test_no_room_anywhere_is_resource_exhausted(harness: Harness) -> None:
@@ -492,18 +480,18 @@ async def test_a_forwarded_call_is_served_here_or_refused_never_forwarded(harnes
     await harness.pod("pod-b")
     await harness.model("m", pod_b=ModelState.LOADED)
     with pytest.raises(NotHere):
-        await harness.router.serve_forwarded("m", LOADED, harness.local)
+        await harness.router.serve_forwarded("m", Route.LOADED, harness.local)
     # "load" here while a live peer holds it: the claim loses, the sender is told where it is.
     with pytest.raises(NotHere) as caught:
-        await harness.router.serve_forwarded("m", LOAD, harness.local)
+        await harness.router.serve_forwarded("m", Route.LOAD, harness.local)
     assert caught.value.holder == "pod-b"
     # Unless the sender could not reach that peer: then this pod claims and serves.
-    assert await harness.router.serve_forwarded("m", LOAD, harness.local, ignore=frozenset({"pod-b"})) == (
-        b"served here"
-    )
+    assert await harness.router.serve_forwarded(
+        "m", Route.LOAD, harness.local, ignore=frozenset({"pod-b"})
+    ) == (b"served here")
     assert harness.peers.sent == []
     with pytest.raises(NotFound):
-        await harness.router.serve_forwarded("unknown", LOAD, harness.local)
+        await harness.router.serve_forwarded("unknown", Route.LOAD, harness.local)
 
 
 async def test_a_model_registered_through_another_pod_a_moment_ago_is_found(harness: Harness) -> None:
@@ -513,7 +501,7 @@ async def test_a_model_registered_through_another_pod_a_moment_ago_is_found(harn
     await harness.registered_elsewhere("entered")
     assert await harness.call("entered") == b"served here"
     await harness.registered_elsewhere("forwarded")
-    assert await harness.router.serve_forwarded("forwarded", LOAD, harness.local) == b"served here"
+    assert await harness.router.serve_forwarded("forwarded", Route.LOAD, harness.local) == b"served here"
     with pytest.raises(NotFound):  # and an unknown name is still unknown
         await harness.call("never-registered")
     await harness.registered_elsewhere("active")  # a vmodel and its model, both new here
@@ -523,7 +511,7 @@ async def test_a_model_registered_through_another_pod_a_moment_ago_is_found(harn
     await harness.router.load("loaded", vmodel=None, deadline=time.monotonic() + 5)
     assert harness.cache.loaded("loaded") is not None
     await harness.registered_elsewhere("unloaded")  # RepositoryModelUnload
-    await harness.router.unload("unloaded", vmodel=None, deadline=time.monotonic() + 5)
+    await harness.fleet.unload("unloaded", vmodel=None, deadline=time.monotonic() + 5)
     with pytest.raises(NotFound):
         await harness.router.load("never-registered", vmodel=None, deadline=time.monotonic() + 5)
 
@@ -646,7 +634,7 @@ async def test_a_dead_pods_copy_is_not_used_and_a_leaving_pod_serves_until_it_go
     await harness.pod("pod-b", shutting_down=True)
     await harness.model("n", pod_b=ModelState.LOADED)
     assert await harness.call("n") == b"answer from pod-b"
-    assert harness.peers.routes() == [("pod-b", LOADED)]
+    assert harness.peers.routes() == [("pod-b", Route.LOADED)]
 
 
 async def test_unload_reaches_every_holder_and_names_the_unreachable(harness: Harness) -> None:
@@ -656,7 +644,7 @@ async def test_unload_reaches_every_holder_and_names_the_unreachable(harness: Ha
     await harness.cache.ensure_loaded(harness.store.model("m"))  # type: ignore[arg-type]
     harness.peers.answers["pod-c"] = Unavailable("pod-c did not answer: UNAVAILABLE")
     with pytest.raises(Unavailable, match="could not be unloaded everywhere: pod-c: pod-c did not answer"):
-        await harness.router.unload("m", vmodel=None, deadline=time.monotonic() + 5)
+        await harness.fleet.unload("m", vmodel=None, deadline=time.monotonic() + 5)
     assert harness.cache.loaded("m") is None  # this pod and the reachable peer unloaded regardless
     assert sorted((s.endpoint, s.method, s.route) for s in harness.peers.sent) == [
         ("pod-b", "RepositoryModelUnload", "unload"),
@@ -664,10 +652,10 @@ async def test_unload_reaches_every_holder_and_names_the_unreachable(harness: Ha
     ]
     harness.peers.answers.pop("pod-c")
     harness.peers.sent.clear()
-    await harness.router.unload("m", vmodel=None, deadline=time.monotonic() + 5)  # retrying is safe
+    await harness.fleet.unload("m", vmodel=None, deadline=time.monotonic() + 5)  # retrying is safe
     assert len(harness.peers.sent) == 2
     with pytest.raises(NotFound):
-        await harness.router.unload("nope", vmodel=None, deadline=time.monotonic() + 5)
+        await harness.fleet.unload("nope", vmodel=None, deadline=time.monotonic() + 5)
 
 
 async def test_a_forwarded_load_says_why_placement_chose_the_pod(harness: Harness) -> None:
@@ -676,9 +664,9 @@ async def test_a_forwarded_load_says_why_placement_chose_the_pod(harness: Harnes
     await harness.model("m")
     assert await harness.call() == b"answer from pod-b"
     (sent,) = harness.peers.sent
-    why = dict(sent.metadata)[WHY]
-    assert isinstance(why, bytes) and sent.route == LOAD
-    assert why.decode().startswith("placed on pod-b by pod-a: score"), why
+    why = sent.hop.why
+    assert isinstance(why, str) and sent.route == Route.LOAD
+    assert why.startswith("placed on pod-b by pod-a: score"), why
 
 
 async def test_a_local_load_keeps_its_reason_in_the_copy_record(harness: Harness) -> None:
@@ -695,21 +683,21 @@ async def test_a_copy_is_added_beside_other_holders_here_or_on_a_peer(harness: H
     await harness.pod("pod-c")
     await harness.model("m", pod_b=ModelState.LOADED)
     deadline = time.monotonic() + 5
-    await harness.router.add_copy("m", "pod-c", why="added by the janitor: busy", deadline=deadline)
+    await harness.copies.add_copy("m", "pod-c", why="added by the janitor: busy", deadline=deadline)
     (sent,) = harness.peers.sent
-    assert (sent.endpoint, sent.route, dict(sent.metadata)[WHY]) == (
+    assert (sent.endpoint, sent.route, sent.hop.why) == (
         "pod-c",
-        COPY,
-        b"added by the janitor: busy",
+        Route.COPY,
+        "added by the janitor: busy",
     )
-    await harness.router.add_copy("m", SELF, why="added by the janitor: busy", deadline=deadline)
+    await harness.copies.add_copy("m", SELF, why="added by the janitor: busy", deadline=deadline)
     assert harness.cache.loaded("m") is not None
     copies = harness.store.model("m").copies  # type: ignore[union-attr]
     assert set(copies) == {"pod-b", SELF} and copies[SELF].why == "added by the janitor: busy"
-    await harness.router.drop_copy("m", "pod-b", why="copy dropped: idle", deadline=deadline)
+    await harness.copies.drop_copy("m", "pod-b", why="copy dropped: idle", deadline=deadline)
     assert harness.peers.routes()[-1] == ("pod-b", "unload")
-    assert dict(harness.peers.sent[-1].metadata)[WHY] == b"copy dropped: idle"  # pod-b notes it
-    await harness.router.drop_copy("m", SELF, why="copy dropped: über-idle", deadline=deadline)
+    assert harness.peers.sent[-1].hop.why == "copy dropped: idle"  # pod-b notes it
+    await harness.copies.drop_copy("m", SELF, why="copy dropped: über-idle", deadline=deadline)
     assert harness.cache.loaded("m") is None
     # The pod that unloads records the reason with the unload: one event, in order.
     history = [e.what for e in harness.store.model("m").history if e.pod_id == SELF]  # type: ignore[union-attr]
