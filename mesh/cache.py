@@ -141,6 +141,8 @@ class ModelCache:
         self._load_timeout_s = load_timeout_s
         self._clock = clock
         self._adapters = adapters
+        self._adapter_imports: dict[str, asyncio.Future[ModelAdapter]] = {}
+        """Each model type's adapter, resolved once on a load thread (see ``_adapter``)."""
         self._entries: dict[str, _Entry] = {}
         self._loads: dict[str, asyncio.Task[_Entry]] = {}
         self._load_waiters: dict[asyncio.Task[_Entry], int] = {}
@@ -324,10 +326,7 @@ class ModelCache:
         for a load slot is inside: a stopping pod cancels queued loads too."""
         model_id = record.model_id
         try:
-            try:
-                adapter = self._adapters(record.info.type)
-            except KeyError:
-                raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
+            adapter = await self._adapter(record.info.type)
             async with self._load_slots:
                 await self._listener.loading(model_id)
                 started = self._clock()
@@ -358,6 +357,26 @@ class ModelCache:
             self.let_go(entry)
             raise
         return entry
+
+    async def _adapter(self, model_type: str) -> ModelAdapter:
+        """The adapter for ``model_type``. Its first use imports the format's framework (torch: about
+        1.4 s): on a load thread, once however many loads wait for it, and before any load's clock
+        starts, so the import counts in no model's load time. Later uses cost no thread hop."""
+        resolving = self._adapter_imports.get(model_type)
+        if resolving is None:
+            loop = asyncio.get_running_loop()
+            resolving = loop.run_in_executor(self._executor, self._adapters, model_type)
+            self._adapter_imports[model_type] = resolving
+        elif resolving.done() and not resolving.cancelled() and resolving.exception() is None:
+            return resolving.result()
+        try:
+            return await asyncio.shield(resolving)
+        except KeyError:
+            raise UnsupportedModelType(model_type=model_type, supported=[]) from None
+        except Exception:  # the framework failed to import: a later load tries again
+            if self._adapter_imports.get(model_type) is resolving:
+                del self._adapter_imports[model_type]
+            raise
 
     async def _fetch_and_load(self, record: ModelRecord, adapter: ModelAdapter) -> _Entry:
         started = self._clock()
