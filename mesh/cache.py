@@ -96,25 +96,6 @@ class CachedModel:
     loaded: bool
 
 
-class _Holding:
-    __slots__ = ("_cache", "_entry", "_record")
-
-    def __init__(self, cache: ModelCache, record: ModelRecord) -> None:
-        self._cache = cache
-        self._record = record
-        self._entry: _Entry | None = None
-
-    async def __aenter__(self) -> LoadedModel:
-        self._entry = await self._cache.hold(self._record)
-        assert self._entry.model is not None
-        return self._entry.model
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._entry is not None:
-            self._cache.let_go(self._entry)
-            self._entry = None
-
-
 class ModelCache:
     def __init__(
         self,
@@ -203,11 +184,6 @@ class ModelCache:
         return self._clock() - victim.last_used
 
     # use
-
-    def use(self, record: ModelRecord) -> _Holding:
-        """``async with cache.use(record) as model``: the loaded model for the length of a request;
-        loads it first if needed. (A class, not a generator: it is on every call's path.)"""
-        return _Holding(self, record)
 
     def hold_loaded(self, model_id: str) -> _Entry | None:
         """Hold a loaded model for a call without waiting (None: not loaded, ``await hold``).

@@ -1,9 +1,11 @@
 """Fakes for unit tests of the pod's core: a model adapter whose sizes come from the artifact, and
-the in-memory registry counting its reads."""
+the in-memory registry counting its reads, and a model held as a call holds it."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import numpy as np
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.signature import ModelSignature
 from mesh.cache import CacheListener, ModelCache
+from mesh.records import ModelRecord
 from mesh.registry import MemoryRegistry
 from mesh.registry.base import Entry
 from puller import default_fetchers
@@ -79,3 +82,15 @@ class CountingRegistry(MemoryRegistry):
     async def read(self, key: str) -> tuple[Entry | None, int]:
         self.gets += 1
         return await super().read(key)
+
+
+@contextlib.asynccontextmanager
+async def serving(cache: ModelCache, record: ModelRecord) -> AsyncIterator[LoadedModel]:
+    """Hold the model as a call does (``hold`` ... ``let_go``): loaded first if needed, and not
+    evictable inside the block."""
+    entry = await cache.hold(record)
+    try:
+        assert entry.model is not None
+        yield entry.model
+    finally:
+        cache.let_go(entry)

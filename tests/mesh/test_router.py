@@ -47,7 +47,7 @@ from mesh.records import (
 from mesh.registry import ModelStore
 from mesh.router import COPY, EXCLUDE, LOAD, LOADED, WHY, Router
 from puller import default_fetchers
-from tests.mesh.fakes import CountingRegistry, fake_cache
+from tests.mesh.fakes import CountingRegistry, fake_cache, serving
 
 SELF = "pod-a"
 LABELS = ("type:fake",)
@@ -256,7 +256,7 @@ class Harness:
         )
 
     async def local(self, model_id: str) -> bytes:
-        async with self.cache.use(self.store.model(model_id)):  # type: ignore[arg-type]
+        async with serving(self.cache, self.store.model(model_id)):  # type: ignore[arg-type]
             return b"served here"
 
     def describe(self) -> InstanceRecord:
