@@ -20,6 +20,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto/ proto/
 COPY mesh/ mesh/
+COPY mesh_common/ mesh_common/
+COPY mesh_tools/ mesh_tools/
 COPY adapters/ adapters/
 COPY placement/ placement/
 COPY puller/ puller/

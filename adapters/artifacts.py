@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from mesh.errors import ArtifactNotFound
+from mesh_common.errors import ArtifactNotFound
 
 
 def find_artifact(path: Path, suffixes: Iterable[str]) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mesh.errors import InvalidInput
+from mesh_common.errors import InvalidInput
 
 V2_TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),

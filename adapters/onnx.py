@@ -18,7 +18,7 @@ import onnxruntime as ort
 from adapters.artifacts import find_artifact
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.signature import ModelSignature, TensorSpec
-from mesh.errors import InvalidInput
+from mesh_common.errors import InvalidInput
 
 _ONNX_TO_V2 = {
     "tensor(bool)": "BOOL",

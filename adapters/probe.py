@@ -44,7 +44,7 @@ import numpy as np
 from adapters.artifacts import find_artifact
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.datatypes import V2_TO_NUMPY
-from mesh.errors import LoaderCrashed, ModelLoadFailed, Unavailable
+from mesh_common.errors import LoaderCrashed, ModelLoadFailed, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from adapters.artifacts import find_artifact
 from adapters.base import LoadedModel, ModelAdapter
 from adapters.datatypes import NUMERIC
 from adapters.signature import ModelSignature, TensorSpec
-from mesh.errors import InvalidInput
+from mesh_common.errors import InvalidInput
 
 SIGNATURE_FILE = "signature.json"
 

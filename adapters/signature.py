@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters.datatypes import v2_datatype
-from mesh.errors import InvalidInput
+from mesh_common.errors import InvalidInput
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,14 @@ import grpc
 import numpy as np
 from single_pod import Run, drive
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.fleet import LocalFleet
 from mesh.records import ModelInfo, ModelRecord
 from mesh.registry.base import MUST_NOT_EXIST
 from mesh.registry.etcd import EtcdRegistry
 from mesh_proto import model_mesh_pb2 as mm
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools import samples
+from mesh_tools.fleet import LocalFleet
 
 ENV = {"MESH_PUBLISH_INTERVAL_S": "0.2"}
 

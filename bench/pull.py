@@ -33,7 +33,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from prometheus_client import CollectorRegistry
 
-from mesh.etcd_process import free_port
+from mesh_tools.etcd_process import free_port
 from puller import storage_fetchers
 
 BUCKET = "bench"

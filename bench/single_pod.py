@@ -55,9 +55,9 @@ import grpc
 import numpy as np
 import psutil
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.launcher import spawn_pod
+from mesh_tools import samples
+from mesh_tools.launcher import spawn_pod
 
 HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = HERE / ".venvs" / "mlserver"

@@ -29,7 +29,7 @@ import psutil
 
 from adapters import ModelAdapter, adapter_for
 from adapters.probe import LoadProbe
-from mesh import samples
+from mesh_tools import samples
 
 
 def _forest(directory: Path, rows: int) -> Path:

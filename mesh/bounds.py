@@ -11,7 +11,7 @@ import json
 import unicodedata
 from typing import Any
 
-from mesh.errors import InvalidInput, quoted, quoted_uri
+from mesh_common.errors import InvalidInput, quoted, quoted_uri
 from puller.base import split_uri
 
 MAX_ID_BYTES = 512

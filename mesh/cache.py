@@ -34,7 +34,9 @@ from typing import Protocol
 
 from adapters import LoadedModel, ModelAdapter, adapter_for
 from adapters.artifacts import artifact_bytes
-from mesh.errors import (
+from mesh.records import ModelRecord
+from mesh.working_set import WorkingSet
+from mesh_common.errors import (
     Busy,
     CapacityExceeded,
     MeshError,
@@ -44,8 +46,6 @@ from mesh.errors import (
     UnsupportedModelType,
     quoted,
 )
-from mesh.records import ModelRecord
-from mesh.working_set import WorkingSet
 from placement.eviction import EvictionCandidate, EvictionPolicy, choose_victims, gdsf_priority
 from puller import Artifact, FetcherTable
 

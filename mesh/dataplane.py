@@ -21,10 +21,11 @@ from adapters.datatypes import find_v2_datatype
 from adapters.signature import ModelSignature, check_inputs, select_outputs
 from mesh.batching import Batcher
 from mesh.cache import ModelCache
-from mesh.errors import InvalidInput, MeshError, OutOfMemory, Unavailable, UnservableOutput
 from mesh.inference_threads import InferenceThreads
-from mesh.management import ModelManager, now_ms
+from mesh.management import ModelManager
 from mesh.records import HOT_MODELS, ModelState, ModelTraffic
+from mesh_common.clock import now_ms
+from mesh_common.errors import InvalidInput, MeshError, OutOfMemory, Unavailable, UnservableOutput
 
 _EWMA = 0.2
 INLINE_MAX_BYTES = 256 * 1024

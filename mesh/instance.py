@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from mesh.errors import Unavailable
-from mesh.management import now_ms
 from mesh.records import InstanceRecord
 from mesh.registry import ModelStore, Registry
+from mesh_common.clock import now_ms
+from mesh_common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,11 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from typing import Protocol
 
-from mesh.errors import MeshError
-from mesh.management import ModelManager, now_ms
+from mesh.management import ModelManager
 from mesh.records import LeaderRecord, ModelRecord, ModelState
 from mesh.registry import ModelStore
+from mesh_common.clock import now_ms
+from mesh_common.errors import MeshError
 from placement.cluster import ClusterView
 from placement.copies import CopyChange, CopyPolicy, ModelDemand, plan_copies
 from placement.preload import PreloadCandidate, choose_preloads

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +19,20 @@ from typing import Any
 from adapters import ADAPTERS, supported_types
 from mesh.bounds import check_id, check_path, parse_model_key, registrable
 from mesh.cache import ModelCache
-from mesh.errors import (
+from mesh.records import (
+    CopyRecord,
+    FailureRecord,
+    InstanceRecord,
+    ModelInfo,
+    ModelRecord,
+    ModelState,
+    ModelTraffic,
+    TenantRecord,
+    VModelRecord,
+)
+from mesh.registry import ModelStore
+from mesh_common.clock import now_ms
+from mesh_common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidInput,
@@ -35,18 +47,6 @@ from mesh.errors import (
     UnsupportedModelType,
     quoted,
 )
-from mesh.records import (
-    CopyRecord,
-    FailureRecord,
-    InstanceRecord,
-    ModelInfo,
-    ModelRecord,
-    ModelState,
-    ModelTraffic,
-    TenantRecord,
-    VModelRecord,
-)
-from mesh.registry import ModelStore
 from placement.copies import CopyPolicy, ModelDemand, surplus_copy
 from placement.quotas import registration_refusal
 from puller import FetcherTable
@@ -54,10 +54,6 @@ from puller import FetcherTable
 log = logging.getLogger(__name__)
 
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from mesh.management import ModelStatus, now_ms
+from mesh.management import ModelStatus
 from mesh.records import ModelState, VModelRecord
 from mesh.registry import ModelStore
+from mesh_common.clock import now_ms
 
 MODELS, VMODELS, INSTANCES = "models", "vmodels", "instances"
 """The mirror's kinds a watch follows (``ModelStore`` listener kinds)."""

@@ -30,12 +30,11 @@ from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server
-from mesh.errors import MeshError
 from mesh.heap import HeapFreezer
 from mesh.inference_threads import InferenceThreads
 from mesh.instance import InstancePublisher
 from mesh.janitor import Janitor
-from mesh.management import ModelManager, now_ms
+from mesh.management import ModelManager
 from mesh.metrics import FleetCollector, FleetNumbers, MeshMetrics
 from mesh.model_watch import ModelWatches
 from mesh.records import InstanceRecord, ModelRecord
@@ -46,6 +45,8 @@ from mesh.request_budget import RequestBudget
 from mesh.router import Router
 from mesh.settings import MeshSettings
 from mesh.working_set import WorkingSet
+from mesh_common.clock import now_ms
+from mesh_common.errors import MeshError
 from placement.copies import CopyPolicy
 from placement.eviction import EvictionPolicy
 from puller import ArtifactCache, FetcherTable, storage_fetchers
@@ -122,8 +123,8 @@ class Pod:
         self._artifacts: ArtifactCache | None = None
         self._load_pool = ThreadPoolExecutor(settings.load_concurrency + 1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
-        # Each trial's worker runs the program's main module again (``mesh serve``: mesh.cli), which
-        # imports the pod: imported once in the fork server, that costs 5 ms a worker, not 200.
+        # Each trial's worker runs the program's main module again (``mesh serve``: mesh_tools.cli),
+        # which imports the pod: imported once in the fork server, that costs 5 ms a worker, not 200.
         self.probe = (
             LoadProbe(workers=settings.load_concurrency, preload=("mesh.pod",))
             if settings.probe_loads

@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from mesh.errors import RequestBytesBusy, RequestTooLarge
+from mesh_common.errors import RequestBytesBusy, RequestTooLarge
 
 WIRE_COPIES = 2
 """Copies of a request's bytes a call holds: the bytes it came in (numeric tensors are views of

@@ -34,7 +34,11 @@ from typing import Protocol
 
 from mesh.cache import ModelCache
 from mesh.deadlines import Deadlines
-from mesh.errors import (
+from mesh.management import ModelManager
+from mesh.records import CopyRecord, InstanceRecord, ModelRecord, ModelState
+from mesh.registry import ModelStore
+from mesh_common.clock import now_ms
+from mesh_common.errors import (
     Busy,
     CapacityExceeded,
     DeadlineExceeded,
@@ -46,9 +50,6 @@ from mesh.errors import (
     Unreachable,
     quoted,
 )
-from mesh.management import ModelManager, now_ms
-from mesh.records import CopyRecord, InstanceRecord, ModelRecord, ModelState
-from mesh.registry import ModelStore
 from placement.cluster import ClusterView, ModelView, PodView
 from placement.loading import LoadDecision, choose_copy, choose_load_pod
 from placement.quotas import TenantCopy, tenant_victims

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mesh.settings import parse_size
+from mesh_common.units import parse_size
 from placement.cluster import ClusterView, ModelView, PodView
 from placement.eviction import (
     EvictionCandidate,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from mesh.errors import InvalidInput, quoted, quoted_uri
+from mesh_common.errors import InvalidInput, quoted, quoted_uri
 from puller.config import StorageConfig, check_model_key, storage_uri
 
 
@@ -55,7 +55,7 @@ class ArtifactFetcher(ABC):
         """The artifact at ``uri``, on local disk and pinned until ``loaded()``/``release()``.
 
         ``storage`` is the model key's parsed JSON (``storage_key``, ``storage_params``).
-        Raises ``mesh.errors.FailedPrecondition`` subclasses when the artifact is missing,
+        Raises ``mesh_common.errors.FailedPrecondition`` subclasses when the artifact is missing,
         refused or corrupt, ``Unavailable`` when the store cannot be reached.
         """
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from mesh.errors import ArtifactCorrupt, ArtifactTooLarge, Busy, MeshError, Unavailable
+from mesh_common.errors import ArtifactCorrupt, ArtifactTooLarge, Busy, MeshError, Unavailable
 from puller.base import Artifact
 from puller.config import StorageLocation
 from puller.metrics import PullerMetrics

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mesh.errors import InvalidInput, StorageConfigError, quoted
+from mesh_common.errors import InvalidInput, StorageConfigError, quoted
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from google.cloud import storage
 from google.cloud.storage import transfer_manager
 from google.oauth2 import service_account
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
+from mesh_common.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
 from puller.config import StorageLocation
 from puller.store import (
     Listing,

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import urllib3
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
+from mesh_common.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
 from puller.config import StorageLocation, pem_file
 from puller.store import Listing, Progress, RemoteObject, RemoteStore, TransientStorageError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from mesh.errors import ArtifactNotFound
+from mesh_common.errors import ArtifactNotFound
 from puller.base import Artifact, ArtifactFetcher
 
 

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote
 
-from mesh.errors import ArtifactNotFound, InvalidInput, quoted
+from mesh_common.errors import ArtifactNotFound, InvalidInput, quoted
 from puller.base import Artifact, ArtifactFetcher, split_uri
 
 

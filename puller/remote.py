@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mesh.errors import InvalidInput, quoted
+from mesh_common.errors import InvalidInput, quoted
 from puller.base import Artifact, ArtifactFetcher, split_uri
 from puller.cache import ArtifactCache
 from puller.config import StorageConfig, locate

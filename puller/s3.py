@@ -24,7 +24,7 @@ import botocore.exceptions as boto_errors
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
+from mesh_common.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, StorageConfigError
 from puller.config import StorageLocation, pem_file
 from puller.store import (
     Listing,

@@ -5,7 +5,7 @@ each object's version and checksum, and downloads one object to a local file, ve
 the store lets it verify. Both calls block: the cache runs them in its download threads.
 
 Stores raise ``TransientStorageError`` for what a retry can fix (connection reset, 5xx,
-throttling, a cut download) and the ``mesh.errors`` artifact errors for what it cannot.
+throttling, a cut download) and the ``mesh_common.errors`` artifact errors for what it cannot.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.errors import ArtifactCorrupt, MeshError
+from mesh_common.errors import ArtifactCorrupt, MeshError
 from puller.config import StorageLocation
 
 Progress = Callable[[int], None]

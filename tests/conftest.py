@@ -14,12 +14,12 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh import samples
-from mesh.etcd_process import EtcdProcess
 from mesh.pod import Pod
 from mesh.settings import MeshSettings
 from mesh_proto import model_mesh_pb2 as mm
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools import samples
+from mesh_tools.etcd_process import EtcdProcess
 from tests.storage_servers import GcsServer, HttpFileServer, S3Server
 
 

@@ -31,7 +31,7 @@ import boto3
 from botocore.config import Config
 from werkzeug.serving import make_server
 
-from mesh.etcd_process import free_port
+from mesh_tools.etcd_process import free_port
 
 ACCESS_KEY = "mesh-test-key"
 SECRET_KEY = "mesh-test-secret-do-not-log"

@@ -18,10 +18,10 @@ from adapters.datatypes import V2_TO_NUMPY, numpy_dtype, v2_datatype
 from adapters.signature import TensorSpec
 from mesh.dataplane import InferenceRequest, InferenceResponse, ModelStats
 from mesh.edge.wire import split_field
-from mesh.errors import InvalidInput
 from mesh.management import ModelStatus, VModelStatus
 from mesh.model_watch import ModelChange
 from mesh.records import ModelInfo
+from mesh_common.errors import InvalidInput
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import model_mesh_pb2 as mm

@@ -26,10 +26,10 @@ from mesh.edge.health import PodReadiness
 from mesh.edge.peers import HOP, MODEL_ID, MODEL_ID_BIN, ROUTE
 from mesh.edge.status import MalformedRequest, edge_method, internal_error, interrupted
 from mesh.edge.wire import embed
-from mesh.errors import InvalidInput, MeshError, Unimplemented
 from mesh.metrics import MeshMetrics
 from mesh.request_budget import RequestBudget, charge
 from mesh.router import EXCLUDE, WHY, Metadata, Router
+from mesh_common.errors import InvalidInput, MeshError, Unimplemented
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 

@@ -13,10 +13,10 @@ from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.edge import converters
 from mesh.edge.status import edge_method
-from mesh.errors import InvalidInput, quoted
 from mesh.management import ModelManager, SetVModel, TenantUse
 from mesh.metrics import MeshMetrics
 from mesh.model_watch import ModelWatches
+from mesh_common.errors import InvalidInput, quoted
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm

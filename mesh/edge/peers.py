@@ -30,7 +30,7 @@ from typing import TypeAlias
 import grpc
 
 from mesh.edge.status import ERROR_TRAILER, GRPC_STATUS
-from mesh.errors import (
+from mesh_common.errors import (
     Busy,
     DeadlineExceeded,
     ErrorCode,

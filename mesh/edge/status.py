@@ -20,8 +20,8 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from mesh.errors import ErrorCode, InvalidInput, MeshError, Unavailable
 from mesh.metrics import MeshMetrics
+from mesh_common.errors import ErrorCode, InvalidInput, MeshError, Unavailable
 
 log = logging.getLogger(__name__)
 

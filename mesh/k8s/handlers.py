@@ -17,10 +17,10 @@ from typing import Any
 
 import kopf
 
-from mesh.errors import Unavailable
 from mesh.k8s.reconciler import Reconciler
 from mesh.k8s.resources import Kind, ResourceRef
 from mesh.k8s.spec import DEPLOYMENT_MODE, MODELMESH
+from mesh_common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

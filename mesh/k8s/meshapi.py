@@ -15,9 +15,9 @@ from typing import Protocol
 
 import grpc
 
-from mesh.errors import AlreadyExists, InvalidSpec, MeshError, Unavailable
 from mesh.k8s.resources import Registration
 from mesh.k8s.status import LoadFailureView, ModelView, VModelView
+from mesh_common.errors import AlreadyExists, InvalidSpec, MeshError, Unavailable
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2 as mm

@@ -27,13 +27,20 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.errors import AlreadyExists, InvalidSpec, MeshError, ResourceGone, ResourceRefused, Unavailable
 from mesh.k8s.meshapi import Change, MeshApi
 from mesh.k8s.resources import IdScheme, Kind, Registration, ResourceRef
 from mesh.k8s.spec import registration
 from mesh.k8s.status import ModelView, Observation, VModelView, inference_service_status, predictor_status
 from mesh.k8s.statuswriter import StatusWriter
-from mesh.management import now_ms
+from mesh_common.clock import now_ms
+from mesh_common.errors import (
+    AlreadyExists,
+    InvalidSpec,
+    MeshError,
+    ResourceGone,
+    ResourceRefused,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 

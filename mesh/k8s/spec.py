@@ -9,7 +9,7 @@ storage parameters by scheme as ModelMesh mapped it (``s3://b/p`` -> ``{"type": 
 registered is the URI itself, so a pod finds the artifact with or without a storage-config
 entry. ``file://`` is the mesh's own addition (artifacts on the pod's disk).
 
-Refusals (``mesh.errors``): ``InvalidSpec`` for a spec that cannot be registered as written,
+Refusals (``mesh_common.errors``): ``InvalidSpec`` for a spec that cannot be registered as written,
 ``NoSupportingRuntime`` for a model type no pod serves, ``RuntimeNotRecognized`` for a runtime
 the mesh does not know.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from mesh.errors import InvalidSpec, NoSupportingRuntime, RuntimeNotRecognized, quoted, quoted_uri
 from mesh.k8s.resources import IdScheme, Kind, Registration, ResourceRef
+from mesh_common.errors import InvalidSpec, NoSupportingRuntime, RuntimeNotRecognized, quoted, quoted_uri
 
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 """The annotation that hands an InferenceService to ModelMesh (value ``ModelMesh``)."""

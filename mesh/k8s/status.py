@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.errors import ResourceRefused
+from mesh_common.errors import ResourceRefused
 
 MODEL_STATES = {
     "NOT_LOADED": "Standby",

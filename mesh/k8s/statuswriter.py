@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from mesh.errors import ResourceGone
 from mesh.k8s.resources import ResourceRef
+from mesh_common.errors import ResourceGone
 
 MERGE_PATCH = "application/merge-patch+json"
 

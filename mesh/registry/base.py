@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from mesh.errors import Unavailable
+from mesh_common.errors import Unavailable
 
 MUST_NOT_EXIST = 0
 """``expected_revision`` for a create: the write succeeds only if the key is absent."""

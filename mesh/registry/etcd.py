@@ -36,7 +36,6 @@ from typing import TypeVar
 
 import grpc
 
-from mesh.errors import RegistryAccessDenied, Unavailable
 from mesh.registry.base import (
     MUST_NOT_EXIST,
     NO_LEASE,
@@ -47,6 +46,7 @@ from mesh.registry.base import (
     WatchEvent,
 )
 from mesh.registry.etcd_config import EtcdConnection
+from mesh_common.errors import RegistryAccessDenied, Unavailable
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 

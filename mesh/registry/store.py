@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
-from mesh.errors import Unavailable
 from mesh.records import (
     InstanceRecord,
     LeaderRecord,
@@ -35,6 +34,7 @@ from mesh.registry.base import (
     RegistryConflict,
     WatchEvent,
 )
+from mesh_common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from adapters.onnx import OnnxAdapter, providers
 from adapters.pytorch import TorchScriptAdapter, device
 from adapters.sklearn import SklearnAdapter
-from mesh import samples
+from mesh_tools import samples
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3]], dtype=np.float32)
 

@@ -16,8 +16,8 @@ import pytest
 
 from adapters import adapter_for
 from adapters.probe import LoadProbe
-from mesh import samples
-from mesh.errors import LoaderCrashed, ModelLoadFailed, Unavailable
+from mesh_common.errors import LoaderCrashed, ModelLoadFailed, Unavailable
+from mesh_tools import samples
 from tests.conftest import wait_until
 
 

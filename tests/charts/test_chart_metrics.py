@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess
+from mesh_tools import samples
+from mesh_tools.etcd_process import EtcdProcess
 from tests.charts.conftest import Rendered
 from tests.charts.helm import CHART, objects, one
 from tests.charts.promql import equality_matchers, metric_names

@@ -151,7 +151,7 @@ def test_corrupt_and_missing_artifacts_fail_to_load_and_the_pod_serves_on(
 
 def test_model_larger_than_capacity_is_resource_exhausted(models: ModelSet, tmp_path) -> None:
     big = tmp_path / "big.onnx"
-    from mesh import samples
+    from mesh_tools import samples
 
     samples.onnx_mlp(tmp_path, features=4, hidden=40_000, name="big.onnx")
     size = big.stat().st_size

@@ -26,11 +26,11 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from mesh.edge.client import MeshClient
-from mesh.fleet import LocalFleet
-from mesh.launcher import spawn_pod, stop_pod
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools.fleet import LocalFleet
+from mesh_tools.launcher import spawn_pod, stop_pod
 from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
 from tests.storage_servers import HttpFileServer
 

@@ -11,10 +11,10 @@ import joblib
 import numpy as np
 import tritonclient.grpc as tc
 
-from mesh import samples
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import mesh_admin_pb2_grpc as admin_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools import samples
 from tests.conftest import PodThread, pod_settings, register
 
 CAPACITY = 800_000

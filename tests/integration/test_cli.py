@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 
 from mesh.edge.client import MeshClient
-from mesh.launcher import spawn_pod, stop_pod
+from mesh_tools.launcher import spawn_pod, stop_pod
 from tests.conftest import ModelSet, wait_until
 from tests.storage_servers import ACCESS_KEY, SECRET_KEY, S3Server
 
 
 def mesh(*args: str, target: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mesh.cli", *args, "--target", target],
+        [sys.executable, "-m", "mesh_tools.cli", *args, "--target", target],
         capture_output=True,
         text=True,
         timeout=60,
@@ -157,7 +157,7 @@ def test_metrics_endpoint_counts_calls(models: ModelSet, pod, triton) -> None:
 def test_demo_serves_its_models_from_an_s3_endpoint(
     s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mesh.demo import run_demo
+    from mesh_tools.demo import run_demo
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
@@ -206,7 +206,7 @@ def test_mesh_up_runs_a_fleet_and_ctrl_c_stops_every_process(models: ModelSet, t
     up_args = ["up", "--pods", "2", "--port", str(base), "--capacity", "32MiB"]
     up = subprocess.Popen(
         # started with SIGINT ignored, as a shell starts a background job: Ctrl-C still stops it
-        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "mesh.cli", *up_args],
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "mesh_tools.cli", *up_args],
         stdout=subprocess.PIPE,
         stderr=(tmp_path / "up.log").open("wb"),
         text=True,

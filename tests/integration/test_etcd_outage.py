@@ -18,11 +18,11 @@ import pytest
 import tritonclient.grpc as tc
 
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess
 from mesh.registry.etcd import prefix_end
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import model_mesh_pb2 as mm
+from mesh_tools.etcd_process import EtcdProcess
 from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
 from tests.storage_servers import HttpFileServer, TcpRelay
 

@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mesh.errors import Unavailable
-from mesh.etcd_process import EtcdProcess, EtcdTls, etcd_binary, free_port
 from mesh.registry.etcd import EtcdRegistry
 from mesh.registry.etcd_config import EtcdConnection
+from mesh_common.errors import Unavailable
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools.etcd_process import EtcdProcess, EtcdTls, etcd_binary, free_port
 from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
 
 PASSWORD = "mesh-pw-7f3a"  # must never appear in a message
@@ -101,7 +101,7 @@ def test_a_pod_authenticates_keeps_its_keys_under_the_root_prefix_and_renews_its
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "serve", "--port", "0", "--metrics-port", "-1", *args],
+        [sys.executable, "-m", "mesh_tools.cli", "serve", "--port", "0", "--metrics-port", "-1", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -17,10 +17,10 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.fleet import LocalFleet
 from mesh_proto import model_mesh_pb2 as mm
+from mesh_tools import samples
+from mesh_tools.fleet import LocalFleet
 from tests.conftest import wait_until
 
 LEASE_TTL_S = 3.0

@@ -17,10 +17,10 @@ import pytest
 import tritonclient.grpc as tc
 
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 from mesh_proto import model_mesh_pb2 as mm
+from mesh_tools.etcd_process import EtcdProcess
 from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
 
 MB = 2**20

@@ -11,9 +11,9 @@ import psutil
 import pytest
 import tritonclient.grpc as tc
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.launcher import spawn_pod, stop_pod
+from mesh_tools import samples
+from mesh_tools.launcher import spawn_pod, stop_pod
 
 FEATURES = 2500
 """80 KB of weights a model: a leak of every evicted model is hundreds of MiB over the run."""

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as tc
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh import samples
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools import samples
 from tests.conftest import PodThread, pod_settings, register, wait_until
 
 CAPACITY = 800 * 1024  # room for one small ONNX model (predicted at about 525 KiB), not two

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.fleet import LocalFleet
+from mesh_tools import samples
+from mesh_tools.fleet import LocalFleet
 from tests.conftest import wait_until
 
 CAPACITY = 6 * 2**20

@@ -24,14 +24,14 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess
-from mesh.fleet import LocalFleet
-from mesh.launcher import spawn_pod
-from mesh.management import now_ms
 from mesh.records import CopyRecord, ModelRecord, ModelState
+from mesh_common.clock import now_ms
 from mesh_proto import model_mesh_pb2 as mm
+from mesh_tools import samples
+from mesh_tools.etcd_process import EtcdProcess
+from mesh_tools.fleet import LocalFleet
+from mesh_tools.launcher import spawn_pod
 from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
 
 FAILURE_TTL_S = 1.0
@@ -189,7 +189,7 @@ def test_pods_that_die_loading_a_model_block_it_until_it_is_registered_again(
         assert "pods died loading it" in _refused(pod.target, "m")
 
         cleared = subprocess.run(
-            [sys.executable, "-m", "mesh.cli", "clear", "m", "--target", pod.target],
+            [sys.executable, "-m", "mesh_tools.cli", "clear", "m", "--target", pod.target],
             capture_output=True,
             text=True,
             timeout=60,

@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mesh import samples
-from mesh.etcd_process import EtcdProcess
 from mesh.registry.etcd import EtcdRegistry
 from mesh.settings import MeshSettings
 from mesh_proto import model_mesh_pb2 as mm
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools import samples
+from mesh_tools.etcd_process import EtcdProcess
 from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
 from tests.integration.test_metrics_e2e import scrape, value
 

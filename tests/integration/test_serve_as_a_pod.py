@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess, free_port
-from mesh.launcher import spawn_pod
+from mesh_tools.etcd_process import EtcdProcess, free_port
+from mesh_tools.launcher import spawn_pod
 
 
 def listening_addresses(pid: int, port: int) -> set[str]:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 
-from mesh import samples
 from mesh_proto import model_mesh_pb2 as mm
+from mesh_tools import samples
 from tests.conftest import ModelSet, register
 
 X = np.ones((1, 4), dtype=np.float32)

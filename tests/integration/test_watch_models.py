@@ -23,8 +23,6 @@ import grpc
 import pytest
 
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess
-from mesh.launcher import spawn_pod, stop_pod
 from mesh.records import ModelInfo, ModelRecord
 from mesh.registry import ModelStore
 from mesh.registry.etcd import EtcdRegistry
@@ -33,6 +31,8 @@ from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
 from mesh_proto import mesh_admin_pb2 as admin
 from mesh_proto import model_mesh_pb2 as mm
+from mesh_tools.etcd_process import EtcdProcess
+from mesh_tools.launcher import spawn_pod, stop_pod
 from tests.conftest import ModelSet, PodThread, pod_settings, wait_until
 from tests.storage_servers import TcpRelay
 
@@ -351,7 +351,7 @@ def test_mesh_watch_prints_a_line_per_change_until_ctrl_c(pod: PodThread, models
         api.register("other", "sklearn", str(models.sklearn))
         api.register("iris", "sklearn", str(models.sklearn))
         watcher = subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", "watch", "--prefix", "ir", "--target", pod.target],
+            [sys.executable, "-m", "mesh_tools.cli", "watch", "--prefix", "ir", "--target", pod.target],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

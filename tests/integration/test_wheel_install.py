@@ -38,9 +38,9 @@ import pytest
 import torch
 import tritonclient.grpc as tc
 
-from mesh.launcher import stop_pod
 from mesh.settings import MeshSettings
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
+from mesh_tools.launcher import stop_pod
 from tests import dockerfile
 from tests.conftest import ModelSet, register, wait_until
 
@@ -169,7 +169,7 @@ def test_wheel_carries_every_file_of_every_package(installed: Installed) -> None
     import zipfile
 
     expected = installed.package_files
-    assert "mesh_proto/model_mesh.proto" in expected and "mesh/cli.py" in expected
+    assert "mesh_proto/model_mesh.proto" in expected and "mesh_tools/cli.py" in expected
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
     assert sorted(expected - names) == []
@@ -187,7 +187,7 @@ def test_venv_holds_exactly_the_pinned_dependencies(installed: Installed) -> Non
 
 
 def test_mesh_imports_from_the_venv_not_the_checkout(installed: Installed, tmp_path: Path) -> None:
-    packages = "mesh, mesh_proto, adapters, placement, puller"
+    packages = "mesh, mesh_common, mesh_tools, mesh_proto, adapters, placement, puller"
     code = f"import sysconfig, {packages}; print(sysconfig.get_path('purelib'))"
     code += f"; [print(m.__file__) for m in ({packages})]"
     done = subprocess.run(
@@ -313,5 +313,5 @@ def test_dockerignore_keeps_out_what_the_image_does_not_need() -> None:
         ".mypy_cache/x",
     ):
         assert dockerfile.ignored(path, patterns), path
-    for path in ("mesh/cli.py", "proto/mesh_proto/model_mesh.proto", "constraints.txt", "README.md"):
+    for path in ("mesh_tools/cli.py", "proto/mesh_proto/model_mesh.proto", "constraints.txt", "README.md"):
         assert not dockerfile.ignored(path, patterns), path

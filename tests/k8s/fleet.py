@@ -17,11 +17,11 @@ import numpy as np
 
 from adapters import supported_types
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess, etcd_binary
 from mesh.k8s.meshapi import Change, GrpcMeshApi, MeshApi
 from mesh.k8s.reconciler import Reconciler
 from mesh.k8s.resources import IdScheme, Registration
 from mesh.k8s.statuswriter import RecordingStatusWriter
+from mesh_tools.etcd_process import EtcdProcess, etcd_binary
 from tests.conftest import PodThread, pod_settings
 
 ENDPOINT = "grpc://mesh.serving.svc:8033"

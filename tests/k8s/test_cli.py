@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.cli import build_parser, controller_settings
 from mesh.k8s.operator import scope_of
+from mesh_tools.parser import build_parser
+from mesh_tools.servers import controller_settings
 
 
 def settings(*argv: str):
@@ -76,7 +77,7 @@ def test_without_credentials_it_says_so(tmp_path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     done = subprocess.run(
-        [sys.executable, "-m", "mesh.cli", "controller", "--target", "127.0.0.1:1", "--namespace", "a"],
+        [sys.executable, "-m", "mesh_tools.cli", "controller", "--target", "127.0.0.1:1", "--namespace", "a"],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr

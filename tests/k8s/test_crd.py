@@ -11,7 +11,6 @@ import kopf
 import kubernetes_validate
 import pytest
 
-from mesh.errors import InvalidSpec, NoSupportingRuntime
 from mesh.k8s.handlers import Handlers, NamespaceScope, register
 from mesh.k8s.resources import Kind
 from mesh.k8s.status import (
@@ -23,6 +22,7 @@ from mesh.k8s.status import (
     inference_service_status,
     predictor_status,
 )
+from mesh_common.errors import InvalidSpec, NoSupportingRuntime
 from tests.k8s.schemas import check, isvc_schema, predictor_crd, predictor_schema, render_crd
 
 NOW = 1_780_000_000_000

@@ -10,9 +10,9 @@ from typing import Any
 import kopf
 import pytest
 
-from mesh.etcd_process import free_port
 from mesh.k8s.handlers import VMODEL_ANNOTATION, Handlers, NamespaceScope
 from mesh.k8s.resources import IdScheme, ResourceRef
+from mesh_tools.etcd_process import free_port
 from tests.conftest import ModelSet
 from tests.k8s.bodies import inference_service, predictor
 from tests.k8s.fleet import controller_for, fleet_of, infer

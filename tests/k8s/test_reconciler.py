@@ -207,7 +207,7 @@ async def test_periodic_resync(etcd, models: ModelSet, tmp_path: Path) -> None:
 
 
 async def test_mesh_unreachable(etcd, models: ModelSet, tmp_path: Path) -> None:
-    from mesh.etcd_process import free_port
+    from mesh_tools.etcd_process import free_port
     from tests.storage_servers import TcpRelay
 
     async with controller_for(f"127.0.0.1:{free_port()}", backoff_s=0.1, max_backoff_s=0.8) as ctl:
@@ -243,7 +243,7 @@ async def test_mesh_unreachable(etcd, models: ModelSet, tmp_path: Path) -> None:
 
 
 async def test_registers_once_the_mesh_comes(etcd, models: ModelSet, tmp_path: Path) -> None:
-    from mesh.etcd_process import free_port
+    from mesh_tools.etcd_process import free_port
     from tests.conftest import PodThread, pod_settings
 
     port = free_port()

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from mesh.errors import InvalidSpec, NoSupportingRuntime, RuntimeNotRecognized
 from mesh.k8s.resources import IdScheme, Kind, ResourceRef, spec_hash
 from mesh.k8s.spec import registration
+from mesh_common.errors import InvalidSpec, NoSupportingRuntime, RuntimeNotRecognized
 from tests.k8s.bodies import inference_service, predictor
 
 SUPPORTED = ("onnx", "pytorch", "sklearn")

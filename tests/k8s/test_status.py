@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mesh.errors import InvalidSpec, NoSupportingRuntime
 from mesh.k8s.status import (
     LoadFailureView,
     ModelView,
@@ -12,6 +11,7 @@ from mesh.k8s.status import (
     predictor_status,
     rfc3339,
 )
+from mesh_common.errors import InvalidSpec, NoSupportingRuntime
 
 NOW = 1_780_000_000_000
 EP = "grpc://mesh.serving.svc:8033"

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from mesh.errors import ResourceGone
 from mesh.k8s.resources import Kind, ResourceRef
 from mesh.k8s.statuswriter import KubeStatusWriter
+from mesh_common.errors import ResourceGone
 
 
 class StatusEndpoint(ThreadingHTTPServer):

@@ -11,8 +11,8 @@ import pytest
 
 from adapters.base import ModelAdapter
 from mesh.cache import ModelCache
-from mesh.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
 from mesh.records import ModelInfo, ModelRecord
+from mesh_common.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
 from placement.eviction import EvictionPolicy
 from puller import default_fetchers
 from tests.mesh.fakes import FakeAdapter, FakeModel, fake_cache, serving

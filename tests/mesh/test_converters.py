@@ -13,8 +13,8 @@ from adapters.datatypes import V2_TO_NUMPY
 from mesh.dataplane import InferenceResponse
 from mesh.edge import converters
 from mesh.edge.client import build_request, decode_response
-from mesh.errors import InvalidInput
-from mesh.settings import parse_size
+from mesh_common.errors import InvalidInput
+from mesh_common.units import parse_size
 from mesh_proto import grpc_service_pb2 as v2
 
 SAMPLES = {

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from mesh.cache import ModelCache
-from mesh.errors import LoaderCrashed, ModelLoadFailed, UnsupportedModelType
 from mesh.management import ModelManager
 from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
 from mesh.registry import MemoryRegistry, ModelStore
+from mesh_common.errors import LoaderCrashed, ModelLoadFailed, UnsupportedModelType
 from puller import default_fetchers
 from tests.mesh.fakes import FakeAdapter, fake_cache
 from tests.mesh.test_cache import Events, _until

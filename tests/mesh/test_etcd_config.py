@@ -123,7 +123,8 @@ def test_capacity_from_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None
 def test_serve_flags_win_over_variables_and_variables_fill_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mesh.cli import build_parser, serve_settings
+    from mesh_tools.parser import build_parser
+    from mesh_tools.servers import serve_settings
 
     monkeypatch.setenv("MESH_HOST", "0.0.0.0")
     monkeypatch.setenv("MESH_PORT", "9000")

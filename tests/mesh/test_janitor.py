@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mesh.janitor import Janitor
-from mesh.management import ModelManager, now_ms
+from mesh.management import ModelManager
 from mesh.records import (
     CopyRecord,
     FailureRecord,
@@ -22,6 +22,7 @@ from mesh.records import (
     TenantRecord,
 )
 from mesh.registry import MemoryRegistry, ModelStore
+from mesh_common.clock import now_ms
 from placement.cluster import ClusterView, PodView
 from placement.copies import CopyPolicy
 from placement.quotas import TenantCopy

@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from mesh.management import ModelManager, now_ms
+from mesh.management import ModelManager
 from mesh.model_watch import SYNCED, ModelChange, ModelView, ModelWatch, ModelWatches
 from mesh.records import CopyRecord, FailureRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState
 from mesh.registry import MemoryRegistry, ModelStore
+from mesh_common.clock import now_ms
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
 from tests.mesh.test_cache import Events

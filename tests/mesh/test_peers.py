@@ -12,7 +12,7 @@ import pytest
 
 from mesh.edge.peers import HOP, MODEL_ID, ROUTE, PeerClient
 from mesh.edge.status import ERROR_TRAILER, abort
-from mesh.errors import DeadlineExceeded, ModelLoadFailed, NotHere, Unavailable, Unreachable
+from mesh_common.errors import DeadlineExceeded, ModelLoadFailed, NotHere, Unavailable, Unreachable
 
 SERVICE = "inference.GRPCInferenceService"
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mesh.errors import Unavailable
-from mesh.etcd_process import EtcdProcess
 from mesh.instance import InstancePublisher
-from mesh.management import now_ms
 from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, ModelState, VModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry, RegistryConflict
 from mesh.registry.base import MUST_NOT_EXIST, Entry, RegistryCompacted
 from mesh.registry.etcd import EtcdRegistry, prefix_end
+from mesh_common.clock import now_ms
+from mesh_common.errors import Unavailable
 from mesh_proto import etcd_pb2 as pb
 from mesh_proto import etcd_pb2_grpc as pb_grpc
+from mesh_tools.etcd_process import EtcdProcess
 from tests.mesh.fakes import CountingRegistry
 
 _names = itertools.count()

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from mesh.errors import ErrorCode, RequestBytesBusy, RequestTooLarge
 from mesh.request_budget import BYTES_ELEMENT, WIRE_COPIES, RequestBudget, charge
 from mesh.settings import MeshSettings
+from mesh_common.errors import ErrorCode, RequestBytesBusy, RequestTooLarge
 
 MiB = 2**20
 

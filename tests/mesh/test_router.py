@@ -19,21 +19,8 @@ import pytest
 
 from mesh.cache import ModelCache
 from mesh.dataplane import DataPlane
-from mesh.errors import (
-    Busy,
-    DeadlineExceeded,
-    MeshError,
-    ModelInUse,
-    ModelLoadFailed,
-    NotFound,
-    NotHere,
-    QuotaExceeded,
-    Unavailable,
-    Unreachable,
-    quoted,
-)
 from mesh.inference_threads import InferenceThreads
-from mesh.management import ModelManager, SetVModel, now_ms
+from mesh.management import ModelManager, SetVModel
 from mesh.records import (
     CopyRecord,
     InstanceRecord,
@@ -46,6 +33,20 @@ from mesh.records import (
 )
 from mesh.registry import ModelStore
 from mesh.router import COPY, EXCLUDE, LOAD, LOADED, WHY, Router
+from mesh_common.clock import now_ms
+from mesh_common.errors import (
+    Busy,
+    DeadlineExceeded,
+    MeshError,
+    ModelInUse,
+    ModelLoadFailed,
+    NotFound,
+    NotHere,
+    QuotaExceeded,
+    Unavailable,
+    Unreachable,
+    quoted,
+)
 from puller import default_fetchers
 from tests.mesh.fakes import CountingRegistry, fake_cache, serving
 

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mesh.edge.status import MESSAGE_BYTES, bounded, edge_method, internal_error
-from mesh.errors import ModelNotFound, quoted
 from mesh.metrics import MeshMetrics
+from mesh_common.errors import ModelNotFound, quoted
 
 
 def test_an_unexpected_error_is_logged_under_the_trace_id_the_caller_gets(caplog) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mesh.errors import InvalidInput, QuotaExceeded
 from mesh.management import ModelManager
 from mesh.records import (
     CopyRecord,
@@ -23,6 +22,7 @@ from mesh.records import (
 )
 from mesh.registry import MemoryRegistry, ModelStore
 from mesh.settings import MeshSettings
+from mesh_common.errors import InvalidInput, QuotaExceeded
 from puller import default_fetchers
 from tests.mesh.fakes import fake_cache
 from tests.mesh.test_cache import Events

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.errors import InvalidInput, StorageConfigError
+from mesh_common.errors import InvalidInput, StorageConfigError
 from puller import default_fetchers
 from puller.base import FetcherTable
 from puller.config import StorageConfig, check_model_key, locate, storage_uri

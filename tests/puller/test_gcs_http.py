@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, Unavailable
+from mesh_common.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, Unavailable
 from tests.puller.test_s3 import Puller, make_puller
 from tests.storage_servers import GcsServer, HttpFileServer
 

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mesh.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound, ArtifactTooLarge, Unavailable
+from mesh_common.errors import (
+    ArtifactAccessDenied,
+    ArtifactCorrupt,
+    ArtifactNotFound,
+    ArtifactTooLarge,
+    Unavailable,
+)
 from puller import ArtifactCache, FetcherTable, storage_fetchers
 from tests.storage_servers import SECRET_KEY, S3Server
 
@@ -269,6 +275,6 @@ async def test_unreachable_storage_uses_the_cached_copy_else_is_unavailable(
 
 
 def _closed_port() -> int:
-    from mesh.etcd_process import free_port
+    from mesh_tools.etcd_process import free_port
 
     return free_port()

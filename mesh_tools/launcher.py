@@ -28,7 +28,7 @@ def spawn_pod(
         [
             sys.executable,
             "-m",
-            "mesh.cli",
+            "mesh_tools.cli",
             "serve",
             "--port",
             "0",

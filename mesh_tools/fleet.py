@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from mesh.etcd_process import EtcdProcess
-from mesh.launcher import spawn_pod
+from mesh_tools.etcd_process import EtcdProcess
+from mesh_tools.launcher import spawn_pod
 
 
 class LocalFleet:

@@ -76,19 +76,6 @@ def poison_estimator(directory: Path, *, exit_code: int = 5, name: str = "model.
     return path
 
 
-def sklearn_regressor(directory: Path, *, features: int = 4, seed: int = 0) -> Path:
-    import joblib
-    from sklearn.linear_model import Ridge
-
-    rng = np.random.default_rng(seed)
-    data = rng.normal(size=(40, features))
-    model = Ridge().fit(data, data @ rng.normal(size=features))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "model.joblib"
-    joblib.dump(model, path)
-    return path
-
-
 def onnx_mlp(
     directory: Path,
     *,

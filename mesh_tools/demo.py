@@ -18,9 +18,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from mesh import samples
 from mesh.edge.client import MeshClient, build_request
-from mesh.fleet import LocalFleet
+from mesh_tools import samples
+from mesh_tools.fleet import LocalFleet
 
 
 @dataclass(frozen=True)
