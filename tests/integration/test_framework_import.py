@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as tc
 
-from mesh import samples
 from mesh.edge.client import MeshClient
-from mesh.launcher import spawn_pod, stop_pod
+from mesh_tools import samples
+from mesh_tools.launcher import spawn_pod, stop_pod
 from tests.conftest import ModelSet
 
 TORCH_LIBRARY = "libtorch_cpu"

@@ -17,9 +17,9 @@ import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.edge.client import MeshClient
-from mesh.etcd_process import EtcdProcess
 from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
+from mesh_tools.etcd_process import EtcdProcess
 from tests.conftest import PodThread, pod_settings, wait_until
 from tests.sleepy import gated_model
 

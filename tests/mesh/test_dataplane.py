@@ -26,11 +26,11 @@ from mesh.dataplane import (
     TrafficMeter,
     merge_statistics,
 )
-from mesh.errors import InvalidInput, MeshError, ModelNotFound, OutOfMemory, UnservableOutput
 from mesh.inference_threads import InferenceThreads
 from mesh.management import ModelManager
 from mesh.records import ModelInfo, ModelState, ModelTraffic
 from mesh.registry import MemoryRegistry, ModelStore
+from mesh_common.errors import InvalidInput, MeshError, ModelNotFound, OutOfMemory, UnservableOutput
 from puller import default_fetchers
 
 SIGNATURE = ModelSignature("scripted", (TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("y", "FP32", (-1,)),))
