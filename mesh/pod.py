@@ -309,7 +309,7 @@ class Pod:
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release.
+        """Leave the fleet gracefully: mark shutting down and not ready, hand hot models over, drain, release.
 
         The hand-over takes at most ``handoff_timeout_s`` and the drain ``stop_grace_s`` (both
         ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout
