@@ -156,9 +156,9 @@ class ModelCache:
         return self._room.loads_waiting
 
     @property
-    def bytes_waiting_for_room(self) -> int:
-        """Predicted bytes of the loads waiting for a serving model to go idle."""
-        return self._room.bytes_waiting
+    def waiting_for_room(self) -> dict[str, int]:
+        """Model id -> predicted bytes, for each load waiting for a serving model to go idle."""
+        return self._room.waiting
 
     def next_victim_age_s(self) -> float | None:
         """Seconds since the idle model the eviction policy would evict next was last used (None: no

@@ -77,8 +77,9 @@ class CacheRoom:
         self._idle = asyncio.Event()
         self.loads_waiting = 0
         """Loads parked until a model that is serving goes idle and can be evicted."""
-        self.bytes_waiting = 0
-        """Predicted bytes of the loads waiting for a serving model to go idle."""
+        self.waiting: dict[str, int] = {}
+        """Model id -> predicted bytes, for each load waiting for a serving model to go idle (one
+        load per model at a time)."""
         self._inflation = 0.0
         """GDSF's L: the highest priority evicted so far."""
 
@@ -129,12 +130,12 @@ class CacheRoom:
                     model_id=model_id,
                 )
             self.loads_waiting += 1
-            self.bytes_waiting += size
+            self.waiting[model_id] = size
             try:
                 await self.wait_idle(deadline)
             finally:
                 self.loads_waiting -= 1
-                self.bytes_waiting -= size
+                self.waiting.pop(model_id, None)
 
     async def settle(self, entry: CacheEntry, model: LoadedModel) -> None:
         """Put the loaded ``model`` in its reservation, at its measured size (evicting to fit)."""

@@ -481,7 +481,7 @@ class Pod:
             self.metrics.cache_pressure.set(
                 self.working_set.pressure(
                     self.cache.models(),
-                    waiting_bytes=self.cache.bytes_waiting_for_room,
+                    waiting=self.cache.waiting_for_room,
                     capacity_bytes=self.settings.capacity_bytes,
                     now=time.monotonic(),
                 )

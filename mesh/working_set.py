@@ -16,7 +16,7 @@ the window (loaded ones are read from the cache), and entries older than the win
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 
@@ -50,6 +50,19 @@ class WorkingSet:
     def recent_bytes(self, cached: Iterable[UsedModel], *, now: float) -> int:
         """Bytes of the distinct models used within the window: those in the cache (loaded or
         loading) and those evicted since. Drops evicted entries older than the window."""
+        return sum(self._recent(cached, now=now).values())
+
+    def pressure(
+        self, cached: Iterable[UsedModel], *, waiting: Mapping[str, int], capacity_bytes: int, now: float
+    ) -> float:
+        """(recently used bytes + bytes of loads waiting for room) / capacity, each model once:
+        ``waiting`` (model id -> predicted bytes) often holds a model evicted within the window and
+        asked for again, the very churn the pressure measures, which must not count twice."""
+        sizes = self._recent(cached, now=now)
+        sizes.update(waiting)
+        return sum(sizes.values()) / max(capacity_bytes, 1)
+
+    def _recent(self, cached: Iterable[UsedModel], *, now: float) -> dict[str, int]:
         since = now - self.window_s
         for model_id in [m for m, (used, _) in self._evicted.items() if used < since]:
             del self._evicted[model_id]
@@ -59,13 +72,7 @@ class WorkingSet:
                 sizes[model.model_id] = model.size_bytes
             else:
                 sizes.pop(model.model_id, None)  # loaded again since, then idle past the window
-        return sum(sizes.values())
-
-    def pressure(
-        self, cached: Iterable[UsedModel], *, waiting_bytes: int, capacity_bytes: int, now: float
-    ) -> float:
-        """(recently used bytes + bytes of loads waiting for room) / capacity."""
-        return (self.recent_bytes(cached, now=now) + waiting_bytes) / max(capacity_bytes, 1)
+        return sizes
 
     def __len__(self) -> int:
         return len(self._evicted)
