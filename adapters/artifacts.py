@@ -33,17 +33,11 @@ def find_artifact(path: Path, suffixes: Iterable[str]) -> Path:
 
 
 def _search(directory: Path, suffixes: tuple[str, ...], depth: int) -> Path | None:
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(suffixes))
-    if files:
-        named_model = [p for p in files if p.name.startswith("model")]
-        candidates = named_model or files
-        if len(candidates) > 1:
-            raise ArtifactNotFound(
-                f"several model files under {str(directory)!r}: {', '.join(p.name for p in candidates)}"
-            )
-        return candidates[0]
-    if depth == 0:
-        return None
+    """The model file in ``directory``, else in its highest numeric version folder that has one,
+    else in its one subfolder (``depth`` levels down at most)."""
+    found = _model_file(directory, suffixes)
+    if found is not None or depth == 0:
+        return found
     subdirs = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
     versions = sorted((p for p in subdirs if p.name.isdigit()), key=lambda p: int(p.name), reverse=True)
     for version in versions:
@@ -53,6 +47,20 @@ def _search(directory: Path, suffixes: tuple[str, ...], depth: int) -> Path | No
     if len(subdirs) == 1 and not versions:
         return _search(subdirs[0], suffixes, depth - 1)
     return None
+
+
+def _model_file(directory: Path, suffixes: tuple[str, ...]) -> Path | None:
+    """The one file in ``directory`` (not below) with one of ``suffixes``; of several, the one named
+    ``model*``. Raises ``ArtifactNotFound`` when that still leaves more than one."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(suffixes))
+    if not files:
+        return None
+    candidates = [p for p in files if p.name.startswith("model")] or files
+    if len(candidates) > 1:
+        raise ArtifactNotFound(
+            f"several model files under {str(directory)!r}: {', '.join(p.name for p in candidates)}"
+        )
+    return candidates[0]
 
 
 def artifact_bytes(path: Path) -> int:

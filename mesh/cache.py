@@ -1,13 +1,12 @@
-"""The pod's local model cache: bounded in bytes, single-flight loads, LRU eviction of idle models.
+"""The pod's local model cache: bounded in bytes, single-flight loads, eviction of idle models.
 
 Invariants:
-- ``used_bytes`` (loaded sizes plus reservations for loads in flight) never exceeds
-  ``capacity_bytes``. A load reserves its predicted size before it starts and
-  settles on the adapter's measured size when it ends.
-- A model serving a request (``in_use`` > 0) or loading is never evicted.
+- Bytes: ``used_bytes`` never exceeds ``capacity_bytes``, and a model serving a call or loading
+  is never evicted (``mesh.cache_room`` keeps the room and chooses what to evict).
 - Concurrent requests for one unloaded model share one load.
 - At most ``load_concurrency`` loads run at once; each step (waiting for room, the trial,
-  the load) has the load timeout.
+  the load) has the load timeout. A format's first load imports its framework on a load thread
+  first, counted in no load's time (``mesh.adapter_imports``).
 - An artifact whose loading runs code (pickle) is loaded in a worker process first
   (``Probe``), in the room reserved for it and within a timeout of its own (the pod's own
   load then has its full timeout). The worker ends before the pod loads the model, so the
@@ -34,6 +33,8 @@ from typing import Protocol
 
 from adapters import LoadedModel, ModelAdapter, adapter_for
 from adapters.artifacts import artifact_bytes
+from mesh.adapter_imports import AdapterImports
+from mesh.cache_room import CacheEntry, CacheRoom
 from mesh.records import ModelRecord
 from mesh.working_set import WorkingSet
 from mesh_common.errors import (
@@ -43,11 +44,10 @@ from mesh_common.errors import (
     ModelLoadFailed,
     QuotaExceeded,
     Unavailable,
-    UnsupportedModelType,
     quoted,
 )
-from placement.eviction import EvictionCandidate, EvictionPolicy, choose_victims, gdsf_priority
-from puller import Artifact, FetcherTable
+from placement.eviction import EvictionPolicy
+from puller import FetcherTable
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +72,6 @@ class CacheListener(Protocol):
     async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None: ...
 
 
-@dataclass
-class _Entry:
-    model_id: str
-    size_bytes: int
-    last_used: float
-    model: LoadedModel | None = None
-    in_use: int = 0
-    artifact: Artifact | None = None
-    hits: int = 0
-    load_ms: float = 0.0
-    """Fetch plus load time measured when it was loaded: what evicting it would cost."""
-    priority: float = 0.0
-    """GDSF's H, refreshed on every use (see ``placement.eviction``)."""
-
-
 @dataclass(frozen=True)
 class CachedModel:
     model_id: str
@@ -96,26 +81,9 @@ class CachedModel:
     loaded: bool
 
 
-class _Holding:
-    __slots__ = ("_cache", "_entry", "_record")
-
-    def __init__(self, cache: ModelCache, record: ModelRecord) -> None:
-        self._cache = cache
-        self._record = record
-        self._entry: _Entry | None = None
-
-    async def __aenter__(self) -> LoadedModel:
-        self._entry = await self._cache.hold(self._record)
-        assert self._entry.model is not None
-        return self._entry.model
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._entry is not None:
-            self._cache.let_go(self._entry)
-            self._entry = None
-
-
 class ModelCache:
+    """Owns this pod's loaded models: holds them for calls, loads them single-flight, unloads."""
+
     def __init__(
         self,
         *,
@@ -140,32 +108,30 @@ class ModelCache:
         self._load_slots = asyncio.Semaphore(load_concurrency)
         self._load_timeout_s = load_timeout_s
         self._clock = clock
-        self._adapters = adapters
-        self._entries: dict[str, _Entry] = {}
-        self._loads: dict[str, asyncio.Task[_Entry]] = {}
-        self._load_waiters: dict[asyncio.Task[_Entry], int] = {}
+        self._adapters = AdapterImports(adapters, executor)
+        self._room = CacheRoom(
+            capacity_bytes=capacity_bytes,
+            executor=executor,
+            listener=listener,
+            clock=clock,
+            policy=eviction_policy,
+            held_elsewhere=held_elsewhere,
+            working_set=working_set,
+        )
+        self._entries = self._room.entries
+        self._loads: dict[str, asyncio.Task[CacheEntry]] = {}
+        self._load_waiters: dict[asyncio.Task[CacheEntry], int] = {}
         """Callers awaiting each load task (by task: a reload after an unload is another task)."""
-        self._idle = asyncio.Event()
-        self._waiting_for_room = 0
-        self.waiting_for_room: dict[str, int] = {}
-        """Model id -> predicted bytes, for each load waiting for a serving model to go idle (one
-        load per model at a time)."""
-        self._working_set = working_set
-        """Told of each eviction, for the cache pressure (``mesh.working_set``)."""
-        self._policy = eviction_policy
         self._admit = admit
-        self._held_elsewhere = held_elsewhere
-        """Which of the given models other live pods hold too (their copies here go first)."""
         self._probe = probe
         """Tries artifacts whose loading runs code (``runs_code_on_load``) outside the pod first."""
-        self._inflation = 0.0
-        """GDSF's L: the highest priority evicted so far."""
 
     # queries
 
     @property
     def used_bytes(self) -> int:
-        return sum(entry.size_bytes for entry in self._entries.values())
+        """Loaded sizes plus reservations for loads in flight: never above ``capacity_bytes``."""
+        return self._room.used_bytes
 
     def models(self) -> list[CachedModel]:
         return [
@@ -187,28 +153,21 @@ class ModelCache:
     @property
     def loads_waiting_for_room(self) -> int:
         """Loads parked until a model that is serving goes idle and can be evicted."""
-        return self._waiting_for_room
+        return self._room.loads_waiting
+
+    @property
+    def waiting_for_room(self) -> dict[str, int]:
+        """Model id -> predicted bytes, for each load waiting for a serving model to go idle."""
+        return self._room.waiting
 
     def next_victim_age_s(self) -> float | None:
         """Seconds since the idle model the eviction policy would evict next was last used (None: no
         idle model). Published so placement sends loads to the pod whose next victim is coldest."""
-        idle = [e for e in self._entries.values() if e.model is not None and not e.in_use]
-        if not idle:
-            return None
-        if self._policy is EvictionPolicy.GDSF:
-            victim = min(idle, key=lambda e: e.priority)
-        else:
-            victim = min(idle, key=lambda e: e.last_used)
-        return self._clock() - victim.last_used
+        return self._room.next_victim_age_s()
 
     # use
 
-    def use(self, record: ModelRecord) -> _Holding:
-        """``async with cache.use(record) as model``: the loaded model for the length of a request;
-        loads it first if needed. (A class, not a generator: it is on every call's path.)"""
-        return _Holding(self, record)
-
-    def hold_loaded(self, model_id: str) -> _Entry | None:
+    def hold_loaded(self, model_id: str) -> CacheEntry | None:
         """Hold a loaded model for a call without waiting (None: not loaded, ``await hold``).
         On every call's path: no coroutine when the model is loaded."""
         entry = self._entries.get(model_id)
@@ -217,7 +176,7 @@ class ModelCache:
         self._held(entry)
         return entry
 
-    async def hold(self, record: ModelRecord) -> _Entry:
+    async def hold(self, record: ModelRecord) -> CacheEntry:
         """Hold the model for a call, loading it first if needed; ``let_go`` when the call ends."""
         entry = self.hold_loaded(record.model_id)
         if entry is None:
@@ -225,16 +184,16 @@ class ModelCache:
             self._held(entry)
         return entry
 
-    def _held(self, entry: _Entry) -> None:
+    def _held(self, entry: CacheEntry) -> None:
         entry.in_use += 1
         entry.last_used = self._clock()
-        self._touch(entry)
+        self._room.touch(entry)
 
-    def let_go(self, entry: _Entry) -> None:
+    def let_go(self, entry: CacheEntry) -> None:
         entry.in_use -= 1
         entry.last_used = self._clock()
         if entry.in_use == 0:
-            self._idle.set()
+            self._room.wake()
 
     async def ensure_loaded(self, record: ModelRecord) -> LoadedModel:
         entry = await self._loaded_entry(record)
@@ -253,11 +212,11 @@ class ModelCache:
             return False
         deadline = self._clock() + grace_s
         while entry.in_use and self._clock() < deadline:
-            await self._wait_idle(deadline)
+            await self._room.wait_idle(deadline)
         if self._entries.get(model_id) is not entry:
             return False
         del self._entries[model_id]
-        await self._release(entry, evicted=False, reason=reason)
+        await self._room.release(entry, evicted=False, reason=reason)
         return True
 
     async def cancel_loads(self) -> None:
@@ -273,11 +232,11 @@ class ModelCache:
         for model_id in list(self._entries):
             entry = self._entries.pop(model_id)
             if entry.model is not None:
-                await self._release(entry, evicted=False)
+                await self._room.release(entry, evicted=False)
 
     # loading
 
-    async def _loaded_entry(self, record: ModelRecord) -> _Entry:
+    async def _loaded_entry(self, record: ModelRecord) -> CacheEntry:
         """The model's loaded entry; a load that was evicted before its waiter ran is redone."""
         for _ in range(_RELOADS):
             entry = self._entries.get(record.model_id)
@@ -291,7 +250,7 @@ class ModelCache:
             model_id=record.model_id,
         )
 
-    async def _load_shared(self, record: ModelRecord) -> _Entry:
+    async def _load_shared(self, record: ModelRecord) -> CacheEntry:
         model_id = record.model_id
         task = self._loads.get(model_id)
         if task is None:
@@ -310,25 +269,22 @@ class ModelCache:
                 if task.done():  # the last caller has the model: the load's hold goes
                     self._let_go_of_load(task)
 
-    def _load_done(self, model_id: str, task: asyncio.Task[_Entry]) -> None:
+    def _load_done(self, model_id: str, task: asyncio.Task[CacheEntry]) -> None:
         self._loads.pop(model_id, None)
         if task not in self._load_waiters:  # every caller gave up before it finished
             self._let_go_of_load(task)
 
-    def _let_go_of_load(self, task: asyncio.Task[_Entry]) -> None:
+    def _let_go_of_load(self, task: asyncio.Task[CacheEntry]) -> None:
         if not task.cancelled() and task.exception() is None:
             self.let_go(task.result())
 
-    async def _load(self, record: ModelRecord) -> _Entry:
+    async def _load(self, record: ModelRecord) -> CacheEntry:
         """Every way out but a load drops the claim a router may have written before it (``refused``
         or ``failed``): one left LOADING would count as a crash once this pod's lease ends. Waiting
         for a load slot is inside: a stopping pod cancels queued loads too."""
         model_id = record.model_id
         try:
-            try:
-                adapter = self._adapters(record.info.type)
-            except KeyError:
-                raise UnsupportedModelType(model_type=record.info.type, supported=[]) from None
+            adapter = await self._adapters.adapter(record.info.type)
             async with self._load_slots:
                 await self._listener.loading(model_id)
                 started = self._clock()
@@ -360,7 +316,7 @@ class ModelCache:
             raise
         return entry
 
-    async def _fetch_and_load(self, record: ModelRecord, adapter: ModelAdapter) -> _Entry:
+    async def _fetch_and_load(self, record: ModelRecord, adapter: ModelAdapter) -> CacheEntry:
         started = self._clock()
         artifact = await self._fetchers.fetch(record.info.path, storage=_storage(record))
         fetched_ms = (self._clock() - started) * 1000
@@ -372,10 +328,10 @@ class ModelCache:
         artifact.loaded()
         entry.artifact = artifact
         entry.load_ms += fetched_ms
-        self._touch(entry, hits=0)
+        self._room.touch(entry, hits=0)
         return entry
 
-    async def _load_artifact(self, record: ModelRecord, adapter: ModelAdapter, path: Path) -> _Entry:
+    async def _load_artifact(self, record: ModelRecord, adapter: ModelAdapter, path: Path) -> CacheEntry:
         model_id = record.model_id
         raw, predicted = await asyncio.get_running_loop().run_in_executor(
             self._executor, lambda: (artifact_bytes(path), adapter.predict_size(path))
@@ -386,7 +342,7 @@ class ModelCache:
         predicted = min(max(predicted, record.size_bytes), self.capacity_bytes)
         if self._admit is not None:
             await self._admit(record, predicted)
-        entry = await self._reserve(model_id, predicted, self._clock() + self._load_timeout_s)
+        entry = await self._room.reserve(model_id, predicted, self._clock() + self._load_timeout_s)
         try:
             if self._probe is not None and adapter.runs_code_on_load:
                 await self._try_outside(model_id, adapter, path)
@@ -395,15 +351,15 @@ class ModelCache:
                 model = await asyncio.get_running_loop().run_in_executor(self._executor, adapter.load, path)
             entry.load_ms = (self._clock() - started) * 1000
         except TimeoutError:
-            self._drop(entry)
+            self._room.drop(entry)
             raise self._timed_out(model_id) from None
         except BaseException:
-            self._drop(entry)
+            self._room.drop(entry)
             raise
         try:
-            await self._settle(entry, model)
+            await self._room.settle(entry, model)
         except BaseException:
-            self._drop(entry)
+            self._room.drop(entry)
             await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)
             raise
         return entry
@@ -423,107 +379,6 @@ class ModelCache:
     def _timed_out(self, model_id: str) -> Unavailable:
         message = f"loading model {quoted(model_id)} timed out after {self._load_timeout_s:g}s"
         return Unavailable(message, model_id=model_id)
-
-    async def _reserve(self, model_id: str, size: int, deadline: float) -> _Entry:
-        """Evict idle models until ``size`` fits, then hold the space; waits for busy models."""
-        while True:
-            victims = choose_victims(
-                self._candidates(), self.used_bytes + size - self.capacity_bytes, self._policy
-            )
-            if victims is not None:
-                evicted = self._evict(victims)
-                entry = _Entry(model_id, size, self._clock())
-                self._entries[model_id] = entry
-                for victim in evicted:
-                    await self._release(victim, evicted=True)
-                return entry
-            if self._clock() >= deadline:
-                raise Busy(
-                    f"no room for model {quoted(model_id)} ({size} bytes): every loaded model is serving "
-                    f"requests ({self.used_bytes} of {self.capacity_bytes} bytes in use); retry later",
-                    model_id=model_id,
-                )
-            self._waiting_for_room += 1
-            self.waiting_for_room[model_id] = size
-            try:
-                await self._wait_idle(deadline)
-            finally:
-                self._waiting_for_room -= 1
-                self.waiting_for_room.pop(model_id, None)
-
-    async def _settle(self, entry: _Entry, model: LoadedModel) -> None:
-        measured = model.size_bytes
-        if measured > self.capacity_bytes:
-            raise CapacityExceeded(
-                model_id=entry.model_id, size_bytes=measured, capacity_bytes=self.capacity_bytes
-            )
-        if measured > entry.size_bytes:
-            victims = choose_victims(
-                self._candidates(),
-                self.used_bytes - entry.size_bytes + measured - self.capacity_bytes,
-                self._policy,
-            )
-            if victims is None:
-                raise Busy(
-                    f"model {quoted(entry.model_id)} measured {measured} bytes, more than the "
-                    f"{entry.size_bytes} predicted, and no idle model can make room; retry later",
-                    model_id=entry.model_id,
-                )
-            for victim in self._evict(victims):
-                await self._release(victim, evicted=True)
-        entry.size_bytes = measured
-        entry.model = model
-        entry.last_used = self._clock()
-        self._idle.set()  # a new evictable model, and maybe fewer bytes than reserved: wake waiters
-
-    def _candidates(self) -> list[EvictionCandidate]:
-        loaded = [e for e in self._entries.values() if e.model is not None]
-        elsewhere = self._held_elsewhere([e.model_id for e in loaded]) if self._held_elsewhere else set()
-        return [
-            EvictionCandidate(
-                e.model_id, e.size_bytes, e.last_used, e.in_use, e.priority, e.model_id in elsewhere
-            )
-            for e in loaded
-        ]
-
-    def _evict(self, victims: list[str]) -> list[_Entry]:
-        """Take the victims out of the cache (the caller releases them) and raise GDSF's L."""
-        evicted = [self._entries.pop(v) for v in victims]
-        for entry in evicted:
-            self._inflation = max(self._inflation, entry.priority)
-        return evicted
-
-    def _touch(self, entry: _Entry, *, hits: int = 1) -> None:
-        entry.hits += hits
-        entry.priority = gdsf_priority(
-            self._inflation, hits=max(entry.hits, 1), load_ms=entry.load_ms, size_bytes=entry.size_bytes
-        )
-
-    def _drop(self, entry: _Entry) -> None:
-        if self._entries.get(entry.model_id) is entry:
-            del self._entries[entry.model_id]
-            self._idle.set()
-
-    async def _release(self, entry: _Entry, *, evicted: bool, reason: str = "") -> None:
-        model = entry.model
-        entry.model = None
-        if entry.artifact is not None:
-            entry.artifact.release()
-            entry.artifact = None
-        self._idle.set()
-        if model is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, model.unload)
-        if evicted:
-            log.info("evicted %s (%d bytes)", entry.model_id, entry.size_bytes)
-            if self._working_set is not None:
-                self._working_set.evicted(entry.model_id, entry.size_bytes, entry.last_used)
-        await self._listener.unloaded(entry.model_id, evicted=evicted, reason=reason)
-
-    async def _wait_idle(self, deadline: float) -> None:
-        self._idle.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(deadline - self._clock(), 0)):
-                await self._idle.wait()
 
 
 def _storage(record: ModelRecord) -> dict[str, object]:

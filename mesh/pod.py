@@ -3,7 +3,7 @@
 pod = Pod(settings)
 await pod.start()          # binds; pod.port / pod.metrics_port are the real ports
 ...
-await pod.stop()           # health NOT_SERVING, drain calls, unload, close
+await pod.stop()           # not ready (health NOT_SERVING), hand over, drain calls, unload, close
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 
 from adapters import supported_types
@@ -26,6 +25,7 @@ from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.dataplane import DataPlane
 from mesh.devices import HOST, DeviceMemory, GpuProbe, NvmlProbe, gpu_devices
+from mesh.edge.health import PodReadiness
 from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
@@ -151,7 +151,7 @@ class Pod:
         self._publisher: InstancePublisher | None = None
         self.janitor: Janitor | None = None
         self._server: Any = None
-        self._health = health.aio.HealthServicer()
+        self.readiness = PodReadiness()
         self._heap = HeapFreezer(enabled=settings.gc_freeze)
         self._metrics_server: Any = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -274,12 +274,13 @@ class Pod:
                 budget=self.request_budget,
                 decoder=self._decode_pool,
                 decode_inline_bytes=s.decode_inline_bytes,
+                readiness=self.readiness,
             ),
             modelmesh=ModelMeshServicer(self.manager, self.metrics),
             admin=MeshAdminServicer(
                 self.manager, self.cache, self.metrics, self._status_counts, watches=self.watches
             ),
-            health_servicer=self._health,
+            readiness=self.readiness,
             max_message_bytes=s.max_message_bytes,
         )
         self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
@@ -295,6 +296,7 @@ class Pod:
         await self._publisher.start()
         self._endpoints = {pod: i.endpoint for pod, i in self.store.instances().items()}
         self.store.subscribe(self._on_registry_change)
+        await self.readiness.not_yet()
         await self._server.start()
         if s.metrics_port is not None:
             self._metrics_server, _ = start_http_server(
@@ -322,7 +324,7 @@ class Pod:
         )
         self.janitor.start()
         self._heap.settle()
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.readiness.serving()
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info(
             "pod %s serving on %s:%d (capacity %d bytes, event loop %s)",
@@ -334,7 +336,7 @@ class Pod:
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Leave the fleet gracefully: mark shutting down, hand hot models over, drain, release.
+        """Leave the fleet gracefully: mark shutting down and not ready, hand hot models over, drain, release.
 
         The hand-over takes at most ``handoff_timeout_s`` and the drain ``stop_grace_s`` (both
         ``grace_s`` when given); the rest is registry writes, each bounded by the registry's timeout
@@ -347,6 +349,7 @@ class Pod:
         grace = s.stop_grace_s if grace_s is None else grace_s
         handoff_s = s.handoff_timeout_s if grace_s is None else grace_s
         self.shutting_down = True
+        await self.readiness.stopping()  # first: new calls go to the pods that stay
         if self._publisher is not None:
             await self._publisher.publish_now()
             if handoff_s > 0:
@@ -357,7 +360,6 @@ class Pod:
                         await self._hand_over(deadline=time.monotonic() + handoff_s)
                 except TimeoutError:
                     log.warning("hand-over cut short after %gs (handoff_timeout_s)", handoff_s)
-        await self._health.enter_graceful_shutdown()
         if self.watches is not None:
             self.watches.end_all()  # a watch never ends by itself: it would hold the stop for its grace
         if self._server is not None:

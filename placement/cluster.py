@@ -23,10 +23,6 @@ class PodView:
     labels: frozenset[str] = frozenset()
     shutting_down: bool = False
 
-    @property
-    def free_bytes(self) -> int:
-        return max(self.capacity_bytes - self.used_bytes, 0)
-
     def supports(self, model_type: str) -> bool:
         return f"type:{model_type}" in self.labels
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,14 +57,23 @@ class PodThread:
         self.loop = asyncio.new_event_loop()
         self.pod = Pod(settings, **parts)
         self._thread = threading.Thread(target=self.loop.run_forever, name="pod-loop", daemon=True)
+        self._stop: concurrent.futures.Future[None] | None = None
 
     def __enter__(self) -> PodThread:
         self._thread.start()
         self.call(self.pod.start())
         return self
 
+    def begin_stop(self, grace_s: float = 0.5) -> concurrent.futures.Future[None]:
+        """Start the pod's graceful stop without waiting for it (leaving the ``with`` waits)."""
+        self._stop = asyncio.run_coroutine_threadsafe(self.pod.stop(grace_s), self.loop)
+        return self._stop
+
     def __exit__(self, *exc: object) -> None:
-        self.call(self.pod.stop(0.5))
+        if self._stop is None:
+            self.call(self.pod.stop(0.5))
+        else:
+            self._stop.result(60)
         leftover = self.call(_other_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)

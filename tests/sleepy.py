@@ -1,5 +1,5 @@
 """scikit-learn-style estimators for tests of how the pod runs calls: one whose every ``predict``
-call takes a set time, one that notes the thread that ran it.
+call takes a set time, one that notes the thread that ran it, one whose load waits at a gate.
 
 It stands in for a heavy model (a large forest, a pipeline with slow feature steps) without
 spending CPU, so tests of how the pod shares its inference threads measure the sharing and
@@ -50,4 +50,32 @@ def thread_noting_model(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "model.joblib"
     joblib.dump(ThreadNoting(), path)
+    return path
+
+
+class GatedLoad:
+    """A fast estimator whose loading (unpickling) waits while its gate file exists, up to
+    ``GATE_LIMIT_S``: a test holds a load open for as long as it needs, and lets it go at once."""
+
+    GATE_LIMIT_S: ClassVar[float] = 60.0
+    n_features_in_ = 4
+
+    def __init__(self, gate: Path) -> None:
+        self.gate = gate
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        deadline = time.monotonic() + self.GATE_LIMIT_S
+        while self.gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.zeros(len(rows))
+
+
+def gated_model(directory: Path, gate: Path) -> Path:
+    """A model whose every load waits while ``gate`` exists."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.joblib"
+    joblib.dump(GatedLoad(gate), path)
     return path

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from mesh import __version__
 from mesh.dataplane import DataPlane, InferenceRequest, InferenceResponse, ModelStats, merge_statistics
 from mesh.edge import converters
+from mesh.edge.health import PodReadiness
 from mesh.edge.hop import (
     HOP_KEYS,
     MODEL_ID,
@@ -114,7 +115,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         budget: RequestBudget,
         decoder: Executor,
         decode_inline_bytes: int,
-        ready: bool = True,
+        readiness: PodReadiness,
     ) -> None:
         self._dataplane = dataplane
         self._router = router
@@ -125,7 +126,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self._decoder = decoder
         """Parses, decodes and answers requests of ``decode_inline_bytes`` or more."""
         self._decode_inline_bytes = decode_inline_bytes
-        self.ready = ready
+        self._readiness = readiness
+        """The pod's one readiness flag, which gRPC health publishes too."""
 
     @edge_method("ServerLive")
     async def ServerLive(
@@ -137,7 +139,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> v2.ServerReadyResponse:
-        return v2.ServerReadyResponse(ready=self.ready)
+        return v2.ServerReadyResponse(ready=self._readiness.ready)
 
     @edge_method("ServerMetadata")
     async def ServerMetadata(
@@ -149,6 +151,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelReadyResponse:
+        if not self._readiness.ready:  # starting or stopping: no model is ready here
+            return v2.ModelReadyResponse(ready=False)
         name, vmodel = route(request.name, context)
         return v2.ModelReadyResponse(ready=await self._dataplane.ready(name, vmodel=vmodel))
 

@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from mesh.edge.health import PodReadiness
 from mesh.edge.inference import RAW_METHODS, InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.status import MalformedRequest
@@ -31,7 +32,7 @@ def build_server(
     inference: InferenceServicer,
     modelmesh: ModelMeshServicer,
     admin: MeshAdminServicer,
-    health_servicer: health.aio.HealthServicer,
+    readiness: PodReadiness,
     max_message_bytes: int,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
@@ -54,7 +55,7 @@ def build_server(
             service_handler(inference, INFERENCE_SERVICE, raw_methods=RAW_METHODS),
             service_handler(modelmesh, MODELMESH_SERVICE),
             service_handler(admin, ADMIN_SERVICE),
-            service_handler(health_servicer, HEALTH_SERVICE, parse=_parser),
+            service_handler(readiness.servicer, HEALTH_SERVICE, parse=_parser),
             service_handler(reflector, REFLECTION_SERVICE, parse=_parser),
         )
     )

@@ -128,6 +128,7 @@ def test_cli_round_trip(models: ModelSet, served) -> None:
 def test_metrics_endpoint_counts_calls(models: ModelSet, pod, triton) -> None:
     import grpc
     import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
 
     from mesh_proto import model_mesh_pb2_grpc as mm_grpc
     from tests.conftest import register
@@ -137,8 +138,9 @@ def test_metrics_endpoint_counts_calls(models: ModelSet, pod, triton) -> None:
     tensor = tc.InferInput("x", [1, 4], "FP32")
     tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
     triton.infer("m", [tensor])
-    with pytest.raises(Exception):
+    with pytest.raises(InferenceServerException, match="absent") as refused:
         triton.infer("absent", [tensor])
+    assert refused.value.status() == "StatusCode.NOT_FOUND"
     with MeshClient(pod.target) as api:  # a lone pod leads its own janitor
         wait_until(lambda: api.pod_status().janitor_rounds >= 1, within_s=10, what="a janitor round")
         rounds = api.pod_status().janitor_rounds

@@ -1,11 +1,13 @@
 """Fakes for unit tests of the pod's core: a model adapter whose sizes come from the artifact,
-the in-memory registry counting its reads, and peers that answer as told (``FakePeers``, the
-fake of ``mesh.edge.hop.Peers``)."""
+the in-memory registry counting its reads, a model held as a call holds it (``serving``), and
+peers that answer as told (``FakePeers``, the fake of ``mesh.edge.hop.Peers``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from adapters.base import LoadedModel, ModelAdapter
 from adapters.signature import ModelSignature
 from mesh.cache import CacheListener, ModelCache
 from mesh.edge.hop import Hop, Metadata, Route
+from mesh.records import ModelRecord
 from mesh.registry import MemoryRegistry
 from mesh.registry.base import Entry
 from puller import default_fetchers
@@ -148,3 +151,15 @@ class FakePeers:
 
     def routes(self) -> list[tuple[str, str]]:
         return [(s.endpoint, s.route) for s in self.sent]
+
+
+@contextlib.asynccontextmanager
+async def serving(cache: ModelCache, record: ModelRecord) -> AsyncIterator[LoadedModel]:
+    """Hold the model as a call does (``hold`` ... ``let_go``): loaded first if needed, and not
+    evictable inside the block."""
+    entry = await cache.hold(record)
+    try:
+        assert entry.model is not None
+        yield entry.model
+    finally:
+        cache.let_go(entry)

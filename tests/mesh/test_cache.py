@@ -15,7 +15,7 @@ from mesh.records import ModelInfo, ModelRecord
 from mesh_common.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
 from placement.eviction import EvictionPolicy
 from puller import default_fetchers
-from tests.mesh.fakes import FakeAdapter, FakeModel, fake_cache
+from tests.mesh.fakes import FakeAdapter, FakeModel, fake_cache, serving
 
 
 class Events:
@@ -76,14 +76,14 @@ def record(tmp_path: Path, name: str, size: int) -> ModelRecord:
 
 async def test_lru_eviction_keeps_use_within_capacity(cache, tmp_path, events) -> None:
     for name in ("a", "b", "c"):
-        async with cache.use(record(tmp_path, name, 40)):
+        async with serving(cache, record(tmp_path, name, 40)):
             assert cache.used_bytes <= 100
     assert [m.model_id for m in cache.models()] == ["b", "c"]
     assert ("evicted", "a") in events.log
 
 
 async def test_model_in_use_is_not_evicted_and_busy_when_no_room(cache, tmp_path, events) -> None:
-    async with cache.use(record(tmp_path, "held", 80)):
+    async with serving(cache, record(tmp_path, "held", 80)):
         with pytest.raises(Busy, match="every loaded model is serving"):
             await cache.ensure_loaded(record(tmp_path, "other", 40))
         assert cache.loaded("held") is not None
@@ -102,7 +102,7 @@ async def _until(condition, what: str) -> None:
 
 
 async def test_waiting_load_proceeds_when_a_model_becomes_idle(cache, tmp_path) -> None:
-    held = cache.use(record(tmp_path, "held", 80))
+    held = serving(cache, record(tmp_path, "held", 80))
     await held.__aenter__()
     waiter = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "next", 40)))
     await _until(lambda: cache.loads_waiting_for_room == 1, "the load to wait for room")
@@ -185,10 +185,10 @@ async def test_gdsf_keeps_a_hot_model_through_a_scan_that_lru_lets_push_it_out(t
         cache = fake_cache(capacity_bytes=100, executor=pool, listener=Events(), eviction_policy=policy)
         hot = record(tmp_path, "hot", 30)
         for _ in range(5):
-            async with cache.use(hot):
+            async with serving(cache, hot):
                 pass
         for i in range(4):  # a scan: each model once, each needing room
-            async with cache.use(record(tmp_path, f"scan{i}", 30)):
+            async with serving(cache, record(tmp_path, f"scan{i}", 30)):
                 pass
         survived[policy] = cache.loaded("hot") is not None
         assert cache.used_bytes <= 100
@@ -211,10 +211,10 @@ async def test_the_published_coldness_is_that_of_the_next_victim_under_each_poli
         assert cache.next_victim_age_s() is None
         now[0] = 10.0
         for _ in range(5):  # used often, long ago
-            async with cache.use(record(tmp_path, "hot", 30)):
+            async with serving(cache, record(tmp_path, "hot", 30)):
                 pass
         now[0] = 50.0
-        async with cache.use(record(tmp_path, "once", 30)):  # used once, lately
+        async with serving(cache, record(tmp_path, "once", 30)):  # used once, lately
             pass
         now[0] = 60.0
         ages[policy] = cache.next_victim_age_s()
@@ -233,9 +233,9 @@ async def test_a_copy_other_pods_hold_is_evicted_before_one_only_this_pod_has(tm
         held_elsewhere=lambda ids: {i for i in ids if i == "shared"},
     )
     for name in ("alone", "shared"):  # "alone" is the least recently used
-        async with cache.use(record(tmp_path, name, 40)):
+        async with serving(cache, record(tmp_path, name, 40)):
             pass
-    async with cache.use(record(tmp_path, "new", 40)):
+    async with serving(cache, record(tmp_path, "new", 40)):
         pass
     assert cache.loaded("shared") is None and cache.loaded("alone") is not None
     await cache.close()

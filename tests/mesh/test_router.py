@@ -53,7 +53,7 @@ from mesh_common.errors import (
     quoted,
 )
 from puller import default_fetchers
-from tests.mesh.fakes import CountingRegistry, FakePeers, fake_cache
+from tests.mesh.fakes import CountingRegistry, FakePeers, fake_cache, serving
 
 SELF = "pod-a"
 LABELS = ("type:fake",)
@@ -183,7 +183,7 @@ class Harness:
         )
 
     async def local(self, model_id: str) -> bytes:
-        async with self.cache.use(self.store.model(model_id)):  # type: ignore[arg-type]
+        async with serving(self.cache, self.store.model(model_id)):  # type: ignore[arg-type]
             return b"served here"
 
     def describe(self) -> InstanceRecord:
@@ -339,11 +339,11 @@ async def test_the_deadline_is_propagated_and_ends_the_call(harness: Harness) ->
     await harness.model("m", pod_b=ModelState.LOADED)
     harness.peers.answers["pod-b"] = "hang"
     started = time.monotonic()
-    with pytest.raises((DeadlineExceeded, Unavailable)) as caught:
+    with pytest.raises(DeadlineExceeded) as caught:
         await asyncio.wait_for(harness.call(within_s=0.3), 5)
     assert time.monotonic() - started < 2
     assert 0 < harness.peers.sent[0].timeout_s <= 0.3
-    assert "deadline" in caught.value.message or "did not answer" in caught.value.message
+    assert caught.value.message == "model 'm': the deadline passed (pod-b: no answer in time)"
 
 
 async def test_cancelling_the_call_cancels_the_peer_call(harness: Harness) -> None:
@@ -429,13 +429,8 @@ async def test_load_failures_on_several_pods_report_each(harness: Harness) -> No
     harness.peers.answers["pod-c"] = ModelLoadFailed(model_id="broken", reason="bad weights on c")
     with pytest.raises(ModelLoadFailed) as caught:
         await harness.call("broken")
-    assert harness.peers.routes() == [
-        ("pod-b", Route.LOAD),
-        ("pod-c", Route.LOAD),
-    ] or harness.peers.routes() == [
-        ("pod-c", Route.LOAD),
-        ("pod-b", Route.LOAD),
-    ]
+    # pod-b and pod-c score alike: the rendezvous hash of the model's id orders them, always alike.
+    assert harness.peers.routes() == [("pod-c", Route.LOAD), ("pod-b", Route.LOAD)]
     for pod, reason in (
         ("pod-b", "bad weights on b"),
         ("pod-c", "bad weights on c"),
