@@ -25,6 +25,7 @@ The router keeps nothing per model: each try's decision and its reason travel wi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -43,7 +44,15 @@ from mesh.placement_view import PlacementView, explain
 from mesh.records import InstanceRecord, ModelRecord, ModelState
 from mesh.registry import ModelStore
 from mesh.route_tries import Suspects, Tries, load_failed
-from mesh_common.errors import DeadlineExceeded, MeshError, ModelLoadFailed, NotHere, Unavailable, quoted
+from mesh_common.errors import (
+    DeadlineExceeded,
+    LoadLost,
+    MeshError,
+    ModelLoadFailed,
+    NotHere,
+    Unavailable,
+    quoted,
+)
 from placement.loading import choose_copy
 
 log = logging.getLogger(__name__)
@@ -180,13 +189,19 @@ class Router:
         excluded_at_start: frozenset[str] = frozenset(),
     ) -> bytes:
         tries = Tries(model_id, excluded_at_start)
-        for _ in range(self._attempts):
+        attempts = 0
+        while attempts < self._attempts:
             if deadline - time.monotonic() <= 0:
                 break
             try:
                 target = self._target(model_id, tries)
+            except LoadLost as exc:  # wait for the registry to learn the silent pod's fate
+                if await self._mirror_changes(model_id, deadline):
+                    continue
+                raise tries.refused(exc) from None
             except MeshError as exc:
                 raise tries.refused(exc) from None
+            attempts += 1
             try:
                 return await self._try(target, local, forward, deadline, tries)
             except TimeoutError:  # the bound below: out of time is not the peer's fault
@@ -241,6 +256,25 @@ class Router:
         finally:
             self.in_flight[pod_id] -= 1
 
+    async def _mirror_changes(self, model_id: str, deadline: float) -> bool:
+        """Wait until the mirror changes the model's record or any pod's (a lease ending, the
+        janitor recording a death while loading): True, or False when the deadline comes first."""
+        changed = asyncio.Event()
+
+        def listener(kind: str, record_id: str, _record: object) -> None:
+            if kind == "instances" or (kind == "models" and record_id == model_id):
+                changed.set()
+
+        self._store.subscribe(listener)
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                await changed.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._store.unsubscribe(listener)
+
     # where the next try goes
 
     def _target(self, model_id: str, tries: Tries) -> Target:
@@ -248,8 +282,9 @@ class Router:
 
         Raises:
             ModelLoadFailed: the model is blocked, or failed on every pod that may load it.
-            Unavailable: no pod may load it now (one that may have died loading it is not yet
-                accounted for, or none is eligible).
+            LoadLost: it was loading on a pod that may have died of it, whose fate is not yet
+                recorded (the caller waits for the registry: ``_mirror_changes``).
+            Unavailable: no pod is eligible to load it now.
         """
         suspected = self._suspects.suspected()
         excluded = tries.excluded | suspected if suspected else tries.excluded
@@ -269,7 +304,7 @@ class Router:
             return holder
         silent = self._lost_load(record, live, self._suspects.silent(suspected))
         if silent is not None:
-            raise Unavailable(
+            raise LoadLost(
                 f"model {quoted(model_id)} was loading on {silent}, which stopped answering and may have "
                 f"died of it: no other pod loads it until {silent}'s lease has ended and its fate is "
                 "recorded; retry later",
@@ -363,3 +398,8 @@ class Router:
             and (instance := self._store.instance(pod)) is not None
             and not instance.shutting_down
         }
+
+
+def _loop_time(deadline: float) -> float:
+    """``deadline`` (``time.monotonic``) on the event loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())

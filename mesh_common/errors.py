@@ -39,6 +39,7 @@ error is final (the caller gets it as it is).
     ├── RequestTooLarge         RESOURCE_EXHAUSTED a call would hold more than the pod's request budget
     ├── RequestBytesBusy        RESOURCE_EXHAUSTED the request budget stayed spent; retry later
     ├── Unavailable             UNAVAILABLE        retryable: registry down, load timed out
+    │   ├── LoadLost                               it was loading on a pod that stopped answering
     │   ├── NotHere                                a peer does not hold the model (forwarding)
     │   ├── Unreachable                            a peer gave no answer at all (forwarding)
     │   └── RegistryAccessDenied                   etcd refused the pod's user, password or permissions
@@ -361,6 +362,12 @@ class Busy(MeshError):
 class Unavailable(MeshError):
     code = ErrorCode.UNAVAILABLE
     routing = Routing.UNAVAILABLE
+
+
+class LoadLost(Unavailable):
+    """The model was loading on a pod that stopped answering: no pod loads it until the registry
+    records that pod's fate (it may have died of the model). A call waits for that within its
+    deadline; past it, UNAVAILABLE."""
 
 
 class NotHere(Unavailable):

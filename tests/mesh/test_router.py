@@ -791,6 +791,25 @@ async def test_a_call_that_ends_before_its_load_starts_drops_its_claim(harness: 
     assert record is not None and record.copies[SELF].state is ModelState.LOADED
 
 
+async def test_a_call_waits_for_the_fate_of_a_pod_that_died_loading_its_model(harness: Harness) -> None:
+    """A call that finds its model loading on a pod that may have died waits, within its deadline,
+    until the registry records that pod's fate (the janitor turns the copy into a crash), then
+    loads the model: it does not fail for a death that is being accounted for."""
+    await harness.model("m", pod_gone=ModelState.LOADING)
+    listening = harness.store.subscribers
+    call = asyncio.create_task(harness.call("m", within_s=5))
+
+    async def waiting() -> None:  # the store's listener count has no event to wait on
+        while harness.store.subscribers == listening and not call.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(waiting(), 5)
+    assert not call.done(), call.result()  # waiting on the registry, not refused
+    await harness.manager.forget_pod("pod-gone")  # what the janitor does once the lease ended
+    assert await asyncio.wait_for(call, 5) == b"served here"
+    assert harness.store.subscribers == listening  # the wait left no listener behind
+
+
 async def test_a_load_on_a_pod_that_may_have_died_blocks_others_and_on_a_slow_pod_does_not(
     harness: Harness,
 ) -> None:
@@ -799,8 +818,10 @@ async def test_a_load_on_a_pod_that_may_have_died_blocks_others_and_on_a_slow_po
     pod that answered, if only to say it is unavailable, is no such sign: the model loads here."""
     long_id = "m" * 250
     await harness.model(long_id, pod_gone=ModelState.LOADING)
+    started = time.monotonic()
     with pytest.raises(Unavailable) as refused:
-        await harness.call(long_id)
+        await harness.call(long_id, within_s=0.3)
+    assert time.monotonic() - started >= 0.3  # it waited for the registry to learn the pod's fate
     assert "was loading on pod-gone, which stopped answering" in refused.value.message
     assert f"model {quoted(long_id)} was loading" in refused.value.message  # cut short, its length named
 
@@ -814,4 +835,4 @@ async def test_a_load_on_a_pod_that_may_have_died_blocks_others_and_on_a_slow_po
     assert await harness.call("slow") == b"served here"
     await harness.model("silent", pod_c=ModelState.LOADING)
     with pytest.raises(Unavailable, match="was loading on pod-c, which stopped answering"):
-        await harness.call("silent")
+        await harness.call("silent", within_s=0.3)
