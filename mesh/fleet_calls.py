@@ -13,6 +13,7 @@ import time
 from mesh.cache import ModelCache
 from mesh.edge.hop import Hop, Peers, Route
 from mesh.management import ModelManager
+from mesh.records import ANY_STATE, Mine
 from mesh.registry import ModelStore
 from mesh_common.errors import MeshError, Unavailable, quoted
 
@@ -38,7 +39,7 @@ class FleetCalls:
         model_id = (await self._manager.lookup_fresh(name, vmodel=vmodel)).model_id
         record = self._manager.record_any(model_id)
         live = self._store.instances()
-        holders = sorted(pod for pod in record.copies if pod in live and pod != self.pod_id)
+        holders = sorted(record.counted_copies(live, states=ANY_STATE, here=self.pod_id, mine=Mine.NEVER))
         timeout_s = max(deadline - time.monotonic(), 0.001)
 
         async def unload_on(pod_id: str) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Collection
 from mesh.cache import CachedModel, ModelCache
 from mesh.edge.hop import Hop, Peers, Route
 from mesh.management import ModelManager
-from mesh.records import CopyRecord, ModelRecord, ModelState
+from mesh.records import CopyRecord, Mine, ModelRecord, ModelState
 from mesh.registry import ModelStore
 from mesh.router import Router
 from mesh_common.clock import now_ms
@@ -119,29 +119,13 @@ class FleetCopies:
         here = {m.model_id: m for m in self._cache.models()}
         copies: dict[str, list[TenantCopy]] = {tenant: [] for tenant in tenants}
         for r in (r for tenant in tenants for r in self._store.models_of(tenant)):
-            for pod_id, copy in r.copies.items():
-                if not self._counts(r, pod_id, copy, live, loading):
-                    continue
+            for pod_id, copy in r.counted_copies(live, here=self.pod_id, mine=Mine.ALWAYS).items():
+                if loading is not None and r.model_id == loading.model_id and pod_id == self.pod_id:
+                    continue  # the copy about to load here: its room is what is being made
                 traffic = live[pod_id].hot.get(r.model_id) if pod_id in live else None
                 rate = traffic.rate if traffic is not None else 0.0
                 copies[r.tenant].append(self._tenant_copy(r, pod_id, copy, rate, here.get(r.model_id)))
         return copies
-
-    def _counts(
-        self,
-        record: ModelRecord,
-        pod_id: str,
-        copy: CopyRecord,
-        live: Collection[str],
-        loading: ModelRecord | None,
-    ) -> bool:
-        """Whether a copy takes its tenant's room: loaded or loading, on a live pod or here, and not
-        the copy of ``loading`` about to load here."""
-        if copy.state not in (ModelState.LOADED, ModelState.LOADING):
-            return False
-        if pod_id not in live and pod_id != self.pod_id:
-            return False
-        return loading is None or record.model_id != loading.model_id or pod_id != self.pod_id
 
     def _tenant_copy(
         self, record: ModelRecord, pod_id: str, copy: CopyRecord, rate: float, cached: CachedModel | None

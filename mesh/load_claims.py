@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 from mesh.management import ModelManager
-from mesh.records import CopyRecord, ModelRecord, ModelState
+from mesh.records import Mine, ModelRecord
 from mesh.registry import ModelStore
 from mesh_common.clock import now_ms
 from mesh_common.errors import NotHere, Unavailable, quoted
@@ -48,21 +47,9 @@ class LoadClaims:
             holder = (
                 ""
                 if extra_copy
-                else next(
-                    (
-                        pod
-                        for pod, copy in sorted(record.copies.items())
-                        if pod != self.pod_id
-                        and pod in live
-                        and copy.state in (ModelState.LOADED, ModelState.LOADING)
-                    ),
-                    "",
-                )
+                else min(record.counted_copies(live, here=self.pod_id, mine=Mine.NEVER), default="")
             )
-            if holder or self.pod_id in record.copies:
-                return record
-            copy = CopyRecord(ModelState.LOADING, now_ms(), why)
-            return replace(record, copies={**record.copies, self.pod_id: copy})
+            return record if holder else record.with_claim(self.pod_id, now_ms(), why)
 
         try:
             await self._store.update_model(model_id, change)

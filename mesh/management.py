@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Container, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,9 +20,11 @@ from adapters import ADAPTERS, supported_types
 from mesh.bounds import check_id, check_path, parse_model_key, registrable
 from mesh.cache import ModelCache
 from mesh.records import (
-    CopyRecord,
+    ANY_STATE,
+    LOADED,
     FailureRecord,
     InstanceRecord,
+    Mine,
     ModelInfo,
     ModelRecord,
     ModelState,
@@ -207,7 +209,7 @@ class ModelManager:
             await self._refuse_if_used(model_id)
         except ModelInUse:
             # A vmodel set through another pod took it as its target during the delete: put it back.
-            await self._store.create_model(replace(record, copies={}, failures={}))
+            await self._store.create_model(record.as_registered())
             raise
         await self._cache.unload(model_id)
 
@@ -221,7 +223,7 @@ class ModelManager:
         if record is None:
             return NOT_FOUND_STATUS
         live = self._store.instances()
-        copies_live = {p: c for p, c in record.copies.items() if p in live or p == self.pod_id}
+        copies_live = record.counted_copies(live, states=ANY_STATE, here=self.pod_id, mine=Mine.ALWAYS)
         record = replace(record, copies=copies_live)
         now = self._clock_ms()
         state = record.state(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
@@ -261,10 +263,7 @@ class ModelManager:
 
     def fleet(self) -> FleetView:
         live = self._store.instances()
-        loaded = [
-            [p for p, c in r.copies.items() if c.state is ModelState.LOADED and p in live]
-            for r in self._store.models()
-        ]
+        loaded = [list(r.counted_copies(live, states=LOADED)) for r in self._store.models()]
         return FleetView(
             pods=[live[p] for p in sorted(live)],
             models_registered=len(loaded),
@@ -290,11 +289,7 @@ class ModelManager:
         loaded: dict[str, int] = {}
         for r in self._store.models():
             registered[r.tenant] = registered.get(r.tenant, 0) + 1
-            copies = sum(
-                1
-                for pod, c in r.copies.items()
-                if pod in live and c.state in (ModelState.LOADED, ModelState.LOADING)
-            )
+            copies = len(r.counted_copies(live))
             loaded[r.tenant] = loaded.get(r.tenant, 0) + copies * r.size_bytes
         caps = {t.tenant: t for t in self._store.tenants()}
         return [
@@ -511,7 +506,7 @@ class ModelManager:
 
         def change(v: VModelRecord) -> VModelRecord:
             active = target if request.force or self.loaded_anywhere(target) else v.active_model_id
-            return replace(v, target_model_id=target, active_model_id=active)
+            return v.retargeted(target, active=active)
 
         await self._store.update_vmodel(request.vmodel_id, change)
         return existing
@@ -519,17 +514,7 @@ class ModelManager:
     async def _back_out(self, request: SetVModel, replaced: VModelRecord | None) -> None:
         """Undo this call's write of a vmodel whose target is gone, unless another write followed."""
         target = request.target_model_id
-
-        def change(v: VModelRecord) -> VModelRecord | None:
-            if v.target_model_id != target:
-                return v
-            if replaced is None:
-                return None
-            return replace(
-                v, active_model_id=replaced.active_model_id, target_model_id=replaced.target_model_id
-            )
-
-        await self._store.update_vmodel(request.vmodel_id, change)
+        await self._store.update_vmodel(request.vmodel_id, lambda v: v.backed_out(target, replaced))
 
     async def _transition(self, vmodel_id: str) -> None:
         """Load the target, then make it active (ModelMesh: the active model serves until then)."""
@@ -553,10 +538,9 @@ class ModelManager:
         old: set[str] = set()
 
         def change(v: VModelRecord) -> VModelRecord:
-            if v.target_model_id != target:
-                return v
-            old.add(v.active_model_id)
-            return replace(v, active_model_id=target)
+            if v.target_model_id == target:
+                old.add(v.active_model_id)
+            return v.promoted(target)
 
         await self._store.update_vmodel(vmodel_id, change)
         await self._collect_auto_deleted(old - {target})
@@ -609,9 +593,8 @@ class ModelManager:
         """Whether a live pod (or this one) has recorded the model as loaded."""
         record = self._store.model(model_id)
         live = self._store.instances()
-        return record is not None and any(
-            c.state is ModelState.LOADED and (pod in live or pod == self.pod_id)
-            for pod, c in record.copies.items()
+        return record is not None and bool(
+            record.counted_copies(live, states=LOADED, here=self.pod_id, mine=Mine.ALWAYS)
         )
 
     def replicated(self, model_ids: list[str]) -> set[str]:
@@ -620,9 +603,8 @@ class ModelManager:
         found = set()
         for model_id in model_ids:
             record = self._store.model(model_id)
-            if record is not None and any(
-                pod != self.pod_id and pod in live and c.state is ModelState.LOADED
-                for pod, c in record.copies.items()
+            if record is not None and record.counted_copies(
+                live, states=LOADED, here=self.pod_id, mine=Mine.NEVER
             ):
                 found.add(model_id)
         return found
@@ -631,10 +613,7 @@ class ModelManager:
         """Whether another live pod has the model loaded or loading."""
         record = self._store.model(model_id)
         live = self._store.instances()
-        return record is not None and any(
-            pod != self.pod_id and pod in live and c.state in (ModelState.LOADED, ModelState.LOADING)
-            for pod, c in record.copies.items()
-        )
+        return record is not None and bool(record.counted_copies(live, here=self.pod_id, mine=Mine.NEVER))
 
     async def clear_failures(self, model_id: str) -> ModelRecord:
         """Forget the model's load failures and deaths while loading it, lifting its block (an
@@ -645,8 +624,7 @@ class ModelManager:
 
         def change(r: ModelRecord) -> ModelRecord:
             before[:] = [r]
-            r = replace(r, failures={}, crashes=(), blocked="")
-            return r.with_event(self._clock_ms(), self.pod_id, "load failures cleared by an operator")
+            return r.cleared(self._clock_ms(), self.pod_id)
 
         await self._store.update_model(model_id, change)
         if not before:
@@ -684,14 +662,8 @@ class ModelManager:
 
     def _died_holding(self, pod_id: str) -> Callable[[ModelRecord], ModelRecord]:
         def change(r: ModelRecord) -> ModelRecord:
-            copy = r.copies.get(pod_id)
-            r = _without_copy(pod_id)(r)
-            if copy is None or copy.state is not ModelState.LOADING:
-                return r
-            what = f"pod {pod_id} died while loading it"
-            return r.with_crash(
-                self._clock_ms(), pod_id, what, limit=self._max_load_crashes, window_ms=self._crash_window_ms
-            )
+            limit, window_ms = self._max_load_crashes, self._crash_window_ms
+            return r.without_dead_pod(pod_id, self._clock_ms(), limit=limit, window_ms=window_ms)
 
         return change
 
@@ -709,7 +681,7 @@ class ModelManager:
         """
         live = self._store.instances()
         records = self._store.models()
-        missing = {pod for r in records for pod in r.copies if pod not in live and pod != self.pod_id}
+        missing = {pod for r in records for pod in r.copies.keys() - self._counted_anyhow(r, live)}
         loading = {
             pod
             for r in records
@@ -729,6 +701,10 @@ class ModelManager:
             counts.append(await self.forget_pod(pod, unless_live=True))
         return sum(counts)
 
+    def _counted_anyhow(self, record: ModelRecord, live: Container[str]) -> set[str]:
+        """The pods whose copies of the model count, whatever their state (the others are missing)."""
+        return set(record.counted_copies(live, states=ANY_STATE, here=self.pod_id, mine=Mine.ALWAYS))
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -740,14 +716,10 @@ class ModelManager:
         await self._set_copy(model_id, ModelState.LOADING)
 
     async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
+        load_ms = int(load_seconds * 1000)
+
         def change(r: ModelRecord) -> ModelRecord:
-            now = self._clock_ms()
-            why = c.why if (c := r.copies.get(self.pod_id)) is not None else ""
-            copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, now, why)}
-            failures = {pod: f for pod, f in r.failures.items() if pod != self.pod_id}
-            load_ms = int(load_seconds * 1000)
-            r = replace(r, copies=copies, failures=failures, size_bytes=size_bytes, load_ms=load_ms)
-            return r.with_event(now, self.pod_id, f"loaded in {load_ms} ms ({size_bytes} bytes)")
+            return r.with_load(self.pod_id, self._clock_ms(), size_bytes=size_bytes, load_ms=load_ms)
 
         await self._update_quietly(model_id, change)
         vmodels = [v for v in self._store.vmodels() if v.target_model_id == model_id]
@@ -762,43 +734,32 @@ class ModelManager:
 
         def change(r: ModelRecord) -> ModelRecord:
             now = self._clock_ms()
-            copies = {pod: c for pod, c in r.copies.items() if pod != self.pod_id}
             if isinstance(error, LoaderCrashed):  # the artifact kills whoever loads it
-                r = replace(r, copies=copies)
-                return r.with_crash(
-                    now,
-                    self.pod_id,
-                    str(reason),
-                    limit=self._max_load_crashes,
-                    window_ms=self._crash_window_ms,
+                limit, window_ms = self._max_load_crashes, self._crash_window_ms
+                return r.without_copy(self.pod_id).with_crash(
+                    now, self.pod_id, str(reason), limit=limit, window_ms=window_ms
                 )
-            failures = {**r.failures, self.pod_id: FailureRecord(now, str(reason))}
-            r = replace(r, copies=copies, failures=failures)
-            return r.with_event(now, self.pod_id, f"load failed: {str(reason)[:300]}")
+            return r.with_failure(self.pod_id, now, str(reason))
 
         await self._update_quietly(model_id, change)
 
     async def refused(self, model_id: str, error: MeshError) -> None:
         """A load this pod claimed was refused before it started (a tenant cap): drop the claim."""
         log.info("load of %s refused: %s", model_id, error.message)
-        await self._update_quietly(model_id, _without_copy(self.pod_id))
+        await self._update_quietly(model_id, lambda r: r.without_copy(self.pod_id))
 
     async def drop_claim(self, model_id: str) -> None:
         """Drop this pod's LOADING copy of the model unless the cache is loading or holds it (read when
         the write is made): the router claimed a load here that never reached the cache."""
 
         def change(r: ModelRecord) -> ModelRecord:
-            copy = r.copies.get(self.pod_id)
-            if copy is None or copy.state is not ModelState.LOADING:
-                return r
             if self._cache.loading(model_id) or self._cache.loaded(model_id) is not None:
                 return r  # the load records its own end
-            return _without_copy(self.pod_id)(r)
+            return r.without_claim(self.pod_id)
 
         await self._update_quietly(model_id, change)
 
     async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
-        drop = _without_copy(self.pod_id)
         # An evicted model was in use until room was needed: the janitor may pre-load it again
         # when room appears (most recent first). One unloaded on request stays unloaded.
         last_used_ms = self._clock_ms() if evicted else 0
@@ -807,19 +768,12 @@ class ModelManager:
             what = "evicted to make room for another model" if evicted else "unloaded"
             if reason:
                 what = f"{what}: {reason}"
-            return replace(drop(r), last_used_ms=last_used_ms).with_event(self._clock_ms(), self.pod_id, what)
+            return r.with_unload(self.pod_id, self._clock_ms(), what=what, last_used_ms=last_used_ms)
 
         await self._update_quietly(model_id, change)
 
     async def _set_copy(self, model_id: str, state: ModelState) -> None:
-        def change(r: ModelRecord) -> ModelRecord:
-            current = r.copies.get(self.pod_id)
-            if current is not None and current.state is state:
-                return r
-            why = current.why if current is not None else ""
-            return replace(r, copies={**r.copies, self.pod_id: CopyRecord(state, self._clock_ms(), why)})
-
-        await self._update_quietly(model_id, change)
+        await self._update_quietly(model_id, lambda r: r.marked(self.pod_id, state, self._clock_ms()))
 
     async def _update_quietly(self, model_id: str, change: Callable[[ModelRecord], ModelRecord]) -> None:
         try:
@@ -907,14 +861,9 @@ class ModelManager:
             return ""
         since = mine.since_ms if mine is not None else -1
         live = self._store.instances()
-        loaded = {
-            pod: c.since_ms
-            for pod, c in record.copies.items()
-            if c.state is ModelState.LOADED
-            and c.since_ms > since
-            and pod in live
-            and not live[pod].shutting_down
-        }
+        staying = {pod for pod, instance in live.items() if not instance.shutting_down}
+        counted = record.counted_copies(staying, states=LOADED)
+        loaded = {pod: c.since_ms for pod, c in counted.items() if c.since_ms > since}
         if not loaded:
             return ""
         loaded[self.pod_id] = self._clock_ms()
@@ -939,19 +888,13 @@ class ModelManager:
         def change(r: ModelRecord) -> ModelRecord:
             if self._cache.loading(model_id):
                 return r  # the load records itself when it ends
-            copy = r.copies.get(self.pod_id)
             model = self._cache.loaded(model_id)
             now = self._clock_ms()
             if model is not None:
-                if copy is not None and copy.state is ModelState.LOADED:
-                    return r
-                why = copy.why if copy is not None else ""
-                copies = {**r.copies, self.pod_id: CopyRecord(ModelState.LOADED, now, why)}
-                r = replace(r, copies=copies, size_bytes=model.size_bytes)
-                return r.with_event(now, self.pod_id, "recorded as loaded here again (registry missed it)")
-            if copy is None:
+                return r.recorded_loaded(self.pod_id, now, size_bytes=model.size_bytes)
+            if self.pod_id not in r.copies:
                 return r
-            dropped = _without_copy(self.pod_id)(r)
+            dropped = r.without_copy(self.pod_id)
             return dropped.with_event(now, self.pod_id, "copy dropped: not held here (missed registry write)")
 
         return change
@@ -988,12 +931,3 @@ def model_options(model_id: str, key: dict[str, Any]) -> dict[str, Any]:
             f"max_copies {options['max_copies']}"
         )
     return options
-
-
-def _without_copy(pod_id: str) -> Callable[[ModelRecord], ModelRecord]:
-    def change(r: ModelRecord) -> ModelRecord:
-        if pod_id not in r.copies:
-            return r
-        return replace(r, copies={pod: c for pod, c in r.copies.items() if pod != pod_id})
-
-    return change

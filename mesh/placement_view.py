@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 
-from mesh.records import InstanceRecord, ModelRecord, ModelState
+from mesh.records import InstanceRecord, Mine, ModelRecord
 from mesh.registry import ModelStore
 from mesh_common.clock import now_ms
 from placement.cluster import ClusterView, ModelView, PodView
@@ -87,11 +87,8 @@ class PlacementView:
         return choose_load_pod(self.view(excluded), self._model_view(record, failed))
 
     def _model_view(self, record: ModelRecord, failed: Collection[str]) -> ModelView:
-        holders = frozenset(
-            pod
-            for pod, c in record.copies.items()
-            if c.state in (ModelState.LOADED, ModelState.LOADING) and pod != self.pod_id
-        )
+        # Every recorded pod, live or not.
+        holders = frozenset(record.counted_copies(None, here=self.pod_id, mine=Mine.NEVER))
         failures = frozenset(self.recent_failures(record)) | frozenset(failed)
         return ModelView(record.model_id, record.info.type, record.size_bytes, holders, failures)
 

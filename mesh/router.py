@@ -41,7 +41,7 @@ from mesh.edge.hop import Hop, Metadata, Peers, Route
 from mesh.load_claims import LoadClaims
 from mesh.management import ModelManager
 from mesh.placement_view import PlacementView, explain
-from mesh.records import InstanceRecord, ModelRecord, ModelState
+from mesh.records import LOADED, InstanceRecord, Mine, ModelRecord, ModelState
 from mesh.registry import ModelStore
 from mesh.route_tries import Suspects, Tries, load_failed
 from mesh_common.errors import (
@@ -316,11 +316,8 @@ class Router:
         self, record: ModelRecord, excluded: Collection[str], live: Mapping[str, InstanceRecord]
     ) -> Target | None:
         """A live peer holding the model (the least busy), else one loading it (join its load)."""
-        copies = {
-            pod: copy.state
-            for pod, copy in record.copies.items()
-            if pod not in excluded and pod in live and pod != self.pod_id
-        }
+        counted = record.counted_copies(live, here=self.pod_id, mine=Mine.NEVER, excluded=excluded)
+        copies = {pod: copy.state for pod, copy in counted.items()}
         salt = f"{record.model_id}:{next(self._calls)}"
         for state, route in ((ModelState.LOADED, Route.LOADED), (ModelState.LOADING, Route.LOAD)):
             holder = choose_copy([p for p, s in copies.items() if s is state], self.in_flight, salt=salt)
@@ -389,14 +386,14 @@ class Router:
         record = self._store.model(model_id)
         if record is None:
             return {}
+        # No live set: each holder's instance record is looked up once.
+        holders = record.counted_copies(
+            None, states=LOADED, here=self.pod_id, mine=Mine.NEVER, excluded=excluded
+        )
         return {
             pod: instance
-            for pod, copy in record.copies.items()
-            if copy.state is ModelState.LOADED
-            and pod != self.pod_id
-            and pod not in excluded
-            and (instance := self._store.instance(pod)) is not None
-            and not instance.shutting_down
+            for pod in holders
+            if (instance := self._store.instance(pod)) is not None and not instance.shutting_down
         }
 
 
