@@ -11,19 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Container, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from adapters import ADAPTERS, supported_types
 from mesh.bounds import check_id, check_path, parse_model_key, registrable
 from mesh.cache import ModelCache
+from mesh.model_options import check_tenant, model_options
+from mesh.model_status import (
+    NOT_FOUND_STATUS,
+    CopyStatus,
+    FleetView,
+    ModelStatus,
+    SetVModel,
+    TenantUse,
+    VModelStatus,
+)
 from mesh.records import (
     ANY_STATE,
     LOADED,
-    FailureRecord,
-    InstanceRecord,
     Mine,
     ModelInfo,
     ModelRecord,
@@ -54,81 +61,6 @@ from placement.quotas import registration_refusal
 from puller import FetcherTable
 
 log = logging.getLogger(__name__)
-
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-@dataclass(frozen=True)
-class CopyStatus:
-    pod_id: str
-    state: ModelState
-    time_ms: int
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """A model's status as ``getModelStatus`` answers it (``ModelManager.status``)."""
-
-    state: ModelState
-    errors: list[str] = field(default_factory=list)
-    copies: list[CopyStatus] = field(default_factory=list)
-    """The copies on live pods, and the pods whose recent load failed that hold no copy (as
-    LOADING_FAILED), newest first."""
-    failures: dict[str, FailureRecord] = field(default_factory=dict)
-    """Pod id -> its load failure that has not expired yet."""
-    blocked: bool = False
-    """No pod loads or serves it: pods died loading it (``clear_failures`` lifts it)."""
-    changes_at_ms: int = 0
-    """When this status changes by time alone (its oldest failure expires), ``clock_ms`` time;
-    0: it changes only with the records."""
-
-
-NOT_FOUND_STATUS = ModelStatus(ModelState.NOT_FOUND)
-
-
-@dataclass(frozen=True)
-class FleetView:
-    pods: list[InstanceRecord]
-    models_registered: int
-    models_loaded: int
-    copies: int
-    janitor: str = ""
-
-
-@dataclass(frozen=True)
-class TenantUse:
-    tenant: str
-    max_models: int
-    max_loaded_bytes: int
-    models_registered: int
-    loaded_bytes: int
-    """Bytes of its models loaded or loading on live pods, every copy counted."""
-
-
-@dataclass(frozen=True)
-class VModelStatus:
-    """``status`` is one of NOT_FOUND, DEFINED, TRANSITIONING, TRANSITION_FAILED."""
-
-    status: str
-    active_model_id: str = ""
-    target_model_id: str = ""
-    active: ModelStatus = NOT_FOUND_STATUS
-    target: ModelStatus | None = None
-    owner: str = ""
-
-
-@dataclass(frozen=True)
-class SetVModel:
-    vmodel_id: str
-    target_model_id: str
-    owner: str = ""
-    update_only: bool = False
-    model_info: ModelInfo | None = None
-    auto_delete_target: bool = False
-    load_now: bool = False
-    force: bool = False
-    sync: bool = False
-    expected_target_model_id: str = ""
 
 
 class ModelManager:
@@ -898,36 +830,3 @@ class ModelManager:
             return dropped.with_event(now, self.pod_id, "copy dropped: not held here (missed registry write)")
 
         return change
-
-
-def check_tenant(tenant: object, *, model_id: str = "") -> None:
-    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
-        prefix = f"model {quoted(model_id)}: " if model_id else ""
-        raise InvalidInput(
-            f"{prefix}tenant {quoted(tenant)} must be 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-
-
-def model_options(model_id: str, key: dict[str, Any]) -> dict[str, Any]:
-    """The mesh's registration options carried in the model key JSON (ModelMesh's messages stay as they
-    are): ``tenant`` (default ``default``), ``min_copies`` and ``max_copies``."""
-    options: dict[str, Any] = {}
-    tenant = key.get("tenant", "default")
-    check_tenant(tenant, model_id=model_id)
-    options["tenant"] = tenant
-    for name, least in (("min_copies", 1), ("max_copies", 1)):
-        value = key.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise InvalidInput(
-                f"model {quoted(model_id)}: {name} must be an integer >= {least}, not {quoted(value)}"
-            )
-        options[name] = value
-    if options.get("max_copies") and options.get("min_copies", 1) > options["max_copies"]:
-        raise InvalidInput(
-            f"model {quoted(model_id)}: min_copies {options['min_copies']} > "
-            f"max_copies {options['max_copies']}"
-        )
-    return options

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from mesh.management import ModelStatus
+from mesh.model_status import ModelStatus
 from mesh.records import ModelState, VModelRecord
 from mesh.registry import ModelStore
 from mesh_common.clock import now_ms

@@ -18,7 +18,7 @@ from adapters.datatypes import V2_TO_NUMPY, numpy_dtype, v2_datatype
 from adapters.signature import TensorSpec
 from mesh.dataplane import InferenceRequest, InferenceResponse, ModelStats
 from mesh.edge.wire import split_field
-from mesh.management import ModelStatus, VModelStatus
+from mesh.model_status import ModelStatus, VModelStatus
 from mesh.model_watch import ModelChange
 from mesh.records import ModelInfo
 from mesh_common.errors import InvalidInput

@@ -13,8 +13,9 @@ from mesh import __version__
 from mesh.cache import ModelCache
 from mesh.edge import converters
 from mesh.edge.status import edge_method
-from mesh.management import ModelManager, SetVModel, TenantUse
+from mesh.management import ModelManager
 from mesh.metrics import MeshMetrics
+from mesh.model_status import SetVModel, TenantUse
 from mesh.model_watch import ModelWatches
 from mesh_common.errors import InvalidInput, quoted
 from mesh_proto import mesh_admin_pb2 as admin

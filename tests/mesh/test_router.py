@@ -24,7 +24,8 @@ from mesh.edge.hop import Route
 from mesh.fleet_calls import FleetCalls
 from mesh.fleet_copies import FleetCopies
 from mesh.inference_threads import InferenceThreads
-from mesh.management import ModelManager, SetVModel
+from mesh.management import ModelManager
+from mesh.model_status import SetVModel
 from mesh.placement_view import PlacementView
 from mesh.records import (
     CopyRecord,
