@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Container, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
 from adapters import ADAPTERS, supported_types
 from mesh.bounds import check_id, check_path, parse_model_key, registrable
 from mesh.cache import ModelCache
+from mesh.copy_recorder import CopyRecorder
+from mesh.dead_pods import DeadPods
 from mesh.model_options import check_tenant, model_options
 from mesh.model_status import (
     NOT_FOUND_STATUS,
@@ -45,7 +47,6 @@ from mesh_common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidInput,
-    LoaderCrashed,
     MeshError,
     ModelInUse,
     ModelLoadFailed,
@@ -56,7 +57,7 @@ from mesh_common.errors import (
     UnsupportedModelType,
     quoted,
 )
-from placement.copies import CopyPolicy, ModelDemand, surplus_copy
+from placement.copies import CopyPolicy
 from placement.quotas import registration_refusal
 from puller import FetcherTable
 
@@ -83,24 +84,31 @@ class ModelManager:
         self._fetchers = fetchers
         self.pod_id = pod_id
         self._failure_ttl_ms = int(failure_ttl_s * 1000)
-        self._max_load_crashes = max_load_crashes
-        """Deaths while loading a model (pods, or their loader processes) within the crash window
-        that block it fleet-wide."""
-        self._crash_window_ms = int(crash_window_s * 1000)
-        self._dead_after_ms = int(dead_after_s * 1000)
-        """How long a pod that left a copy LOADING must be missing from the registry before it is
-        taken for dead (the pods' lease TTL: see ``forget_dead_pods``)."""
-        self._missing_since: dict[str, int] = {}
-        """Pods with a LOADING copy found missing from the registry, since when (``clock_ms``)."""
         self._clock_ms = clock_ms
         self._tasks: set[asyncio.Task[None]] = set()
         self._loader: Callable[[str], Awaitable[None]] = self.load_here
-        self._unrecorded = False
-        """A write of this pod's copies failed, or the pod rejoined the fleet: the registry may
-        disagree with the cache until ``repair_copies`` has run."""
-        self._rejoined = False
-        self._copy_policy = copy_policy or CopyPolicy()
-        """Which copies the fleet needs (for a copy the registry lost and others replaced)."""
+        crash_window_ms = int(crash_window_s * 1000)
+        self.copies = CopyRecorder(
+            store=store,
+            cache=cache,
+            pod_id=pod_id,
+            clock_ms=clock_ms,
+            max_load_crashes=max_load_crashes,
+            crash_window_ms=crash_window_ms,
+            copy_policy=copy_policy or CopyPolicy(),
+            promote_if_ready=self._promote_if_ready,
+        )
+        """This pod's copies in the registry, as the cache reports them (the cache's listener)."""
+        self.dead_pods = DeadPods(
+            store=store,
+            pod_id=pod_id,
+            clock_ms=clock_ms,
+            max_load_crashes=max_load_crashes,
+            crash_window_ms=crash_window_ms,
+            dead_after_ms=int(dead_after_s * 1000),
+            update_quietly=self.copies.update_quietly,
+        )
+        """The copies of pods that died, forgotten (and counted as crashes where they were loading)."""
 
     def set_loader(self, loader: Callable[[str], Awaitable[None]]) -> None:
         """Where ``ensureLoaded``, ``loadNow`` and vmodel transitions load: the fleet's router."""
@@ -564,269 +572,39 @@ class ModelManager:
         log.info("load failures of %s cleared (%d deaths while loading it)", model_id, len(before[0].crashes))
         return before[0]
 
-    # fleet hygiene
-
-    async def forget_pod(self, pod_id: str, *, unless_live: bool = False) -> int:
-        """Remove the copies a pod recorded (it died, or restarted with nothing loaded).
-
-        A copy it left LOADING means the pod died while loading the model (a pod that stops
-        gracefully drops its claims first): that counts against the model as a crash (see
-        ``ModelRecord.with_crash``). ``unless_live``: keep the copies if the pod's instance record
-        is in the mirror when a record is written (it rejoined meanwhile and may be writing its
-        copies back). Returns how many records changed. Failure records stay: they expire by
-        themselves.
-        """
-        died = self._died_holding(pod_id)
-
-        def change(r: ModelRecord) -> ModelRecord:
-            return r if unless_live and self._store.instance(pod_id) is not None else died(r)
-
-        changed = 0
-        for record in self._store.models():
-            copy = record.copies.get(pod_id)
-            if copy is None:
-                continue
-            if copy.state is ModelState.LOADING:
-                log.warning("pod %s left %s LOADING: counted as a crash", pod_id, record.model_id)
-            await self._update_quietly(record.model_id, change)
-            changed += 1
-        return changed
-
-    def _died_holding(self, pod_id: str) -> Callable[[ModelRecord], ModelRecord]:
-        def change(r: ModelRecord) -> ModelRecord:
-            limit, window_ms = self._max_load_crashes, self._crash_window_ms
-            return r.without_dead_pod(pod_id, self._clock_ms(), limit=limit, window_ms=window_ms)
-
-        return change
-
-    async def forget_dead_pods(self) -> int:
-        """Remove copies recorded for pods that are not live (their lease expired).
-
-        A pod is taken for dead only if the registry itself has no instance record for it: this
-        pod's mirror may not show yet the record of a pod that rejoined with a new lease (after an
-        etcd stall longer than the lease) and is writing its copies back. A pod that left a copy
-        LOADING (which counts as a crash of that model) must moreover have been missing for a whole
-        lease TTL, seen by two rounds at least that far apart: a pod cut off by an etcd stall
-        retries its keep-alive every third of its TTL (at most a second) and rejoins as soon as
-        etcd answers again, well within that, while a pod that died stays missing. Until then its
-        copies stay, and no pod loads the model (``Router._lost_load``).
-        """
-        live = self._store.instances()
-        records = self._store.models()
-        missing = {pod for r in records for pod in r.copies.keys() - self._counted_anyhow(r, live)}
-        loading = {
-            pod
-            for r in records
-            for pod, c in r.copies.items()
-            if pod in missing and c.state is ModelState.LOADING
-        }
-        self._missing_since = {pod: t for pod, t in self._missing_since.items() if pod in loading}
-        now = self._clock_ms()
-        counts = []
-        for pod in sorted(missing):
-            if await self._store.fetch_instance(pod) is not None:
-                self._missing_since.pop(pod, None)
-                continue
-            if pod in loading and now - self._missing_since.setdefault(pod, now) < self._dead_after_ms:
-                continue
-            self._missing_since.pop(pod, None)
-            counts.append(await self.forget_pod(pod, unless_live=True))
-        return sum(counts)
-
-    def _counted_anyhow(self, record: ModelRecord, live: Container[str]) -> set[str]:
-        """The pods whose copies of the model count, whatever their state (the others are missing)."""
-        return set(record.counted_copies(live, states=ANY_STATE, here=self.pod_id, mine=Mine.ALWAYS))
-
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # CacheListener: this pod's copies and failures, recorded in the registry
+    # this pod's copies (``CopyRecorder``) and the dead pods' (``DeadPods``)
 
     async def loading(self, model_id: str) -> None:
-        await self._set_copy(model_id, ModelState.LOADING)
+        await self.copies.loading(model_id)
 
     async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
-        load_ms = int(load_seconds * 1000)
-
-        def change(r: ModelRecord) -> ModelRecord:
-            return r.with_load(self.pod_id, self._clock_ms(), size_bytes=size_bytes, load_ms=load_ms)
-
-        await self._update_quietly(model_id, change)
-        vmodels = [v for v in self._store.vmodels() if v.target_model_id == model_id]
-        for vmodel in vmodels:
-            self._promote_if_ready(vmodel)
+        await self.copies.loaded(model_id, size_bytes, load_seconds)
 
     async def failed(self, model_id: str, error: MeshError) -> None:
-        reason = (
-            error.fields.get("reason", error.message) if isinstance(error, ModelLoadFailed) else error.message
-        )
-        log.warning("load of %s failed: %s", model_id, reason)
-
-        def change(r: ModelRecord) -> ModelRecord:
-            now = self._clock_ms()
-            if isinstance(error, LoaderCrashed):  # the artifact kills whoever loads it
-                limit, window_ms = self._max_load_crashes, self._crash_window_ms
-                return r.without_copy(self.pod_id).with_crash(
-                    now, self.pod_id, str(reason), limit=limit, window_ms=window_ms
-                )
-            return r.with_failure(self.pod_id, now, str(reason))
-
-        await self._update_quietly(model_id, change)
+        await self.copies.failed(model_id, error)
 
     async def refused(self, model_id: str, error: MeshError) -> None:
-        """A load this pod claimed was refused before it started (a tenant cap): drop the claim."""
-        log.info("load of %s refused: %s", model_id, error.message)
-        await self._update_quietly(model_id, lambda r: r.without_copy(self.pod_id))
+        await self.copies.refused(model_id, error)
 
     async def drop_claim(self, model_id: str) -> None:
-        """Drop this pod's LOADING copy of the model unless the cache is loading or holds it (read when
-        the write is made): the router claimed a load here that never reached the cache."""
-
-        def change(r: ModelRecord) -> ModelRecord:
-            if self._cache.loading(model_id) or self._cache.loaded(model_id) is not None:
-                return r  # the load records its own end
-            return r.without_claim(self.pod_id)
-
-        await self._update_quietly(model_id, change)
+        await self.copies.drop_claim(model_id)
 
     async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
-        # An evicted model was in use until room was needed: the janitor may pre-load it again
-        # when room appears (most recent first). One unloaded on request stays unloaded.
-        last_used_ms = self._clock_ms() if evicted else 0
-
-        def change(r: ModelRecord) -> ModelRecord:
-            what = "evicted to make room for another model" if evicted else "unloaded"
-            if reason:
-                what = f"{what}: {reason}"
-            return r.with_unload(self.pod_id, self._clock_ms(), what=what, last_used_ms=last_used_ms)
-
-        await self._update_quietly(model_id, change)
-
-    async def _set_copy(self, model_id: str, state: ModelState) -> None:
-        await self._update_quietly(model_id, lambda r: r.marked(self.pod_id, state, self._clock_ms()))
-
-    async def _update_quietly(self, model_id: str, change: Callable[[ModelRecord], ModelRecord]) -> None:
-        try:
-            await self._store.update_model(model_id, change)
-        except MeshError as exc:
-            self._unrecorded = True
-            log.warning("could not record the state of %s in the registry: %s", model_id, exc)
+        await self.copies.unloaded(model_id, evicted=evicted, reason=reason)
 
     def rejoined(self) -> None:
-        """This pod's lease ran out (etcd was silent longer than its TTL) and it rejoined the fleet
-        with a new one, its instance record written: the janitor may have forgotten every copy
-        recorded here. ``repair_copies`` writes them back."""
-        self._rejoined = True
-        self._unrecorded = True
+        self.copies.rejoined()
 
     async def repair_copies(self) -> int:
-        """Make the registry agree with the cache again where it missed this pod's copies: after a
-        write of them failed (the registry was unreachable), after the pod rejoined the fleet with
-        a new lease, and whenever the registry shows a model held here without this pod's copy
-        (the janitor forgot it). A model held here is recorded LOADED here, and a copy recorded here
-        that the cache neither holds nor is loading is dropped. A copy held here that the fleet no
-        longer needs, other pods having loaded the model while the registry did not show it (it
-        lost the copy, or this pod was out of the fleet), is unloaded instead (``_surplus_here``).
-        A no-op when nothing was missed. Stops at the first write that fails and goes on at the next call;
-        returns how many copies it wrote back, dropped or unloaded."""
-        if not self._unrecorded and not self._lost_here():
-            return 0
-        self._unrecorded = False
-        rejoined, self._rejoined = self._rejoined, False
-        fixed = unloaded = 0
-        for record in self._store.models():
-            change = self._as_cached(record.model_id)
-            surplus = self._surplus_here(record, rejoined=rejoined)
-            if not surplus and change(record) == record:
-                continue
-            try:
-                if surplus:
-                    log.info("unloading %s, a copy the fleet no longer needs: %s", record.model_id, surplus)
-                    await self._cache.unload(record.model_id, reason=f"a duplicate: {surplus}")
-                    unloaded += 1
-                    continue
-                await self._store.update_model(record.model_id, change)
-            except MeshError as exc:
-                self._unrecorded = True
-                self._rejoined = self._rejoined or rejoined
-                log.info("this pod's copies are not corrected in the registry yet: %s", exc)
-                break
-            fixed += 1
-        if rejoined or fixed or unloaded:
-            log.info(
-                "%s: corrected this pod's copies in %d registry record(s), unloaded %d duplicate(s)",
-                "rejoined the fleet" if rejoined else "the registry had missed copies held here",
-                fixed,
-                unloaded,
-            )
-        return fixed + unloaded
+        return await self.copies.repair_copies()
 
-    def _lost_here(self) -> bool:
-        """Whether the registry shows a model this pod holds without this pod's copy, while the pod
-        is in the fleet (what a pod writes before its instance record is there may be forgotten)."""
-        if self._store.instance(self.pod_id) is None:
-            return False
-        for model in self._cache.models():
-            record = self._store.model(model.model_id)
-            if record is None or not model.loaded or self._cache.loading(model.model_id):
-                continue
-            copy = record.copies.get(self.pod_id)
-            if copy is None or copy.state is not ModelState.LOADED:
-                return True
-        return False
+    async def forget_pod(self, pod_id: str, *, unless_live: bool = False) -> int:
+        return await self.dead_pods.forget_pod(pod_id, unless_live=unless_live)
 
-    def _surplus_here(self, record: ModelRecord, *, rejoined: bool) -> str:
-        """Why the fleet no longer needs this pod's copy of a model ("": it does).
-
-        Asked of a copy held here that the registry lost, and after rejoining the fleet of every
-        copy held here: while the registry did not show it, or showed this pod out of the fleet,
-        calls through other pods found no copy and loaded the model again. The copy yields only to
-        copies loaded after it (a lost copy: to any), so of the copies of a model one never yields.
-        """
-        model_id = record.model_id
-        mine = record.copies.get(self.pod_id)
-        if mine is not None and not rejoined:
-            return ""
-        if self._cache.loading(model_id) or self._cache.loaded(model_id) is None:
-            return ""
-        since = mine.since_ms if mine is not None else -1
-        live = self._store.instances()
-        staying = {pod for pod, instance in live.items() if not instance.shutting_down}
-        counted = record.counted_copies(staying, states=LOADED)
-        loaded = {pod: c.since_ms for pod, c in counted.items() if c.since_ms > since}
-        if not loaded:
-            return ""
-        loaded[self.pod_id] = self._clock_ms()
-        traffic = {
-            pod: hot for pod in loaded if pod in live and (hot := live[pod].hot.get(model_id)) is not None
-        }
-        demand = ModelDemand(
-            model_id=model_id,
-            model_type=record.info.type,
-            size_bytes=record.size_bytes,
-            loaded=loaded,
-            rates={pod: t.rate for pod, t in traffic.items()},
-            queue_ms=max((t.queue_ms for t in traffic.values()), default=0.0),
-            min_copies=record.min_copies,
-            max_copies=record.max_copies,
-        )
-        return surplus_copy(demand, self.pod_id, self._copy_policy)
-
-    def _as_cached(self, model_id: str) -> Callable[[ModelRecord], ModelRecord]:
-        """The record with this pod's copy as the cache has it (read when the write is made)."""
-
-        def change(r: ModelRecord) -> ModelRecord:
-            if self._cache.loading(model_id):
-                return r  # the load records itself when it ends
-            model = self._cache.loaded(model_id)
-            now = self._clock_ms()
-            if model is not None:
-                return r.recorded_loaded(self.pod_id, now, size_bytes=model.size_bytes)
-            if self.pod_id not in r.copies:
-                return r
-            dropped = r.without_copy(self.pod_id)
-            return dropped.with_event(now, self.pod_id, "copy dropped: not held here (missed registry write)")
-
-        return change
+    async def forget_dead_pods(self) -> int:
+        return await self.dead_pods.forget_dead_pods()
