@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
 from typing import Any
 
 from adapters import ADAPTERS, supported_types
@@ -20,10 +19,9 @@ from mesh.bounds import check_id, check_path, parse_model_key, registrable
 from mesh.cache import ModelCache
 from mesh.copy_recorder import CopyRecorder
 from mesh.dead_pods import DeadPods
+from mesh.fleet_views import FleetViews
 from mesh.model_options import check_tenant, model_options
 from mesh.model_status import (
-    NOT_FOUND_STATUS,
-    CopyStatus,
     FleetView,
     ModelStatus,
     SetVModel,
@@ -31,9 +29,6 @@ from mesh.model_status import (
     VModelStatus,
 )
 from mesh.records import (
-    ANY_STATE,
-    LOADED,
-    Mine,
     ModelInfo,
     ModelRecord,
     ModelState,
@@ -109,6 +104,10 @@ class ModelManager:
             update_quietly=self.copies.update_quietly,
         )
         """The copies of pods that died, forgotten (and counted as crashes where they were loading)."""
+        self.views = FleetViews(
+            store=store, pod_id=pod_id, clock_ms=clock_ms, failure_ttl_ms=self._failure_ttl_ms
+        )
+        """What the registry says about models, tenants and the fleet (reads only)."""
 
     def set_loader(self, loader: Callable[[str], Awaitable[None]]) -> None:
         """Where ``ensureLoaded``, ``loadNow`` and vmodel transitions load: the fleet's router."""
@@ -158,36 +157,6 @@ class ModelManager:
         if users:
             raise ModelInUse(model_id=model_id, vmodel_ids=users)
 
-    def status(self, model_id: str) -> ModelStatus:
-        record = self._store.model(model_id)
-        if record is None:
-            return NOT_FOUND_STATUS
-        live = self._store.instances()
-        copies_live = record.counted_copies(live, states=ANY_STATE, here=self.pod_id, mine=Mine.ALWAYS)
-        record = replace(record, copies=copies_live)
-        now = self._clock_ms()
-        state = record.state(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
-        failures = record.recent_failures(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)
-        errors = [f"{pod}: {failure.reason}" for pod, failure in sorted(failures.items())]
-        if record.blocked:
-            errors.insert(0, record.blocked)
-        copies = [CopyStatus(pod, copy.state, copy.since_ms) for pod, copy in record.copies.items()]
-        copies += [
-            CopyStatus(pod, ModelState.LOADING_FAILED, f.time_ms)
-            for pod, f in failures.items()
-            if pod not in record.copies
-        ]
-        copies.sort(key=lambda c: c.time_ms, reverse=True)
-        expires = min((f.time_ms for f in failures.values()), default=None)
-        return ModelStatus(
-            state,
-            errors if state is ModelState.LOADING_FAILED else [],
-            copies,
-            failures=failures,
-            blocked=bool(record.blocked),
-            changes_at_ms=0 if expires is None else expires + self._failure_ttl_ms,
-        )
-
     async def status_fresh(self, model_id: str) -> ModelStatus:
         """``status``, reading the registry when this pod's mirror does not know the model (see
         ``fresh_model``); while the registry does not answer, the mirror's answer."""
@@ -201,47 +170,7 @@ class ModelManager:
         await self._load(model_id, sync=sync)
         return self.status(model_id)
 
-    def fleet(self) -> FleetView:
-        live = self._store.instances()
-        loaded = [list(r.counted_copies(live, states=LOADED)) for r in self._store.models()]
-        return FleetView(
-            pods=[live[p] for p in sorted(live)],
-            models_registered=len(loaded),
-            models_loaded=sum(1 for pods in loaded if pods),
-            copies=sum(len(pods) for pods in loaded),
-            janitor=leader.pod_id if (leader := self._store.leader()) is not None else "",
-        )
-
-    def traffic(self, model_id: str) -> dict[str, ModelTraffic]:
-        """What each live pod's copy of the model serves now (pods where it is busy enough to be listed)."""
-        return {
-            pod: instance.hot[model_id]
-            for pod, instance in self._store.instances().items()
-            if model_id in instance.hot
-        }
-
     # tenants
-
-    def tenants(self) -> list[TenantUse]:
-        """Every tenant with caps or registered models, with its use."""
-        live = self._store.instances()
-        registered: dict[str, int] = {}
-        loaded: dict[str, int] = {}
-        for r in self._store.models():
-            registered[r.tenant] = registered.get(r.tenant, 0) + 1
-            copies = len(r.counted_copies(live))
-            loaded[r.tenant] = loaded.get(r.tenant, 0) + copies * r.size_bytes
-        caps = {t.tenant: t for t in self._store.tenants()}
-        return [
-            TenantUse(
-                name,
-                caps[name].max_models if name in caps else 0,
-                caps[name].max_loaded_bytes if name in caps else 0,
-                registered.get(name, 0),
-                loaded.get(name, 0),
-            )
-            for name in sorted(registered.keys() | caps.keys())
-        ]
 
     async def set_tenant(self, tenant: str, *, max_models: int, max_loaded_bytes: int) -> TenantUse:
         check_tenant(tenant)
@@ -529,32 +458,6 @@ class ModelManager:
         await self._store.update_vmodel(vmodel_id, lambda _: None)
         await self._collect_auto_deleted({vmodel.active_model_id, vmodel.target_model_id})
 
-    def loaded_anywhere(self, model_id: str) -> bool:
-        """Whether a live pod (or this one) has recorded the model as loaded."""
-        record = self._store.model(model_id)
-        live = self._store.instances()
-        return record is not None and bool(
-            record.counted_copies(live, states=LOADED, here=self.pod_id, mine=Mine.ALWAYS)
-        )
-
-    def replicated(self, model_ids: list[str]) -> set[str]:
-        """Those of ``model_ids`` that another live pod has loaded (one read of the live pods)."""
-        live = self._store.instances()
-        found = set()
-        for model_id in model_ids:
-            record = self._store.model(model_id)
-            if record is not None and record.counted_copies(
-                live, states=LOADED, here=self.pod_id, mine=Mine.NEVER
-            ):
-                found.add(model_id)
-        return found
-
-    def held_elsewhere(self, model_id: str) -> bool:
-        """Whether another live pod has the model loaded or loading."""
-        record = self._store.model(model_id)
-        live = self._store.instances()
-        return record is not None and bool(record.counted_copies(live, here=self.pod_id, mine=Mine.NEVER))
-
     async def clear_failures(self, model_id: str) -> ModelRecord:
         """Forget the model's load failures and deaths while loading it, lifting its block (an
         operator's call: the next call may load it again). Returns the record as it was."""
@@ -608,3 +511,26 @@ class ModelManager:
 
     async def forget_dead_pods(self) -> int:
         return await self.dead_pods.forget_dead_pods()
+
+    # what the registry says (``FleetViews``)
+
+    def status(self, model_id: str) -> ModelStatus:
+        return self.views.status(model_id)
+
+    def fleet(self) -> FleetView:
+        return self.views.fleet()
+
+    def traffic(self, model_id: str) -> dict[str, ModelTraffic]:
+        return self.views.traffic(model_id)
+
+    def tenants(self) -> list[TenantUse]:
+        return self.views.tenants()
+
+    def loaded_anywhere(self, model_id: str) -> bool:
+        return self.views.loaded_anywhere(model_id)
+
+    def replicated(self, model_ids: list[str]) -> set[str]:
+        return self.views.replicated(model_ids)
+
+    def held_elsewhere(self, model_id: str) -> bool:
+        return self.views.held_elsewhere(model_id)
