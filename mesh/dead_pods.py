@@ -1,7 +1,9 @@
-"""The copies of pods that died, forgotten: fleet hygiene the janitor runs.
+"""The copies of pods that died, and deaths while loading a model.
 
 A pod that dies leaves its copies in the registry; ``DeadPods`` removes them once the registry
-shows the pod gone, and counts a copy it left LOADING as a death while loading that model.
+shows the pod gone (fleet hygiene the janitor runs), and counts a copy it left LOADING as a death
+while loading that model. Enough deaths block the model until an operator clears its failures
+(``clear_failures``) or it is registered again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Awaitable, Callable, Container
 
 from mesh.records import ANY_STATE, Mine, ModelRecord, ModelState
 from mesh.registry import ModelStore
+from mesh_common.errors import ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ class DeadPods:
         crash_window_ms: int,
         dead_after_ms: int,
         update_quietly: Callable[[str, Callable[[ModelRecord], ModelRecord]], Awaitable[None]],
+        fresh_model: Callable[[str], Awaitable[ModelRecord | None]],
     ) -> None:
         self._store = store
         self.pod_id = pod_id
@@ -41,6 +45,7 @@ class DeadPods:
         """Writes a change to a model's record, noting a failed write for ``repair_copies``."""
         self._missing_since: dict[str, int] = {}
         """Pods with a LOADING copy found missing from the registry, since when (``clock_ms``)."""
+        self.fresh_model = fresh_model
 
     async def forget_pod(self, pod_id: str, *, unless_live: bool = False) -> int:
         """Remove the copies a pod recorded (it died, or restarted with nothing loaded).
@@ -112,3 +117,20 @@ class DeadPods:
     def _counted_anyhow(self, record: ModelRecord, live: Container[str]) -> set[str]:
         """The pods whose copies of the model count, whatever their state (the others are missing)."""
         return set(record.counted_copies(live, states=ANY_STATE, here=self.pod_id, mine=Mine.ALWAYS))
+
+    async def clear_failures(self, model_id: str) -> ModelRecord:
+        """Forget the model's load failures and deaths while loading it, lifting its block (an
+        operator's call: the next call may load it again). Returns the record as it was."""
+        if await self.fresh_model(model_id) is None:
+            raise ModelNotFound(model_id=model_id)
+        before: list[ModelRecord] = []
+
+        def change(r: ModelRecord) -> ModelRecord:
+            before[:] = [r]
+            return r.cleared(self._clock_ms(), self.pod_id)
+
+        await self._store.update_model(model_id, change)
+        if not before:
+            raise ModelNotFound(model_id=model_id)
+        log.info("load failures of %s cleared (%d deaths while loading it)", model_id, len(before[0].crashes))
+        return before[0]

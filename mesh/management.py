@@ -1,9 +1,11 @@
-"""ModelMesh's management semantics over the registry and the local cache.
+"""ModelMesh's management semantics over the registry and the local cache: registration, and
+the front (``ModelManager``) over the pieces that do the rest.
 
-Registration writes a ``ModelRecord``; status is derived from the record's copies
-and recent failures; vmodels serve their active model until the target is loaded.
-This class is also the cache's listener: it records this pod's copies and load
-failures in the registry, so status reads see them.
+Registration writes a ``ModelRecord``; status is derived from the record's copies and recent
+failures (``mesh.fleet_views``); vmodels serve their active model until the target is loaded
+(``mesh.vmodels``); names resolve through ``mesh.model_names``; this pod's copies and load
+failures are recorded by ``mesh.copy_recorder`` (the cache's listener), dead pods' by
+``mesh.dead_pods``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from adapters import ADAPTERS, supported_types
-from mesh.bounds import check_id, check_path, parse_model_key, registrable
+from mesh.bounds import check_id, check_path, parse_model_key
 from mesh.cache import ModelCache
 from mesh.copy_recorder import CopyRecorder
 from mesh.dead_pods import DeadPods
 from mesh.fleet_views import FleetViews
+from mesh.model_names import ModelNames
 from mesh.model_options import check_tenant, model_options
 from mesh.model_status import (
     FleetView,
@@ -43,9 +46,7 @@ from mesh_common.errors import (
     InvalidInput,
     MeshError,
     ModelInUse,
-    ModelLoadFailed,
     ModelNotFound,
-    NotFound,
     QuotaExceeded,
     Unavailable,
     UnsupportedModelType,
@@ -59,6 +60,11 @@ log = logging.getLogger(__name__)
 
 
 class ModelManager:
+    """Registers and deletes models and loads them on request; the front the edge, the router and
+    the janitor call, handing the rest to its pieces: ``names`` (which model a name means),
+    ``views`` (what the registry says), ``virtual_models`` (vmodels), ``copies`` (this pod's copies,
+    the cache's listener) and ``dead_pods`` (dead pods' copies, deaths while loading, their block)."""
+
     def __init__(
         self,
         *,
@@ -84,7 +90,6 @@ class ModelManager:
         self.views = FleetViews(
             store=store, pod_id=pod_id, clock_ms=clock_ms, failure_ttl_ms=self._failure_ttl_ms
         )
-        """What the registry says about models, tenants and the fleet (reads only)."""
         self.virtual_models = VModels(
             store=store,
             views=self.views,
@@ -97,7 +102,14 @@ class ModelManager:
             load=self._load_quietly,
             spawn=self._spawn,
         )
-        """Vmodels and their transitions."""
+        self.names = ModelNames(
+            store=store,
+            cache=cache,
+            pod_id=pod_id,
+            clock_ms=clock_ms,
+            failure_ttl_ms=self._failure_ttl_ms,
+            promote_if_ready=self.virtual_models.promote_if_ready,
+        )
         crash_window_ms = int(crash_window_s * 1000)
         self.copies = CopyRecorder(
             store=store,
@@ -109,7 +121,6 @@ class ModelManager:
             copy_policy=copy_policy or CopyPolicy(),
             promote_if_ready=self.virtual_models.promote_if_ready,
         )
-        """This pod's copies in the registry, as the cache reports them (the cache's listener)."""
         self.dead_pods = DeadPods(
             store=store,
             pod_id=pod_id,
@@ -118,8 +129,8 @@ class ModelManager:
             crash_window_ms=crash_window_ms,
             dead_after_ms=int(dead_after_s * 1000),
             update_quietly=self.copies.update_quietly,
+            fresh_model=self.names.fresh_model,
         )
-        """The copies of pods that died, forgotten (and counted as crashes where they were loading)."""
 
     def set_loader(self, loader: Callable[[str], Awaitable[None]]) -> None:
         """Where ``ensureLoaded``, ``loadNow`` and vmodel transitions load: the fleet's router."""
@@ -199,79 +210,6 @@ class ModelManager:
     def vmodels(self) -> list[VModelRecord]:
         return self._store.vmodels()
 
-    def record(self, model_id: str) -> ModelRecord:
-        """The model's record, or ``ModelNotFound``; a recent failure here, or a model blocked for
-        killing the pods that loaded it, is ``ModelLoadFailed``."""
-        record = self._store.model(model_id)
-        if record is None:
-            raise ModelNotFound(model_id=model_id)
-        if record.blocked:
-            raise ModelLoadFailed(model_id=model_id, reason=record.blocked)
-        failure = record.failures.get(self.pod_id)  # on every call: no copy of the failures
-        if (
-            failure is not None
-            and self._clock_ms() - failure.time_ms < self._failure_ttl_ms
-            and self._cache.loaded(model_id) is None
-        ):
-            raise ModelLoadFailed(model_id=model_id, reason=failure.reason)
-        return record
-
-    def record_any(self, model_id: str) -> ModelRecord:
-        """The model's record whatever its state, or ``ModelNotFound``."""
-        record = self._store.model(model_id)
-        if record is None:
-            raise ModelNotFound(model_id=model_id)
-        return record
-
-    def resolve(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
-        """The model a call names: a vmodel's active model, or a model (``vmodel`` None: either)."""
-        return self.record(self.lookup(name, vmodel=vmodel).model_id)
-
-    def lookup(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
-        """Like ``resolve``, without refusing a model whose load failed on this pod."""
-        if vmodel is not False:
-            record = self._store.vmodel(name)
-            if record is not None:
-                self.virtual_models.promote_if_ready(record)
-                return self.record_any(record.active_model_id)
-            if vmodel:
-                raise NotFound(f"vmodel {quoted(name)} is not registered", model_id=name)
-        return self.record_any(name)
-
-    async def fresh_model(self, model_id: str, *, limited: bool = False) -> ModelRecord | None:
-        """The model's record, read from the registry when this pod's mirror does not have it: a
-        model registered through another pod reaches this pod's mirror a moment later, through the
-        watch, and a caller may already ask this pod about it. ``Unavailable`` if the registry does
-        not answer then (or if ``limited`` and past the reads allowed for unknown ids)."""
-        record = self._store.model(model_id)
-        if record is not None or not registrable(model_id):
-            return record  # an id no registration accepts is never in the registry: no read
-        return await self._store.fetch_model(model_id, limited=limited)
-
-    async def fresh_vmodel(self, vmodel_id: str, *, limited: bool = False) -> VModelRecord | None:
-        """``fresh_model`` for a vmodel."""
-        record = self._store.vmodel(vmodel_id)
-        if record is not None or not registrable(vmodel_id):
-            return record
-        return await self._store.fetch_vmodel(vmodel_id, limited=limited)
-
-    async def lookup_fresh(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
-        """``lookup``, reading the registry itself when this pod's mirror does not know ``name``:
-        it may have been registered through another pod a moment ago, before this pod's watch
-        delivered it (a vmodel's active model too). A registry read for each unknown name, up to
-        ``UNKNOWN_READS_PER_S``; past it, and while the registry does not answer, the name counts
-        as not registered."""
-        try:
-            return self.lookup(name, vmodel=vmodel)
-        except NotFound:
-            with contextlib.suppress(Unavailable):
-                found = await self.fresh_vmodel(name, limited=True) if vmodel is not False else None
-                if found is not None:
-                    await self.fresh_model(found.active_model_id, limited=True)
-                elif vmodel is not True:
-                    await self.fresh_model(name, limited=True)
-        return self.lookup(name, vmodel=vmodel)
-
     async def _load(self, model_id: str, *, sync: bool) -> None:
         record = self._store.model(model_id)
         if record is None:
@@ -313,23 +251,6 @@ class ModelManager:
         self._fetchers.check(info.path, storage=key)
         return model_options(model_id, key)
 
-    async def clear_failures(self, model_id: str) -> ModelRecord:
-        """Forget the model's load failures and deaths while loading it, lifting its block (an
-        operator's call: the next call may load it again). Returns the record as it was."""
-        if await self.fresh_model(model_id) is None:
-            raise ModelNotFound(model_id=model_id)
-        before: list[ModelRecord] = []
-
-        def change(r: ModelRecord) -> ModelRecord:
-            before[:] = [r]
-            return r.cleared(self._clock_ms(), self.pod_id)
-
-        await self._store.update_model(model_id, change)
-        if not before:
-            raise ModelNotFound(model_id=model_id)
-        log.info("load failures of %s cleared (%d deaths while loading it)", model_id, len(before[0].crashes))
-        return before[0]
-
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -367,6 +288,9 @@ class ModelManager:
     async def forget_dead_pods(self) -> int:
         return await self.dead_pods.forget_dead_pods()
 
+    async def clear_failures(self, model_id: str) -> ModelRecord:
+        return await self.dead_pods.clear_failures(model_id)
+
     # what the registry says (``FleetViews``)
 
     def status(self, model_id: str) -> ModelStatus:
@@ -403,3 +327,26 @@ class ModelManager:
 
     async def delete_vmodel(self, vmodel_id: str, *, owner: str) -> None:
         await self.virtual_models.delete_vmodel(vmodel_id, owner=owner)
+
+    # names (``ModelNames``)
+
+    def record(self, model_id: str) -> ModelRecord:
+        return self.names.record(model_id)
+
+    def record_any(self, model_id: str) -> ModelRecord:
+        return self.names.record_any(model_id)
+
+    def resolve(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
+        return self.names.resolve(name, vmodel=vmodel)
+
+    def lookup(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
+        return self.names.lookup(name, vmodel=vmodel)
+
+    async def fresh_model(self, model_id: str, *, limited: bool = False) -> ModelRecord | None:
+        return await self.names.fresh_model(model_id, limited=limited)
+
+    async def fresh_vmodel(self, vmodel_id: str, *, limited: bool = False) -> VModelRecord | None:
+        return await self.names.fresh_vmodel(vmodel_id, limited=limited)
+
+    async def lookup_fresh(self, name: str, *, vmodel: bool | None = None) -> ModelRecord:
+        return await self.names.lookup_fresh(name, vmodel=vmodel)
