@@ -9,10 +9,10 @@ registry agree with the cache again (``repair_copies``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from mesh.cache import ModelCache
-from mesh.records import LOADED, ModelRecord, ModelState, VModelRecord
+from mesh.records import LOADED, InstanceRecord, ModelRecord, ModelState, VModelRecord
 from mesh.registry import ModelStore
 from mesh_common.errors import LoaderCrashed, MeshError, ModelLoadFailed
 from placement.copies import CopyPolicy, ModelDemand, surplus_copy
@@ -207,20 +207,7 @@ class CopyRecorder:
         if not loaded:
             return ""
         loaded[self.pod_id] = self._clock_ms()
-        traffic = {
-            pod: hot for pod in loaded if pod in live and (hot := live[pod].hot.get(model_id)) is not None
-        }
-        demand = ModelDemand(
-            model_id=model_id,
-            model_type=record.info.type,
-            size_bytes=record.size_bytes,
-            loaded=loaded,
-            rates={pod: t.rate for pod, t in traffic.items()},
-            queue_ms=max((t.queue_ms for t in traffic.values()), default=0.0),
-            min_copies=record.min_copies,
-            max_copies=record.max_copies,
-        )
-        return surplus_copy(demand, self.pod_id, self._copy_policy)
+        return surplus_copy(_demand(record, loaded, live), self.pod_id, self._copy_policy)
 
     def _as_cached(self, model_id: str) -> Callable[[ModelRecord], ModelRecord]:
         """The record with this pod's copy as the cache has it (read when the write is made)."""
@@ -238,3 +225,20 @@ class CopyRecorder:
             return dropped.with_event(now, self.pod_id, "copy dropped: not held here (missed registry write)")
 
         return change
+
+
+def _demand(record: ModelRecord, loaded: dict[str, int], live: Mapping[str, InstanceRecord]) -> ModelDemand:
+    """The model's demand as copy placement reads it: its ``loaded`` copies (pod -> since when)
+    and what each serves, from the live pods' records."""
+    model_id = record.model_id
+    traffic = {pod: hot for pod in loaded if pod in live and (hot := live[pod].hot.get(model_id)) is not None}
+    return ModelDemand(
+        model_id=model_id,
+        model_type=record.info.type,
+        size_bytes=record.size_bytes,
+        loaded=loaded,
+        rates={pod: t.rate for pod, t in traffic.items()},
+        queue_ms=max((t.queue_ms for t in traffic.values()), default=0.0),
+        min_copies=record.min_copies,
+        max_copies=record.max_copies,
+    )
