@@ -175,33 +175,40 @@ class CopyScaling:
                 rates.setdefault(model_id, {})[pod_id] = traffic.rate
                 queue_ms[model_id] = max(queue_ms.get(model_id, 0.0), traffic.queue_ms)
         now = now_ms()
-        demands = []
-        for r in self._store.models():
-            loaded = {
-                p: c.since_ms for p, c in r.copies.items() if c.state is ModelState.LOADED and p in live
-            }
-            if r.blocked:
-                continue  # it killed pods that loaded it: never a new copy
-            if not loaded or (len(loaded) == 1 and r.model_id not in rates and r.min_copies <= 1):
-                continue  # not loaded, or one idle copy of a model that wants no more: nothing to decide
-            demands.append(
-                ModelDemand(
-                    model_id=r.model_id,
-                    model_type=r.info.type,
-                    size_bytes=r.size_bytes,
-                    loaded=loaded,
-                    loading=frozenset(
-                        p for p, c in r.copies.items() if c.state is ModelState.LOADING and p in live
-                    ),
-                    failed_on=frozenset(r.recent_failures(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)),
-                    rates=rates.get(r.model_id, {}),
-                    queue_ms=queue_ms.get(r.model_id, 0.0),
-                    min_copies=r.min_copies,
-                    max_copies=r.max_copies,
-                )
-            )
+        demands = [
+            demand
+            for r in self._store.models()
+            if (demand := self._demand(r, live, rates, queue_ms, now)) is not None
+        ]
         changes = plan_copies(self._view(), demands, self._policy, limit=self._per_round)
         await asyncio.gather(*(change_copy(self._copies, c, self._load_timeout_s) for c in changes))
+
+    def _demand(
+        self,
+        r: ModelRecord,
+        live: Collection[str],
+        rates: dict[str, dict[str, float]],
+        queue_ms: dict[str, float],
+        now: int,
+    ) -> ModelDemand | None:
+        """What ``r``'s copies see of demand, or None when there is nothing to decide for it."""
+        loaded = {p: c.since_ms for p, c in r.copies.items() if c.state is ModelState.LOADED and p in live}
+        if r.blocked:
+            return None  # it killed pods that loaded it: never a new copy
+        if not loaded or (len(loaded) == 1 and r.model_id not in rates and r.min_copies <= 1):
+            return None  # not loaded, or one idle copy of a model that wants no more: nothing to decide
+        return ModelDemand(
+            model_id=r.model_id,
+            model_type=r.info.type,
+            size_bytes=r.size_bytes,
+            loaded=loaded,
+            loading=frozenset(p for p, c in r.copies.items() if c.state is ModelState.LOADING and p in live),
+            failed_on=frozenset(r.recent_failures(now_ms=now, failure_ttl_ms=self._failure_ttl_ms)),
+            rates=rates.get(r.model_id, {}),
+            queue_ms=queue_ms.get(r.model_id, 0.0),
+            min_copies=r.min_copies,
+            max_copies=r.max_copies,
+        )
 
 
 class TenantCaps:
