@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
@@ -28,6 +29,7 @@ from mesh.chores import Copies, CopyScaling, DeadPodForgetter, DeadPods, Failure
 from mesh.dataplane import DataPlane
 from mesh.devices import GpuProbe, NvmlProbe
 from mesh.edge.health import PodReadiness
+from mesh.edge.hop import Peers
 from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
@@ -45,7 +47,7 @@ from mesh.metrics import MeshMetrics
 from mesh.model_watch import ModelWatches
 from mesh.placement_view import PlacementView
 from mesh.pod import Pod, Pools
-from mesh.records import ModelRecord
+from mesh.records import InstanceRecord, ModelRecord
 from mesh.registry import MemoryRegistry, ModelStore, Registry
 from mesh.registry.etcd import EtcdRegistry
 from mesh.registry.etcd_config import EtcdConnection
@@ -95,7 +97,7 @@ async def build_pod(
     probe = LoadProbe(workers=s.load_concurrency, preload=("mesh.wiring",)) if s.probe_loads else None
     copy_policy = copy_policy_from(s)
     events = CacheEvents(metrics, heap)
-    admit = _TenantRoom(s.load_timeout_s)
+    admit = TenantRoom(s.load_timeout_s)
     cache = ModelCache(
         capacity_bytes=s.capacity_bytes,
         fetchers=fetchers,
@@ -144,28 +146,20 @@ async def build_pod(
         gpu_probe=gpu_probe,
         in_flight=in_flight,
     )
-    placement = PlacementView(
-        pod_id=s.pod_id,
-        store=store,
-        describe_self=sampler.describe,
-        in_flight=in_flight,
-        failure_ttl_s=s.failure_ttl_s,
-    )
-    router = Router(
+    routing = build_routing(
         pod_id=s.pod_id,
         store=store,
         manager=manager,
         cache=cache,
         peers=peers,
-        placement=placement,
+        describe_self=sampler.describe,
         in_flight=in_flight,
+        admit=admit,
+        failure_ttl_s=s.failure_ttl_s,
         attempts=s.route_attempts,
         suspect_s=s.lease_ttl_s,
     )
-    copies = FleetCopies(
-        pod_id=s.pod_id, store=store, manager=manager, cache=cache, peers=peers, router=router
-    )
-    admit.copies = copies
+    placement, router, copies = routing.placement, routing.router, routing.copies
     timeout_s = s.request_timeout_s
     manager.set_loader(lambda model_id: router.ensure_loaded(model_id, deadline=time.monotonic() + timeout_s))
     watches = ModelWatches(store, manager)
@@ -230,7 +224,7 @@ async def build_pod(
             dataplane,
             router,
             metrics,
-            fleet=FleetCalls(pod_id=s.pod_id, store=store, manager=manager, cache=cache, peers=peers),
+            fleet=routing.fleet,
             request_timeout_s=s.request_timeout_s,
             budget=budget,
             decoder=pools.decode,
@@ -242,6 +236,57 @@ async def build_pod(
         readiness=readiness,
     )
     return pod
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The pod's view of the fleet and the operations across it."""
+
+    placement: PlacementView
+    router: Router
+    copies: FleetCopies
+    fleet: FleetCalls
+
+
+def build_routing(
+    *,
+    pod_id: str,
+    store: ModelStore,
+    manager: ModelManager,
+    cache: ModelCache,
+    peers: Peers,
+    describe_self: Callable[[], InstanceRecord],
+    in_flight: Counter[str],
+    admit: TenantRoom,
+    failure_ttl_s: float,
+    attempts: int,
+    suspect_s: float,
+) -> Routing:
+    """Placement, the router and fleet operations over the pod's store, manager and cache;
+    ``in_flight`` (calls in flight per pod) is shared by placement and the router, and
+    ``admit`` (the cache's) makes tenant room through the fleet copies built here."""
+    placement = PlacementView(
+        pod_id=pod_id,
+        store=store,
+        describe_self=describe_self,
+        in_flight=in_flight,
+        failure_ttl_s=failure_ttl_s,
+    )
+    router = Router(
+        pod_id=pod_id,
+        store=store,
+        manager=manager,
+        cache=cache,
+        peers=peers,
+        placement=placement,
+        in_flight=in_flight,
+        attempts=attempts,
+        suspect_s=suspect_s,
+    )
+    copies = FleetCopies(pod_id=pod_id, store=store, manager=manager, cache=cache, peers=peers, router=router)
+    admit.copies = copies
+    fleet = FleetCalls(pod_id=pod_id, store=store, manager=manager, cache=cache, peers=peers)
+    return Routing(placement, router, copies, fleet)
 
 
 def build_janitor(
@@ -302,7 +347,7 @@ def settings_registry(settings: MeshSettings) -> Registry:
     return MemoryRegistry()
 
 
-class _TenantRoom:
+class TenantRoom:
     """The cache's ``admit``: before a load, keep its tenant under its loaded-bytes cap through
     the fleet's copies, within ``load_timeout_s`` seconds."""
 
