@@ -1,5 +1,6 @@
 """The janitor: the loop that, on the pod elected to lead (``mesh.election``), runs the fleet's
-housekeeping chores (``mesh.chores``) once a round, and at once when woken (a pod left).
+housekeeping chores (``mesh.chores``) once a round, and at once when woken (a pod left);
+``build_janitor`` gives it the election and the chores in the order a round runs them.
 
 A round that finds the registry down logs and waits for the next; a bug in a chore is logged
 and never ends housekeeping for the whole fleet.
@@ -10,11 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from mesh.chores import Chore
+from mesh.chores import (
+    Chore,
+    Copies,
+    CopyScaling,
+    DeadPodForgetter,
+    DeadPods,
+    FailureExpiry,
+    Preloads,
+    TenantCaps,
+)
 from mesh.election import Election
+from mesh.registry import ModelStore
+from mesh.settings import MeshSettings
 from mesh_common.errors import MeshError
+from placement.cluster import ClusterView
+from placement.copies import CopyPolicy
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +95,42 @@ class Janitor:
             await chore.run()
         self.rounds += 1
         self._on_round()
+
+
+def build_janitor(
+    *,
+    pod_id: str,
+    store: ModelStore,
+    manager: DeadPodForgetter,
+    lease: Callable[[], int],
+    view: Callable[[], ClusterView],
+    load: Callable[[str, float], Awaitable[None]],
+    settings: MeshSettings,
+    copies: Copies,
+    copy_policy: CopyPolicy,
+    on_round: Callable[[], None] = lambda: None,
+) -> Janitor:
+    """The janitor: this pod's election and the fleet's chores, in the order a round runs them."""
+    s = settings
+    return Janitor(
+        election=Election(pod_id=pod_id, store=store, lease=lease),
+        chores=(
+            DeadPods(manager),
+            FailureExpiry(store, failure_ttl_s=s.failure_ttl_s),
+            Preloads(
+                store, view=view, load=load, per_round=s.preloads_per_round, load_timeout_s=s.load_timeout_s
+            ),
+            CopyScaling(
+                store,
+                view=view,
+                copies=copies,
+                policy=copy_policy,
+                per_round=s.copies_per_round,
+                failure_ttl_s=s.failure_ttl_s,
+                load_timeout_s=s.load_timeout_s,
+            ),
+            TenantCaps(store, copies=copies, load_timeout_s=s.load_timeout_s),
+        ),
+        interval_s=s.janitor_interval_s,
+        on_round=on_round,
+    )

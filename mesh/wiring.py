@@ -1,5 +1,5 @@
 """Builds a pod from its settings: each piece constructed once, in an order where it is handed
-what it needs (``build_pod``), plus the pieces tests build alone (``build_janitor``).
+what it needs (``build_pod``), and the piece tests build alone (``build_routing``).
 
 Order: the registry's mirror and metrics; the cache (its events counted and sent to the
 manager); the manager; the data plane; the bound server (its port is in the instance record);
@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry
 from adapters.probe import LoadProbe
 from mesh.cache import ModelCache
 from mesh.cache_events import CacheEvents, CopyRepair, LoadedElsewhere
-from mesh.chores import Copies, CopyScaling, DeadPodForgetter, DeadPods, FailureExpiry, Preloads, TenantCaps
 from mesh.dataplane import DataPlane
 from mesh.devices import GpuProbe, NvmlProbe
 from mesh.edge.health import PodReadiness
@@ -34,14 +33,13 @@ from mesh.edge.inference import InferenceServicer
 from mesh.edge.management import MeshAdminServicer, ModelMeshServicer
 from mesh.edge.peers import PeerClient
 from mesh.edge.server import build_server, new_server
-from mesh.election import Election
 from mesh.fleet_calls import FleetCalls
 from mesh.fleet_copies import FleetCopies
 from mesh.handover import HandOver
 from mesh.heap import HeapFreezer
 from mesh.inference_threads import InferenceThreads
 from mesh.instance import InstancePublisher
-from mesh.janitor import Janitor
+from mesh.janitor import build_janitor
 from mesh.management import ModelManager
 from mesh.metrics import MeshMetrics
 from mesh.model_watch import ModelWatches
@@ -56,7 +54,6 @@ from mesh.router import Router
 from mesh.sampler import PodSampler
 from mesh.settings import MeshSettings
 from mesh.working_set import WorkingSet
-from placement.cluster import ClusterView
 from placement.copies import CopyPolicy
 from placement.eviction import EvictionPolicy
 from puller import ArtifactCache, FetcherTable, storage_fetchers
@@ -287,45 +284,6 @@ def build_routing(
     admit.copies = copies
     fleet = FleetCalls(pod_id=pod_id, store=store, manager=manager, cache=cache, peers=peers)
     return Routing(placement, router, copies, fleet)
-
-
-def build_janitor(
-    *,
-    pod_id: str,
-    store: ModelStore,
-    manager: DeadPodForgetter,
-    lease: Callable[[], int],
-    view: Callable[[], ClusterView],
-    load: Callable[[str, float], Awaitable[None]],
-    settings: MeshSettings,
-    copies: Copies,
-    copy_policy: CopyPolicy,
-    on_round: Callable[[], None] = lambda: None,
-) -> Janitor:
-    """The janitor: this pod's election and the fleet's chores, in the order a round runs them."""
-    s = settings
-    return Janitor(
-        election=Election(pod_id=pod_id, store=store, lease=lease),
-        chores=(
-            DeadPods(manager),
-            FailureExpiry(store, failure_ttl_s=s.failure_ttl_s),
-            Preloads(
-                store, view=view, load=load, per_round=s.preloads_per_round, load_timeout_s=s.load_timeout_s
-            ),
-            CopyScaling(
-                store,
-                view=view,
-                copies=copies,
-                policy=copy_policy,
-                per_round=s.copies_per_round,
-                failure_ttl_s=s.failure_ttl_s,
-                load_timeout_s=s.load_timeout_s,
-            ),
-            TenantCaps(store, copies=copies, load_timeout_s=s.load_timeout_s),
-        ),
-        interval_s=s.janitor_interval_s,
-        on_round=on_round,
-    )
 
 
 def copy_policy_from(s: MeshSettings) -> CopyPolicy:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mesh.janitor import Janitor
+from mesh.janitor import Janitor, build_janitor
 from mesh.management import ModelManager
 from mesh.records import (
     CopyRecord,
@@ -23,7 +23,6 @@ from mesh.records import (
 )
 from mesh.registry import MemoryRegistry, ModelStore
 from mesh.settings import MeshSettings
-from mesh.wiring import build_janitor
 from mesh_common.clock import now_ms
 from placement.cluster import ClusterView, PodView
 from placement.copies import CopyPolicy
