@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
 
 from mesh.heap import HeapFreezer
 from mesh.management import ModelManager
@@ -20,20 +19,20 @@ from mesh_common.errors import MeshError
 
 class CacheEvents:
     """The cache's listener: counts each event, forwards it to the manager (which records the
-    copy in the registry), then tells ``on_change`` (the publisher) the pod changed."""
+    copy in the registry), then sets ``changed`` (shared with the publisher: the pod changed)."""
 
     manager: ModelManager
     """Set once the manager exists: the manager needs the cache, which needs these events."""
 
-    def __init__(self, metrics: MeshMetrics, heap: HeapFreezer) -> None:
+    def __init__(self, metrics: MeshMetrics, heap: HeapFreezer, changed: asyncio.Event) -> None:
         self.metrics = metrics
         self.heap = heap
         self.counts: Counter[str] = Counter()
-        self.on_change: Callable[[], None] = lambda: None
+        self._changed = changed
 
     async def loading(self, model_id: str) -> None:
         await self.manager.loading(model_id)
-        self.on_change()
+        self._changed.set()
 
     async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
         self.counts["loads"] += 1
@@ -41,23 +40,23 @@ class CacheEvents:
         self.metrics.load_seconds.observe(load_seconds)
         await self.manager.loaded(model_id, size_bytes, load_seconds)
         self.heap.settle()  # a load may have imported its framework: long-lived from now on
-        self.on_change()
+        self._changed.set()
 
     async def failed(self, model_id: str, error: MeshError) -> None:
         self.counts["load_failures"] += 1
         self.metrics.loads.labels("failed").inc()
         await self.manager.failed(model_id, error)
-        self.on_change()
+        self._changed.set()
 
     async def refused(self, model_id: str, error: MeshError) -> None:
         await self.manager.refused(model_id, error)
-        self.on_change()
+        self._changed.set()
 
     async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
         self.counts["evictions" if evicted else "unloads"] += 1
         (self.metrics.evictions if evicted else self.metrics.unloads).inc()
         await self.manager.unloaded(model_id, evicted=evicted, reason=reason)
-        self.on_change()
+        self._changed.set()
 
     def snapshot(self) -> dict[str, int]:
         return {k: self.counts[k] for k in ("loads", "load_failures", "evictions", "unloads")}

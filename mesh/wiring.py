@@ -6,10 +6,11 @@ manager); the manager; the data plane; the bound server (its port is in the inst
 the sampler (which describes the pod); placement, router and fleet operations on top; the
 publisher; the janitor. Nothing here starts: ``Pod.start`` does, in its own order.
 
-Three edges point back to a piece built later, because the piece itself is a cycle at run
-time, not only at construction: the cache reports loads to the manager (``CacheEvents``), the
-cache asks fleet copies for tenant room before a load (``_admit``), and the manager loads
-through the router (``ModelManager(loader=...)``). Each goes through one object named here.
+Three edges still point back to a piece built later, because the pieces are a cycle at run
+time, not only at construction: the cache reports loads to the manager (``CacheEvents.manager``),
+the cache asks fleet copies for tenant room before a load (``TenantRoom.copies``), and the
+manager loads through the router (``ModelManager.set_loader``). Each is closed here, right after
+the piece exists, and nowhere else.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ async def build_pod(
     # which imports the pod: imported once in the fork server, that costs 5 ms a worker, not 200.
     probe = LoadProbe(workers=s.load_concurrency, preload=("mesh.wiring",)) if s.probe_loads else None
     copy_policy = copy_policy_from(s)
-    events = CacheEvents(metrics, heap)
+    changed = asyncio.Event()  # the pod changed: the publisher republishes soon
+    events = CacheEvents(metrics, heap, changed)
     admit = TenantRoom(s.load_timeout_s)
     cache = ModelCache(
         capacity_bytes=s.capacity_bytes,
@@ -169,8 +171,8 @@ async def build_pod(
         ttl_s=s.lease_ttl_s,
         min_interval_s=s.publish_interval_s,
         on_rejoin=repair.rejoined,
+        changed=changed,
     )
-    events.on_change = publisher.changed
     janitor = build_janitor(
         pod_id=s.pod_id,
         store=store,

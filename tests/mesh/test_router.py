@@ -188,7 +188,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     store = ModelStore(registry)
     await store.start()
     pool = ThreadPoolExecutor(2)
-    events = CacheEvents(MeshMetrics(CollectorRegistry()), HeapFreezer(enabled=False))
+    events = CacheEvents(MeshMetrics(CollectorRegistry()), HeapFreezer(enabled=False), asyncio.Event())
     admit = TenantRoom(load_timeout_s=5)
     cache = fake_cache(capacity_bytes=1000, executor=pool, listener=events, load_timeout_s=5, admit=admit)
     manager = ModelManager(
