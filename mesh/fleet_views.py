@@ -104,18 +104,6 @@ class FleetViews:
             record.counted_copies(live, states=LOADED, here=self.pod_id, mine=Mine.ALWAYS)
         )
 
-    def replicated(self, model_ids: list[str]) -> set[str]:
-        """Those of ``model_ids`` that another live pod has loaded (one read of the live pods)."""
-        live = self._store.instances()
-        found = set()
-        for model_id in model_ids:
-            record = self._store.model(model_id)
-            if record is not None and record.counted_copies(
-                live, states=LOADED, here=self.pod_id, mine=Mine.NEVER
-            ):
-                found.add(model_id)
-        return found
-
     def held_elsewhere(self, model_id: str) -> bool:
         """Whether another live pod has the model loaded or loading."""
         record = self._store.model(model_id)

@@ -37,7 +37,10 @@ class InstancePublisher:
         ttl_s: float,
         min_interval_s: float,
         on_rejoin: Callable[[], None] = lambda: None,
+        changed: asyncio.Event | None = None,
     ) -> None:
+        """``changed`` is set by whoever sees the record may have changed (the pod's cache events
+        share it from their construction); ``changed()`` sets it too."""
         self._registry = registry
         self._store = store
         self._describe = describe
@@ -48,7 +51,7 @@ class InstancePublisher:
         self._on_rejoin = on_rejoin
         self._rejoining = False
         """A new lease replaced a lost one and the record under it is not published yet."""
-        self._changed = asyncio.Event()
+        self._changed = changed if changed is not None else asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

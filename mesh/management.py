@@ -308,9 +308,6 @@ class ModelManager:
     def loaded_anywhere(self, model_id: str) -> bool:
         return self.views.loaded_anywhere(model_id)
 
-    def replicated(self, model_ids: list[str]) -> set[str]:
-        return self.views.replicated(model_ids)
-
     def held_elsewhere(self, model_id: str) -> bool:
         return self.views.held_elsewhere(model_id)
 

@@ -50,12 +50,12 @@ def serve_settings(args: argparse.Namespace) -> MeshSettings:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from mesh.pod import Pod
+    from mesh.wiring import build_pod
 
     settings = serve_settings(args)
 
     async def run() -> None:
-        pod = Pod(settings)
+        pod = await build_pod(settings)
         await pod.start()
         if args.port_file:
             await asyncio.to_thread(Path(args.port_file).write_text, f"{pod.port}\n")

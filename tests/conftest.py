@@ -16,6 +16,7 @@ import pytest
 
 from mesh.pod import Pod
 from mesh.settings import MeshSettings
+from mesh.wiring import build_pod
 from mesh_proto import model_mesh_pb2 as mm
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 from mesh_tools import samples
@@ -55,12 +56,14 @@ class PodThread:
 
     def __init__(self, settings: MeshSettings, **parts: Any) -> None:
         self.loop = asyncio.new_event_loop()
-        self.pod = Pod(settings, **parts)
+        self._settings = settings
+        self._parts = parts
         self._thread = threading.Thread(target=self.loop.run_forever, name="pod-loop", daemon=True)
         self._stop: concurrent.futures.Future[None] | None = None
 
     def __enter__(self) -> PodThread:
         self._thread.start()
+        self.pod: Pod = self.call(build_pod(self._settings, **self._parts))
         self.call(self.pod.start())
         return self
 

@@ -27,21 +27,27 @@ REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflectio
 SERVICE_NAMES = (INFERENCE_SERVICE.full_name, MODELMESH_SERVICE.full_name, ADMIN_SERVICE.full_name)
 
 
-def build_server(
-    *,
-    inference: InferenceServicer,
-    modelmesh: ModelMeshServicer,
-    admin: MeshAdminServicer,
-    readiness: PodReadiness,
-    max_message_bytes: int,
-) -> grpc.aio.Server:
-    server = grpc.aio.server(
+def new_server(max_message_bytes: int) -> grpc.aio.Server:
+    """The pod's server with no service yet: bind its port first (the pod's instance record
+    names it), then ``build_server`` adds the services."""
+    return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
     )
+
+
+def build_server(
+    server: grpc.aio.Server,
+    *,
+    inference: InferenceServicer,
+    modelmesh: ModelMeshServicer,
+    admin: MeshAdminServicer,
+    readiness: PodReadiness,
+) -> grpc.aio.Server:
+    """Add the pod's services to ``server`` (from ``new_server``)."""
     _register_in_pool(health_pb2.DESCRIPTOR.serialized_pb)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflector = reflection.aio.ReflectionServicer(names, pool=POOL)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mesh.janitor import Janitor
+from mesh.janitor import Janitor, build_janitor
 from mesh.management import ModelManager
 from mesh.records import (
     CopyRecord,
@@ -22,6 +22,7 @@ from mesh.records import (
     TenantRecord,
 )
 from mesh.registry import MemoryRegistry, ModelStore
+from mesh.settings import MeshSettings
 from mesh_common.clock import now_ms
 from placement.cluster import ClusterView, PodView
 from placement.copies import CopyPolicy
@@ -104,20 +105,22 @@ async def fleet() -> AsyncIterator[tuple[MemoryRegistry, list[Member]]]:
 
         copies = FakeCopies()
         reported: list[int] = []
-        janitor = Janitor(
+        janitor = build_janitor(
             pod_id=pod_id,
             store=store,
             manager=manager,
             lease=lambda lease=lease: lease,
             view=view,
             load=load,
-            interval_s=60,
-            failure_ttl_s=FAILURE_TTL_S,
-            preloads_per_round=2,
-            load_timeout_s=5,
+            settings=MeshSettings(
+                janitor_interval_s=60,
+                failure_ttl_s=FAILURE_TTL_S,
+                preloads_per_round=2,
+                load_timeout_s=5,
+                copies_per_round=4,
+            ),
             copies=copies,
             copy_policy=CopyPolicy(up_rate=50, down_rate=10, cooldown_ms=0),
-            copies_per_round=4,
             on_round=lambda reported=reported: reported.append(len(reported) + 1),
         )
         members.append(Member(janitor, store, lease, loads, copies, reported))

@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mesh.cache import ModelCache
+from mesh.cache_events import CacheEvents
 from mesh.dataplane import DataPlane
 from mesh.edge.hop import Route
 from mesh.fleet_calls import FleetCalls
 from mesh.fleet_copies import FleetCopies
+from mesh.heap import HeapFreezer
 from mesh.inference_threads import InferenceThreads
 from mesh.management import ModelManager
+from mesh.metrics import MeshMetrics
 from mesh.model_status import SetVModel
 from mesh.placement_view import PlacementView
 from mesh.records import (
@@ -39,11 +43,11 @@ from mesh.records import (
 )
 from mesh.registry import ModelStore
 from mesh.router import Router
+from mesh.wiring import TenantRoom, build_routing
 from mesh_common.clock import now_ms
 from mesh_common.errors import (
     Busy,
     DeadlineExceeded,
-    MeshError,
     ModelInUse,
     ModelLoadFailed,
     NotFound,
@@ -59,25 +63,6 @@ from tests.mesh.fakes import CountingRegistry, FakePeers, fake_cache, serving
 SELF = "pod-a"
 LABELS = ("type:fake",)
 PAYLOAD = b"\x0a\x05model\x12raw-tensor-bytes"
-
-
-class _Listener:
-    manager: ModelManager
-
-    async def loading(self, model_id: str) -> None:
-        await self.manager.loading(model_id)
-
-    async def loaded(self, model_id: str, size_bytes: int, load_seconds: float) -> None:
-        await self.manager.loaded(model_id, size_bytes, load_seconds)
-
-    async def failed(self, model_id: str, error: MeshError) -> None:
-        await self.manager.failed(model_id, error)
-
-    async def refused(self, model_id: str, error: MeshError) -> None:
-        await self.manager.refused(model_id, error)
-
-    async def unloaded(self, model_id: str, *, evicted: bool, reason: str = "") -> None:
-        await self.manager.unloaded(model_id, evicted=evicted, reason=reason)
 
 
 class RacingRegistry(CountingRegistry):
@@ -204,21 +189,18 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     store = ModelStore(registry)
     await store.start()
     pool = ThreadPoolExecutor(2)
-    listener = _Listener()
-
-    async def admit(record: ModelRecord, size_bytes: int) -> None:
-        await harness.copies.make_tenant_room(record, size_bytes, deadline=time.monotonic() + 5)
-
-    cache = fake_cache(capacity_bytes=1000, executor=pool, listener=listener, load_timeout_s=5, admit=admit)
+    events = CacheEvents(MeshMetrics(CollectorRegistry()), HeapFreezer(enabled=False), asyncio.Event())
+    admit = TenantRoom(load_timeout_s=5)
+    cache = fake_cache(capacity_bytes=1000, executor=pool, listener=events, load_timeout_s=5, admit=admit)
     manager = ModelManager(
         store=store, cache=cache, fetchers=default_fetchers(), pod_id=SELF, failure_ttl_s=30
     )
-    listener.manager = manager
+    events.manager = manager
     peers = FakePeers()
     harness = Harness(
         router=None,  # type: ignore[arg-type]
         view=None,  # type: ignore[arg-type]
-        fleet=FleetCalls(pod_id=SELF, store=store, manager=manager, cache=cache, peers=peers),
+        fleet=None,  # type: ignore[arg-type]
         copies=None,  # type: ignore[arg-type]
         store=store,
         registry=registry,
@@ -228,24 +210,21 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         lease=await registry.grant_lease(60),
         manager=manager,
     )
-    in_flight: Counter[str] = Counter()
-    harness.view = PlacementView(
-        pod_id=SELF, store=store, describe_self=harness.describe, in_flight=in_flight, failure_ttl_s=30
-    )
-    harness.router = Router(
+    routing = build_routing(
         pod_id=SELF,
         store=store,
         manager=manager,
         cache=cache,
         peers=peers,
-        placement=harness.view,
-        in_flight=in_flight,
+        describe_self=harness.describe,
+        in_flight=Counter(),
+        admit=admit,
+        failure_ttl_s=30,
         attempts=3,
         suspect_s=30,
     )
-    harness.copies = FleetCopies(
-        pod_id=SELF, store=store, manager=manager, cache=cache, peers=peers, router=harness.router
-    )
+    harness.view, harness.router = routing.placement, routing.router
+    harness.copies, harness.fleet = routing.copies, routing.fleet
     await harness.pod(SELF)
     yield harness
     await manager.stop()
