@@ -56,7 +56,7 @@ def test_every_flag_is_in_the_cli(rendered: Rendered, value_set: str | None) -> 
 def _downward(source: dict[str, Any], limits: dict[str, str]) -> str:
     """What the kubelet puts in a variable from the downward API (a pod's name, IP, memory limit)."""
     if "fieldRef" in source:
-        return {"metadata.name": "demo-mesh-7d9f-x2k4q", "status.podIP": "10.1.2.3"}[
+        return {"metadata.name": "demo-mesh-7d9f-x2k4q", "status.podIP": "127.0.0.2"}[
             source["fieldRef"]["fieldPath"]
         ]
     field = source["resourceFieldRef"]
@@ -92,7 +92,7 @@ def test_the_pods_settings_come_out_as_the_chart_means(
     limit = parse_size(mesh["resources"]["limits"]["memory"])
     assert settings.capacity_bytes == int(limit * float(settings.capacity_fraction))
     assert (settings.host, settings.port, settings.metrics_port) == ("0.0.0.0", 8033, 2112)
-    assert (settings.pod_id, settings.advertise_host) == ("demo-mesh-7d9f-x2k4q", "10.1.2.3")
+    assert (settings.pod_id, settings.advertise_host) == ("demo-mesh-7d9f-x2k4q", "127.0.0.2")
     assert settings.handoff_timeout_s > 0 and settings.etcd is None
     assert settings.etcd_config is not None
     connection = EtcdConnection.from_file(settings.etcd_config)

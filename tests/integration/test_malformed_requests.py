@@ -33,7 +33,7 @@ from mesh_proto import grpc_service_pb2 as v2
 from mesh_proto import grpc_service_pb2_grpc as v2_grpc
 from mesh_proto import model_mesh_pb2 as mm
 from tests.conftest import ModelSet, register
-from tests.integration.test_datatypes_e2e import ECHOED, TYPED_FIELD, echo_model
+from tests.integration.echo_model import ECHOED, TYPED_FIELD, echo_model
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 NUMPY = {name: values.dtype for name, (_, values) in ECHOED.items()}

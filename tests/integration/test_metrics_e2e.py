@@ -4,7 +4,6 @@ with no per-model label anywhere."""
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +11,11 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from prometheus_client.parser import text_string_to_metric_families
 
 from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 from mesh_tools import samples
 from tests.conftest import PodThread, pod_settings, register, wait_until
+from tests.integration.scrape import scrape, value
 
 CAPACITY = 800 * 1024  # room for one small ONNX model (predicted at about 525 KiB), not two
 LABELS = {"method", "code", "result", "device", "le", "tenant"}  # no per-model label; tenants are few
@@ -26,21 +25,6 @@ LABELS = {"method", "code", "result", "device", "le", "tenant"}  # no per-model 
 def small_pod() -> Iterator[PodThread]:
     with PodThread(pod_settings(capacity_bytes=CAPACITY)) as running:
         yield running
-
-
-def scrape(pod: PodThread) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    url = f"http://127.0.0.1:{pod.pod.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
-    samples_seen = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples_seen[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples_seen
-
-
-def value(seen: dict, name: str, **labels: str) -> float | None:
-    return seen.get((name, frozenset(labels.items())))
 
 
 def test_metrics_follow_loads_evictions_unloads_and_calls(small_pod: PodThread, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from mesh_proto import model_mesh_pb2_grpc as mm_grpc
 from mesh_tools import samples
 from mesh_tools.etcd_process import EtcdProcess
 from tests.conftest import ModelSet, PodThread, pod_settings, register, wait_until
-from tests.integration.test_metrics_e2e import scrape, value
+from tests.integration.scrape import scrape, value
 
 MODEL_BYTES = 80_000  # about what a pod measures for one of these sklearn models
 CAPACITY = 2 * MODEL_BYTES + MODEL_BYTES // 2  # room for two at a time

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,9 @@ from adapters.signature import ModelSignature
 from mesh.cache import CacheListener, ModelCache
 from mesh.edge.hop import Hop, Metadata, Route
 from mesh.records import ModelRecord
-from mesh.registry import MemoryRegistry
+from mesh.registry import MemoryRegistry, ModelStore
 from mesh.registry.base import Entry
+from mesh_common.errors import MeshError
 from puller import default_fetchers
 
 
@@ -163,3 +164,45 @@ async def serving(cache: ModelCache, record: ModelRecord) -> AsyncIterator[Loade
         yield entry.model
     finally:
         cache.let_go(entry)
+
+
+class Events:
+    """A cache listener that logs what the cache reports, in order."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str]] = []
+
+    async def loading(self, model_id):
+        self.log.append(("loading", model_id))
+
+    async def loaded(self, model_id, size_bytes, load_seconds):
+        self.log.append(("loaded", model_id))
+
+    async def failed(self, model_id, error: MeshError):
+        self.log.append(("failed", model_id))
+
+    async def refused(self, model_id, error: MeshError):
+        self.log.append(("refused", model_id))
+
+    async def unloaded(self, model_id, *, evicted, reason=""):
+        self.log.append(("evicted" if evicted else "unloaded", model_id))
+
+
+async def turns_until(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop turn until ``condition()`` holds; the bound only catches a hang."""
+    try:
+        async with asyncio.timeout(5):
+            while not condition():  # noqa: ASYNC110 - counters, with no event to wait on
+                await asyncio.sleep(0)
+    except TimeoutError:
+        raise AssertionError(f"no sign of {what} in 5 s") from None
+
+
+async def until(store: ModelStore, condition: Callable[[], bool]) -> None:
+    """Wait until ``store``'s mirror (its watch runs on this loop) makes ``condition`` true."""
+    changed = asyncio.Event()
+    store.subscribe(lambda *_: changed.set())
+    async with asyncio.timeout(5):
+        while not condition():
+            await changed.wait()
+            changed.clear()

@@ -12,30 +12,10 @@ import pytest
 from adapters.base import ModelAdapter
 from mesh.cache import ModelCache
 from mesh.records import ModelInfo, ModelRecord
-from mesh_common.errors import Busy, CapacityExceeded, MeshError, ModelLoadFailed, Unavailable
+from mesh_common.errors import Busy, CapacityExceeded, ModelLoadFailed, Unavailable
 from placement.eviction import EvictionPolicy
 from puller import default_fetchers
-from tests.mesh.fakes import FakeAdapter, FakeModel, fake_cache, serving
-
-
-class Events:
-    def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
-
-    async def loading(self, model_id):
-        self.log.append(("loading", model_id))
-
-    async def loaded(self, model_id, size_bytes, load_seconds):
-        self.log.append(("loaded", model_id))
-
-    async def failed(self, model_id, error: MeshError):
-        self.log.append(("failed", model_id))
-
-    async def refused(self, model_id, error: MeshError):
-        self.log.append(("refused", model_id))
-
-    async def unloaded(self, model_id, *, evicted, reason=""):
-        self.log.append(("evicted" if evicted else "unloaded", model_id))
+from tests.mesh.fakes import Events, FakeAdapter, FakeModel, fake_cache, serving, turns_until
 
 
 @pytest.fixture
@@ -91,21 +71,11 @@ async def test_model_in_use_is_not_evicted_and_busy_when_no_room(cache, tmp_path
     assert ("refused", "other") in events.log and ("failed", "other") not in events.log
 
 
-async def _until(condition, what: str) -> None:
-    """Let the loop turn until ``condition()`` holds; the bound only catches a hang."""
-    try:
-        async with asyncio.timeout(5):
-            while not condition():  # noqa: ASYNC110 - counters, with no event to wait on
-                await asyncio.sleep(0)
-    except TimeoutError:
-        raise AssertionError(f"no sign of {what} in 5 s") from None
-
-
 async def test_waiting_load_proceeds_when_a_model_becomes_idle(cache, tmp_path) -> None:
     held = serving(cache, record(tmp_path, "held", 80))
     await held.__aenter__()
     waiter = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "next", 40)))
-    await _until(lambda: cache.loads_waiting_for_room == 1, "the load to wait for room")
+    await turns_until(lambda: cache.loads_waiting_for_room == 1, "the load to wait for room")
     assert not waiter.done()
     await held.__aexit__(None, None, None)
     assert isinstance(await asyncio.wait_for(waiter, 2), FakeModel)
@@ -133,7 +103,7 @@ async def test_a_load_is_no_victim_while_the_listener_records_it(adapter, tmp_pa
         first = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "first", 60)))
         await asyncio.wait_for(events.recording.wait(), 5)
         second = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "second", 60)))
-        await _until(lambda: cache.loads_waiting_for_room == 1, "the second load to wait for room")
+        await turns_until(lambda: cache.loads_waiting_for_room == 1, "the second load to wait for room")
         events.let.set()
         assert isinstance(await asyncio.wait_for(first, 5), FakeModel)
         assert isinstance(await asyncio.wait_for(second, 5), FakeModel)
@@ -149,7 +119,7 @@ async def test_single_flight(cache, tmp_path, adapter) -> None:
     adapter.block.clear()
     rec = record(tmp_path, "m", 10)
     waiters = [asyncio.create_task(cache.ensure_loaded(rec)) for _ in range(50)]
-    await _until(lambda: adapter.loads == 1, "the load to start")  # and every waiter to join it
+    await turns_until(lambda: adapter.loads == 1, "the load to start")  # and every waiter to join it
     adapter.block.set()
     loaded = await asyncio.gather(*waiters)
     assert adapter.loads == 1 and all(m is loaded[0] for m in loaded)
@@ -288,7 +258,7 @@ async def test_the_trial_load_does_not_spend_the_loads_own_timeout(tmp_path, eve
     with ThreadPoolExecutor(2) as pool:
         cache = _probed_cache(adapter, events, trials, pool)
         load = asyncio.create_task(cache.ensure_loaded(record(tmp_path, "m", 10)))
-        await _until(lambda: adapter.loads == 1, "the pod's own load to start")
+        await turns_until(lambda: adapter.loads == 1, "the pod's own load to start")
         done, _ = await asyncio.wait({load}, timeout=0.2)  # what was left of a shared timeout: none
         assert not done, load.exception()
         adapter.block.set()

@@ -18,8 +18,7 @@ from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, Mod
 from mesh.registry import MemoryRegistry, ModelStore
 from mesh_common.errors import LoaderCrashed, ModelLoadFailed, UnsupportedModelType
 from puller import default_fetchers
-from tests.mesh.fakes import FakeAdapter, fake_cache
-from tests.mesh.test_cache import Events, _until
+from tests.mesh.fakes import Events, FakeAdapter, fake_cache, turns_until
 
 TTL_S = 60.0
 LEASE_S = 10.0
@@ -175,7 +174,9 @@ async def test_loads_cancelled_by_a_stopping_pod_drop_their_claims(tmp_path: Pat
         path.write_text("10")
         record = ModelRecord(model_id, ModelInfo("fake", str(path)))
         loads.append(asyncio.create_task(cache.ensure_loaded(record)))
-    await _until(lambda: adapter.loads == 1 and cache.loading("queued"), "one load to start, one to queue")
+    await turns_until(
+        lambda: adapter.loads == 1 and cache.loading("queued"), "one load to start, one to queue"
+    )
     await cache.cancel_loads()
     assert sorted(events.log) == [("loading", "m"), ("refused", "m"), ("refused", "queued")]
     assert not cache.loading("m") and not cache.loading("queued")

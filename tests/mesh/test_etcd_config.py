@@ -127,7 +127,7 @@ def test_serve_flags_win_over_variables_and_variables_fill_the_rest(
     from mesh_tools.servers import serve_settings
 
     monkeypatch.setenv("MESH_HOST", "0.0.0.0")
-    monkeypatch.setenv("MESH_ADVERTISE_HOST", "10.1.2.3")
+    monkeypatch.setenv("MESH_ADVERTISE_HOST", "127.0.0.2")
     monkeypatch.setenv("MESH_PORT", "9000")
     monkeypatch.setenv("MESH_MEMORY_LIMIT", "8Gi")
     config = write(tmp_path, {"endpoints": "127.0.0.1:2379"})
@@ -197,6 +197,6 @@ def test_a_pod_in_a_fleet_bound_to_every_address_must_say_where_it_is_reached() 
     for host in ("0.0.0.0", "::", "[::]"):
         with pytest.raises(ValueError, match=r"MESH_ADVERTISE_HOST.*status\.podIP"):
             MeshSettings(host=host, etcd="127.0.0.1:2379")
-    reached = MeshSettings(host="0.0.0.0", etcd="127.0.0.1:2379", advertise_host="10.1.2.3")
-    assert reached.advertise_host == "10.1.2.3"
+    reached = MeshSettings(host="0.0.0.0", etcd="127.0.0.1:2379", advertise_host="127.0.0.2")
+    assert reached.advertise_host == "127.0.0.2"
     assert MeshSettings(host="0.0.0.0").etcd is None  # a lone pod (in-memory registry) advertises nothing

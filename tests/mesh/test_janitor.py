@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,20 +27,9 @@ from placement.cluster import ClusterView, PodView
 from placement.copies import CopyPolicy
 from placement.quotas import TenantCopy
 from puller import default_fetchers
-from tests.mesh.fakes import fake_cache
-from tests.mesh.test_cache import Events
+from tests.mesh.fakes import Events, fake_cache, until
 
 FAILURE_TTL_S = 30.0
-
-
-async def until(store: ModelStore, condition: Callable[[], bool]) -> None:
-    """Wait until ``store``'s mirror (its watch runs on this loop) makes ``condition`` true."""
-    changed = asyncio.Event()
-    store.subscribe(lambda *_: changed.set())
-    async with asyncio.timeout(5):
-        while not condition():
-            await changed.wait()
-            changed.clear()
 
 
 @dataclass

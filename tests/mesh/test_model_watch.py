@@ -17,8 +17,7 @@ from mesh.records import CopyRecord, FailureRecord, InstanceRecord, ModelInfo, M
 from mesh.registry import MemoryRegistry, ModelStore
 from mesh_common.clock import now_ms
 from puller import default_fetchers
-from tests.mesh.fakes import fake_cache
-from tests.mesh.test_cache import Events
+from tests.mesh.fakes import Events, fake_cache
 
 FAILURE_TTL_S = 0.3
 

@@ -19,9 +19,7 @@ from mesh.records import CopyRecord, InstanceRecord, ModelInfo, ModelRecord, Mod
 from mesh.registry import MemoryRegistry, ModelStore
 from placement.copies import CopyPolicy
 from puller import default_fetchers
-from tests.mesh.fakes import fake_cache
-from tests.mesh.test_cache import Events
-from tests.mesh.test_janitor import until
+from tests.mesh.fakes import Events, fake_cache, until
 
 LOADED = CopyRecord(ModelState.LOADED, 1)
 

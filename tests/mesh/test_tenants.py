@@ -24,8 +24,7 @@ from mesh.registry import MemoryRegistry, ModelStore
 from mesh.settings import MeshSettings
 from mesh_common.errors import InvalidInput, QuotaExceeded
 from puller import default_fetchers
-from tests.mesh.fakes import fake_cache
-from tests.mesh.test_cache import Events
+from tests.mesh.fakes import Events, fake_cache
 
 
 @pytest.fixture
